@@ -1,0 +1,165 @@
+"""Side-by-side tables of models: parameters, multiply-adds, SE share, and (from runs) accuracy.
+
+The paper's reference figures are Hu et al., Table 2 (ImageNet val, single 224x224 centre crop):
+top-1 / top-5 error in percent and "GFLOPs", which are multiply-adds (GMACs) in our terms.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import json
+import math
+import os
+from typing import Any
+
+import yaml
+
+from senet.config import load_config
+
+# arch -> (top-1 err, top-5 err, GMACs or None); Hu et al. Table 2, "re-implementation" columns.
+PAPER_TABLE2: dict[str, tuple[float, float, float | None]] = {
+    "resnet50": (24.80, 7.48, 3.86),
+    "se_resnet50": (23.29, 6.62, 3.87),
+    "resnet101": (23.17, 6.52, None),
+    "se_resnet101": (22.38, 6.07, None),
+    "resnet152": (22.42, 6.34, None),
+    "se_resnet152": (21.57, 5.73, None),
+    "resnext50_32x4d": (22.11, 5.90, None),
+    "se_resnext50_32x4d": (21.10, 5.49, None),
+    "resnext101_32x4d": (21.18, 5.57, None),
+    "se_resnext101_32x4d": (20.70, 5.01, None),
+}
+
+
+def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return mean, std
+
+
+def profile_row(cfg: dict, input_size: int) -> dict[str, Any]:
+    """One table row for a resolved config: counts only, accuracy left unknown."""
+    from senet.profile import profile_model  # imports paddle; keep `--help` fast
+    from senet.resnet import build_model
+
+    arch = cfg["model"]["arch"]
+    p = profile_model(build_model(cfg), input_size)
+    return {"name": cfg["name"], "arch": arch,
+            "reduction": cfg["model"]["se"]["reduction"] if arch.startswith("se_") else None,
+            "params": p.params, "params_total": p.params_total, "gmacs": round(p.gmacs, 4),
+            "gflops": round(p.gflops, 4), "se_params_share": round(p.se_params_share, 5),
+            "se_gmacs_share": round(p.se_macs_share, 5), "input_size": input_size,
+            "top1": None, "top1_std": None, "top5": None, "top5_std": None, "runs": 0, "images_per_s": None}
+
+
+def read_run(run_dir: str) -> tuple[dict, dict]:
+    """(resolved config, metrics) of a finished or unfinished training run."""
+    cfg_path, metrics_path = os.path.join(run_dir, "config.yaml"), os.path.join(run_dir, "metrics.json")
+    if not os.path.isfile(cfg_path):
+        raise FileNotFoundError(f"{run_dir} is not a run directory: no config.yaml in it")
+    with open(cfg_path) as f:
+        cfg = yaml.safe_load(f)
+    metrics = {}
+    if os.path.isfile(metrics_path):
+        with open(metrics_path) as f:
+            metrics = json.load(f)
+    return cfg, metrics
+
+
+def _bench_throughput(run_dir: str) -> float | None:
+    """Training images/s from the newest `make bench` results.json inside the run dir, if any."""
+    paths = sorted(glob.glob(os.path.join(run_dir, "**", "results.json"), recursive=True))
+    for path in reversed(paths):
+        with open(path) as f:
+            results = json.load(f).get("results", [])
+        train = [r["images_per_s"] for r in results if r.get("mode") == "train" and r.get("images_per_s")]
+        if train:
+            return float(train[0])
+    return None
+
+
+def build_rows(config_paths: list[str], overrides: list[str], run_dirs: list[str],
+               input_size: int | None = None, paper: bool = False) -> list[dict[str, Any]]:
+    """Rows for each config (after overrides), plus runs grouped by their config name."""
+    rows: dict[str, dict] = {}
+    configs: dict[str, dict] = {}
+    for path in config_paths:
+        cfg = load_config(path, overrides)
+        configs[cfg["name"]] = cfg
+    runs: dict[str, list[tuple[dict, dict, str]]] = {}
+    for run_dir in run_dirs:
+        cfg, metrics = read_run(run_dir)
+        runs.setdefault(cfg["name"], []).append((cfg, metrics, run_dir))
+        configs.setdefault(cfg["name"], load_config(os.path.join(run_dir, "config.yaml")))
+    for name, cfg in configs.items():
+        size = input_size or cfg["data"]["eval_crop"]
+        rows[name] = profile_row(cfg, size)
+    for name, group in runs.items():
+        row = rows[name]
+        top1 = [m["best"]["top1"] for _, m, _ in group if m.get("best", {}).get("top1") is not None]
+        top5 = [m["best"]["top5"] for _, m, _ in group if m.get("best", {}).get("top5") is not None]
+        row["top1"], row["top1_std"] = _mean_std(top1)
+        row["top5"], row["top5_std"] = _mean_std(top5)
+        row["runs"] = len(top1)
+        speeds = [s for s in (_bench_throughput(d) or m.get("train_images_per_s") for _, m, d in group) if s]
+        row["images_per_s"], _ = _mean_std(speeds)
+    out = list(rows.values())
+    if paper:
+        for row in out:
+            ref = PAPER_TABLE2.get(row["arch"])
+            row["paper_top1_err"], row["paper_top5_err"], row["paper_gmacs"] = ref if ref else (None, None, None)
+    return out
+
+
+COLUMNS = [("name", "name"), ("arch", "arch"), ("reduction", "r"), ("params", "params"),
+           ("params_total", "params (incl. BN stats)"), ("gmacs", "GMACs"), ("gflops", "GFLOPs (2xMACs)"),
+           ("se_params_share", "SE params %"), ("se_gmacs_share", "SE MACs %"), ("top1", "top-1 %"),
+           ("top5", "top-5 %"), ("images_per_s", "train img/s")]
+PAPER_COLUMNS = [("paper_top1_err", "paper top-1 err"), ("paper_top5_err", "paper top-5 err"),
+                 ("paper_gmacs", "paper GFLOPs(=GMACs)")]
+
+
+def _cell(row: dict, key: str) -> str:
+    v = row.get(key)
+    if v is None:
+        return "-"
+    if key in ("top1", "top5"):
+        std = row.get(key + "_std")
+        return f"{v:.2f} ± {std:.2f}" if row.get("runs", 0) > 1 else f"{v:.2f}"
+    if key in ("se_params_share", "se_gmacs_share"):
+        return f"{100 * v:.2f}"
+    if key in ("params", "params_total"):
+        return f"{v:,}"
+    if key in ("gmacs", "gflops", "paper_gmacs"):
+        return f"{v:.3f}" if key != "paper_gmacs" else f"{v:.2f}"
+    if key == "images_per_s":
+        return f"{v:.1f}"
+    return str(v)
+
+
+def format_rows(rows: list[dict], fmt: str = "table") -> str:
+    """Render rows as an aligned text table, Markdown, CSV or JSON."""
+    if fmt == "json":
+        return json.dumps(rows, indent=2)
+    cols = COLUMNS + (PAPER_COLUMNS if rows and "paper_top1_err" in rows[0] else [])
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        keys = [k for k, _ in cols] + ["top1_std", "top5_std", "runs"]
+        writer.writerow(keys)
+        for row in rows:
+            writer.writerow(["" if row.get(k) is None else row.get(k) for k in keys])
+        return buf.getvalue()
+    header = [title for _, title in cols]
+    body = [[_cell(row, k) for k, _ in cols] for row in rows]
+    if fmt == "md":
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in body])
+    widths = [max(len(x) for x in col) for col in zip(header, *body)]
+    fmt_line = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join([fmt_line.format(*header), fmt_line.format(*("-" * w for w in widths))]
+                     + [fmt_line.format(*r) for r in body])

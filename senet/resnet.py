@@ -1,0 +1,372 @@
+"""ResNet, ResNeXt and pre-activation ResNet, with and without SE blocks, from one table.
+
+He et al., "Deep Residual Learning for Image Recognition" (ImageNet and CIFAR ResNets);
+He et al., "Identity Mappings in Deep Residual Networks" (pre-activation ResNet-164);
+Xie et al., "Aggregated Residual Transformations" (ResNeXt);
+Hu et al., "Squeeze-and-Excitation Networks", Section 4 and Fig. 3 (SE-ResNet: the SE block sits on
+the residual branch after the last BN, before the sum with the shortcut) and Section 6.5 / Fig. 5
+(the SE-PRE, SE-POST and SE-Identity integration variants).
+
+Every block calls an attention hook (senet.layers.se_factory) that returns an SE block or Identity,
+so a ResNet and an SE-ResNet run exactly the same block code.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+
+from senet.layers import BNReLUConv, ConvBN, SEBlock, SEOptions, conv2d, se_factory
+
+AttnHook = Callable[[int, str, int], nn.Layer]
+
+
+class _Residual(nn.Layer):
+    """The placement logic shared by every block. Subclasses define branch_head (up to and including
+    the 3x3 conv), branch_tail (the rest of the branch), `shortcut` (None for identity) and `se`.
+
+    placement (Hu et al., Fig. 5):
+      standard  SE on the branch after its last BN, before the sum      (SE)
+      pre       SE on the block input, before the branch                (SE-PRE)
+      post      SE after the sum and its ReLU                           (SE-POST)
+      identity  SE on the shortcut, in parallel with the branch         (SE-Identity)
+      after_3x3 SE right after the 3x3 conv (+BN, ReLU) inside the branch (Section 6.5, "SE 3x3")
+    """
+
+    placement = "standard"
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        shortcut = x if self.shortcut is None else self.shortcut(x)
+        if self.placement == "pre":
+            x = self.se(x)
+        out = self.branch_head(x)
+        if self.placement == "after_3x3":
+            out = self.se(out)
+        out = self.branch_tail(out)
+        if self.placement == "standard":
+            out = self.se(out)
+        elif self.placement == "identity":
+            shortcut = self.se(shortcut)
+        out = F.relu(out + shortcut)
+        if self.placement == "post":
+            out = self.se(out)
+        return out
+
+
+def _se_channels(placement: str, in_ch: int, inner: int, out_ch: int) -> int:
+    """The width of the tensor the SE block sees at each placement."""
+    return {"pre": in_ch, "after_3x3": inner}.get(placement, out_ch)
+
+
+class PadShortcut(nn.Layer):
+    """Parameter-free shortcut ("option A", He et al. 2015, Section 4.2, used for the CIFAR ResNets):
+    subsample by the stride and zero-pad the new channels, half on each side."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int, data_format: str = "NCHW") -> None:
+        super().__init__()
+        self.stride, self.channel_last = stride, data_format == "NHWC"
+        self.pad_lo = (out_ch - in_ch) // 2
+        self.pad_hi = out_ch - in_ch - self.pad_lo
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        s = self.stride
+        if self.channel_last:
+            x = x[:, ::s, ::s, :]
+            return F.pad(x, [0, 0, 0, 0, 0, 0, self.pad_lo, self.pad_hi])
+        x = x[:, :, ::s, ::s]
+        return F.pad(x, [0, 0, self.pad_lo, self.pad_hi, 0, 0, 0, 0])
+
+
+class BasicBlock(_Residual):
+    """Two 3x3 convs (ResNet-18/34 and the CIFAR ResNets)."""
+
+    expansion = 1
+
+    def __init__(self, in_ch: int, planes: int, stride: int, attn: AttnHook, name: str, stage: int,
+                 placement: str = "standard", pad_shortcut: bool = False, data_format: str = "NCHW",
+                 **_: object) -> None:
+        super().__init__()
+        out_ch = planes
+        self.conv1 = ConvBN(in_ch, planes, 3, stride, data_format=data_format)
+        self.conv2 = ConvBN(planes, planes, 3, act=False, data_format=data_format)
+        self.shortcut = _make_shortcut(in_ch, out_ch, stride, pad_shortcut, data_format)
+        self.placement = placement
+        # For a basic block "after the 3x3" means after the first 3x3; the second is the last conv.
+        self.se = attn(_se_channels(placement, in_ch, planes, out_ch), name + ".se", stage)
+
+    def branch_head(self, x: paddle.Tensor) -> paddle.Tensor:
+        return self.conv1(x)
+
+    def branch_tail(self, x: paddle.Tensor) -> paddle.Tensor:
+        return self.conv2(x)
+
+    def last_bn(self) -> nn.Layer:
+        return self.conv2[1]
+
+
+class Bottleneck(_Residual):
+    """1x1 reduce, 3x3 (grouped for ResNeXt), 1x1 expand by 4.
+
+    stride_in_1x1=True puts the stride-2 on the first 1x1 conv, as in the original ResNet (Caffe)
+    and the SENet authors' SE-ResNet release; False puts it on the 3x3 conv ("ResNet v1.5", as in
+    torchvision, ResNeXt and the authors' SE-ResNeXt). The 3x3 placement keeps more spatial
+    information through the 1x1 and costs about 6% more multiply-adds on ResNet-50 (4.09 vs 3.86 G).
+    """
+
+    expansion = 4
+
+    def __init__(self, in_ch: int, planes: int, stride: int, attn: AttnHook, name: str, stage: int,
+                 placement: str = "standard", groups: int = 1, width_per_group: int = 64,
+                 stride_in_1x1: bool = True, data_format: str = "NCHW", **_: object) -> None:
+        super().__init__()
+        width = int(planes * width_per_group / 64) * groups
+        out_ch = planes * self.expansion
+        s1, s3 = (stride, 1) if stride_in_1x1 else (1, stride)
+        self.conv1 = ConvBN(in_ch, width, 1, s1, data_format=data_format)
+        self.conv2 = ConvBN(width, width, 3, s3, groups=groups, data_format=data_format)
+        self.conv3 = ConvBN(width, out_ch, 1, act=False, data_format=data_format)
+        self.shortcut = _make_shortcut(in_ch, out_ch, stride, False, data_format)
+        self.placement = placement
+        self.se = attn(_se_channels(placement, in_ch, width, out_ch), name + ".se", stage)
+
+    def branch_head(self, x: paddle.Tensor) -> paddle.Tensor:
+        return self.conv2(self.conv1(x))
+
+    def branch_tail(self, x: paddle.Tensor) -> paddle.Tensor:
+        return self.conv3(x)
+
+    def last_bn(self) -> nn.Layer:
+        return self.conv3[1]
+
+
+class PreActBottleneck(nn.Layer):
+    """Pre-activation bottleneck (BN-ReLU-conv x 3), as in ResNet-164.
+
+    There is no BN after the last conv, so "after the last BN" becomes "after the last conv";
+    nothing follows the sum, so SE-POST acts on the sum itself. A projection shortcut reads the
+    pre-activated input, as in the authors' code.
+    """
+
+    expansion = 4
+
+    def __init__(self, in_ch: int, planes: int, stride: int, attn: AttnHook, name: str, stage: int,
+                 placement: str = "standard", data_format: str = "NCHW", **_: object) -> None:
+        super().__init__()
+        out_ch = planes * self.expansion
+        self.preact = nn.Sequential(nn.BatchNorm2D(in_ch, data_format=data_format), nn.ReLU())
+        self.conv1 = conv2d(in_ch, planes, 1, data_format=data_format)
+        self.conv2 = BNReLUConv(planes, planes, 3, stride, data_format=data_format)
+        self.conv3 = BNReLUConv(planes, out_ch, 1, data_format=data_format)
+        self.shortcut = None
+        if stride != 1 or in_ch != out_ch:
+            self.shortcut = conv2d(in_ch, out_ch, 1, stride, data_format=data_format)
+        self.placement = placement
+        self.se = attn(_se_channels(placement, in_ch, planes, out_ch), name + ".se", stage)
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        if self.placement == "pre":
+            x = self.se(x)
+        pre = self.preact(x)
+        shortcut = x if self.shortcut is None else self.shortcut(pre)
+        out = self.conv2(self.conv1(pre))
+        if self.placement == "after_3x3":
+            out = self.se(out)
+        out = self.conv3(out)
+        if self.placement == "standard":
+            out = self.se(out)
+        elif self.placement == "identity":
+            shortcut = self.se(shortcut)
+        out = out + shortcut
+        if self.placement == "post":
+            out = self.se(out)
+        return out
+
+
+def _make_shortcut(in_ch: int, out_ch: int, stride: int, pad: bool, data_format: str) -> nn.Layer | None:
+    if stride == 1 and in_ch == out_ch:
+        return None
+    if pad:
+        return PadShortcut(in_ch, out_ch, stride, data_format)
+    return ConvBN(in_ch, out_ch, 1, stride, act=False, data_format=data_format)  # projection, "option B"
+
+
+class ResNet(nn.Layer):
+    """Stem, stages `layer1..layerN`, global average pool, `fc`.
+
+    stem="imagenet": 7x7/2 conv, BN, ReLU, 3x3/2 max pool, widths 64-128-256-512.
+    stem="cifar":    3x3 conv (with BN-ReLU unless pre-activation), widths 16-32-64.
+    """
+
+    def __init__(self, block: type, layers: Sequence[int], num_classes: int = 1000, stem: str = "imagenet",
+                 attn: AttnHook | None = None, placement: str = "standard", groups: int = 1,
+                 width_per_group: int = 64, stride_in_1x1: bool = True, zero_init_residual: bool = False,
+                 data_format: str = "NCHW") -> None:
+        super().__init__()
+        attn = attn or se_factory(None)
+        preact = block is PreActBottleneck
+        self.data_format = data_format
+        if stem == "imagenet":
+            widths, in_ch = (64, 128, 256, 512), 64
+            self.stem = nn.Sequential(ConvBN(3, 64, 7, 2, data_format=data_format),
+                                      nn.MaxPool2D(3, 2, 1, data_format=data_format))
+        else:
+            widths, in_ch = (16, 32, 64), 16
+            self.stem = (conv2d(3, 16, 3, data_format=data_format) if preact
+                         else ConvBN(3, 16, 3, data_format=data_format))
+        block_kw = dict(placement=placement, groups=groups, width_per_group=width_per_group,
+                        stride_in_1x1=stride_in_1x1, pad_shortcut=stem == "cifar", data_format=data_format)
+        self.stages = []
+        for i, (planes, n) in enumerate(zip(widths, layers)):
+            blocks = []
+            for j in range(n):
+                stride = 2 if (j == 0 and i > 0) else 1
+                blocks.append(block(in_ch, planes, stride, attn, f"layer{i + 1}.{j}", i + 1, **block_kw))
+                in_ch = planes * block.expansion
+            stage = nn.Sequential(*blocks)
+            setattr(self, f"layer{i + 1}", stage)
+            self.stages.append(stage)
+        # Pre-activation nets end with a BN-ReLU, since their blocks end with a bare conv.
+        self.final_act = (nn.Sequential(nn.BatchNorm2D(in_ch, data_format=data_format), nn.ReLU())
+                          if preact else nn.Identity())
+        self.pool = nn.AdaptiveAvgPool2D(1, data_format=data_format)
+        self.fc = nn.Linear(in_ch, num_classes)
+        self.num_features = in_ch
+        _init_weights(self, zero_init_residual)
+
+    def forward_features(self, x: paddle.Tensor) -> paddle.Tensor:
+        x = self.stem(x)
+        for stage in self.stages:
+            x = stage(x)
+        return self.final_act(x)
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        return self.fc(self.pool(self.forward_features(x)).flatten(1))
+
+
+def _init_weights(model: nn.Layer, zero_init_residual: bool) -> None:
+    """Convs are He-initialised where they are built (senet.layers.conv2d) and BN starts at (1, 0).
+    Here: the SE FCs get the same He fan-out init whichever impl (so conv and linear SE blocks start
+    from the same distribution), and the classifier is uniform in +-1/sqrt(fan_in), as in torchvision."""
+    for layer in model.sublayers():
+        if isinstance(layer, SEBlock):
+            for fc in (layer.fc1, layer.fc2):
+                fan_out = fc.weight.shape[0] if isinstance(fc, nn.Conv2D) else fc.weight.shape[1]
+                nn.initializer.KaimingNormal(fan_in=fan_out)(fc.weight)
+    bound = 1.0 / math.sqrt(model.fc.weight.shape[0])
+    nn.initializer.Uniform(-bound, bound)(model.fc.weight)
+    nn.initializer.Uniform(-bound, bound)(model.fc.bias)
+    if zero_init_residual:  # Goyal et al.: each block starts as the identity. Not for pre-activation.
+        for layer in model.sublayers():
+            if isinstance(layer, (BasicBlock, Bottleneck)):
+                nn.initializer.Constant(0.0)(layer.last_bn().weight)
+
+
+@dataclass(frozen=True)
+class Arch:
+    block: type
+    layers: tuple[int, ...]
+    stem: str = "imagenet"
+    groups: int = 1
+    width_per_group: int = 64
+    stride_in_1x1: bool = True  # each architecture's original placement; see Bottleneck
+
+
+# The one table of architectures. `se_<name>` is the same network with SE blocks.
+MODELS: dict[str, Arch] = {
+    "resnet18": Arch(BasicBlock, (2, 2, 2, 2)),
+    "resnet34": Arch(BasicBlock, (3, 4, 6, 3)),
+    "resnet50": Arch(Bottleneck, (3, 4, 6, 3)),
+    "resnet101": Arch(Bottleneck, (3, 4, 23, 3)),
+    "resnet152": Arch(Bottleneck, (3, 8, 36, 3)),
+    "resnext50_32x4d": Arch(Bottleneck, (3, 4, 6, 3), groups=32, width_per_group=4, stride_in_1x1=False),
+    "resnext101_32x4d": Arch(Bottleneck, (3, 4, 23, 3), groups=32, width_per_group=4, stride_in_1x1=False),
+    # CIFAR: 6n+2 layers of basic blocks (He et al. 2015, Section 4.2), 9n+2 pre-activation bottlenecks.
+    "resnet20": Arch(BasicBlock, (3, 3, 3), stem="cifar"),
+    "resnet32": Arch(BasicBlock, (5, 5, 5), stem="cifar"),
+    "resnet44": Arch(BasicBlock, (7, 7, 7), stem="cifar"),
+    "resnet56": Arch(BasicBlock, (9, 9, 9), stem="cifar"),
+    "resnet110": Arch(BasicBlock, (18, 18, 18), stem="cifar"),
+    "resnet164": Arch(PreActBottleneck, (18, 18, 18), stem="cifar"),
+}
+
+ALL_ARCHS = list(MODELS) + ["se_" + name for name in MODELS]
+
+
+def known_arch(name: str) -> str:
+    """Raise a ValueError naming the known architectures (and the nearest one) for an unknown name."""
+    base = name[3:] if name.startswith("se_") else name
+    if base in MODELS or name.startswith("ppim."):
+        return name
+    near = difflib.get_close_matches(name, ALL_ARCHS, n=1, cutoff=0.4)
+    hint = f" Did you mean '{near[0]}'?" if near else ""
+    raise ValueError(f"unknown model.arch '{name}'.{hint} Known: {', '.join(ALL_ARCHS)}, "
+                     f"or ppim.<name> for a ppim model")
+
+
+def create_model(arch: str, num_classes: int = 1000, se: SEOptions | None = None,
+                 stride_in_1x1: bool | None = None, zero_init_residual: bool = False,
+                 data_format: str = "NCHW") -> nn.Layer:
+    """Build `arch` (a MODELS key, optionally prefixed `se_`, or `ppim.<name>`).
+
+    `se` tunes the SE blocks of an `se_` model and is ignored (must be None or default) otherwise.
+    """
+    known_arch(arch)
+    if arch.startswith("ppim."):
+        return _create_ppim(arch[5:], num_classes)
+    use_se = arch.startswith("se_")
+    spec = MODELS[arch[3:] if use_se else arch]
+    options = (se or SEOptions()) if use_se else None
+    if options is not None and options.stages is not None:
+        bad = [s for s in options.stages if not 1 <= s <= len(spec.layers)]
+        if bad:
+            raise ValueError(f"model.se.stages {list(options.stages)}: {arch} has stages 1-{len(spec.layers)}")
+    return ResNet(spec.block, spec.layers, num_classes, stem=spec.stem,
+                  attn=se_factory(options, data_format),
+                  placement=options.placement if options else "standard",
+                  groups=spec.groups, width_per_group=spec.width_per_group,
+                  stride_in_1x1=spec.stride_in_1x1 if stride_in_1x1 is None else stride_in_1x1,
+                  zero_init_residual=zero_init_residual, data_format=data_format)
+
+
+def _create_ppim(name: str, num_classes: int) -> nn.Layer:
+    import warnings
+
+    with warnings.catch_warnings():  # ppim's import pulls in Paddle's cpp_extension, which warns about ccache
+        warnings.simplefilter("ignore")
+        import ppim
+    factory = getattr(ppim, name, None)
+    names = [n for group in ppim.models_dict.values() for n in group] if hasattr(ppim, "models_dict") else []
+    if not callable(factory) or (names and name not in names):
+        near = difflib.get_close_matches(name, names, n=1)
+        hint = f" Did you mean 'ppim.{near[0]}'?" if near else ""
+        raise ValueError(f"unknown ppim model '{name}'.{hint}")
+    return _PpimClassifier(factory(pretrained=False, class_dim=num_classes))  # weights never downloaded
+
+
+class _PpimClassifier(nn.Layer):
+    """Wraps a ppim model so that its output is always [N, classes]: some ppim heads squeeze the
+    batch axis away for a batch of one."""
+
+    def __init__(self, model: nn.Layer) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        return self.model(x).reshape([x.shape[0], -1])
+
+
+def build_model(cfg: dict) -> nn.Layer:
+    """The one way to build a model: from a resolved config (see senet.config)."""
+    m = cfg["model"]
+    se_cfg = dict(m["se"])
+    if se_cfg.get("stages") is not None:
+        se_cfg["stages"] = tuple(se_cfg["stages"])
+    return create_model(m["arch"], num_classes=m["num_classes"], se=SEOptions(**se_cfg),
+                        stride_in_1x1=m["stride_in_1x1"], zero_init_residual=m["zero_init_residual"],
+                        data_format=cfg.get("train", {}).get("data_format", "NCHW"))

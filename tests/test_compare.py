@@ -1,0 +1,70 @@
+"""tools/compare.py end to end, as a user runs it."""
+
+import json
+import os
+import subprocess
+import sys
+
+import yaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_compare(*args):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "compare.py"), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    return proc
+
+
+def test_compare_json_matches_paper_figures():
+    proc = run_compare("-c", "configs/resnet50.yaml", "configs/se_resnet50.yaml", "--format", "json", "--paper")
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    assert [r["name"] for r in rows] == ["resnet50", "se_resnet50"]
+    plain, se = rows
+    for key in ("name", "arch", "reduction", "params", "params_total", "gmacs", "top1", "top5"):
+        assert key in plain and key in se
+    assert (plain["params"], round(plain["gmacs"], 2), plain["reduction"]) == (25_557_032, 3.86, None)
+    assert (se["params"], round(se["gmacs"], 2), se["reduction"]) == (28_088_024, 3.87, 16)
+    assert plain["top1"] is None and se["paper_top1_err"] == 23.29 and plain["paper_top5_err"] == 7.48
+
+
+def test_compare_overrides_and_formats():
+    proc = run_compare("-c", "configs/se_resnet50.yaml", "-o", "model.se.reduction=8", "model.stride_in_1x1=false",
+                       "--format", "csv")
+    assert proc.returncode == 0, proc.stderr
+    header, row = proc.stdout.strip().splitlines()
+    values = dict(zip(header.split(","), row.split(",")))
+    assert values["reduction"] == "8" and float(values["gmacs"]) > 4.09
+    md = run_compare("-c", "configs/resnet50.yaml", "--format", "md", "--input-size", "112")
+    assert md.stdout.startswith("| name | arch |") and "GMACs" in md.stdout
+
+
+def test_compare_reads_runs_as_mean_and_std(tmp_path):
+    from senet.config import dump_config, load_config
+
+    for seed, top1 in ((0, 90.0), (1, 92.0)):
+        run = tmp_path / f"run{seed}"
+        cfg = load_config(os.path.join(ROOT, "configs", "resnet50.yaml"),
+                          ["model.arch=se_resnet20", "model.num_classes=10", "name=se20", "data.eval_crop=32"])
+        dump_config(cfg, str(run / "config.yaml"))
+        (run / "metrics.json").write_text(json.dumps({"best": {"top1": top1, "top5": 99.0, "epoch": 3},
+                                                      "train_images_per_s": 100.0 + seed}))
+    proc = run_compare("--runs", str(tmp_path / "run0"), str(tmp_path / "run1"), "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    (row,) = json.loads(proc.stdout)
+    assert row["name"] == "se20" and row["runs"] == 2
+    assert row["top1"] == 91.0 and abs(row["top1_std"] - 1.4142) < 1e-3 and row["top5"] == 99.0
+    assert row["images_per_s"] == 100.5
+    table = run_compare("--runs", str(tmp_path / "run0"), str(tmp_path / "run1"))
+    assert "91.00 ± 1.41" in table.stdout
+
+
+def test_compare_errors_are_clear(tmp_path):
+    proc = run_compare("-c", "configs/resnet50.yaml", "-o", "model.arch=resnet5O")
+    assert proc.returncode == 2 and "unknown model.arch 'resnet5O'" in proc.stderr
+    proc = run_compare("--runs", str(tmp_path))
+    assert proc.returncode == 2 and "no config.yaml" in proc.stderr
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"model": {"archh": "resnet50"}}))
+    proc = run_compare("-c", str(tmp_path / "bad.yaml"))
+    assert proc.returncode == 2 and "Did you mean 'model.arch'" in proc.stderr

@@ -1,0 +1,233 @@
+"""Every architecture, with and without SE, and every SE option: shapes, finite values and gradients,
+the SE parameter formula, conv/linear equivalence, and clear errors for bad names and options."""
+
+import numpy as np
+import paddle
+import pytest
+
+from senet.config import load_config
+from senet.layers import GATES, PLACEMENTS, SQUEEZES, SEBlock, SEOptions
+from senet.profile import count_params, se_param_formula
+from senet.resnet import MODELS, Bottleneck, PreActBottleneck, build_model, create_model
+
+CIFAR = [name for name, spec in MODELS.items() if spec.stem == "cifar"]
+IMAGENET = [name for name, spec in MODELS.items() if spec.stem == "imagenet"]
+
+
+def _input_size(arch: str) -> int:
+    return 32 if arch.removeprefix("se_") in CIFAR else 64  # 64 px keeps the big ImageNet nets quick
+
+
+def _check_forward_backward(model: paddle.nn.Layer, size: int, num_classes: int, data_format: str = "NCHW"):
+    paddle.seed(0)
+    shape = [2, size, size, 3] if data_format == "NHWC" else [2, 3, size, size]
+    x = paddle.randn(shape)
+    x.stop_gradient = False
+    out = model(x)
+    assert out.shape == [2, num_classes]
+    assert np.isfinite(out.numpy()).all()
+    out.mean().backward()
+    assert np.isfinite(x.grad.numpy()).all()
+    grads = [p for p in model.parameters() if not p.stop_gradient]
+    assert all(p.grad is not None for p in grads), "every trainable parameter gets a gradient"
+    assert all(np.isfinite(p.grad.numpy()).all() for p in grads)
+    # Some gradient must be non-zero (a dead network would pass the finiteness checks).
+    assert max(float(np.abs(p.grad.numpy()).max()) for p in grads) > 0
+
+
+@pytest.mark.parametrize("arch", list(MODELS))
+def test_every_architecture_with_and_without_se(arch):
+    """Forward/backward of the plain and SE model, and the SE parameter increase by the paper's formula."""
+    plain, se = create_model(arch, num_classes=7), create_model("se_" + arch, num_classes=7)
+    for model in (plain, se):
+        _check_forward_backward(model, _input_size(arch), 7)
+    added = count_params(se)[0] - count_params(plain)[0]
+    # Independent of the model code: the standard placement puts one SE block per residual block,
+    # on that block's output width C; each adds 2*C*(C//r) weights and (C//r + C) biases.
+    spec = MODELS[arch]
+    widths = (64, 128, 256, 512) if spec.stem == "imagenet" else (16, 32, 64)
+    expansion = spec.block.expansion
+    expected = sum(n * (2 * w * expansion * (w * expansion // 16) + w * expansion // 16 + w * expansion)
+                   for w, n in zip(widths, spec.layers))
+    assert added == expected == se_param_formula(se)
+
+
+def test_se_parameter_formula_without_bias_and_other_reduction():
+    plain = create_model("resnet50")
+    se = create_model("se_resnet50", se=SEOptions(reduction=8, bias=False))
+    added = count_params(se)[0] - count_params(plain)[0]
+    expected = sum(n * 2 * c * (c // 8) for c, n in zip((256, 512, 1024, 2048), (3, 4, 6, 3)))
+    assert added == expected == se_param_formula(se)
+
+
+@pytest.mark.parametrize("squeeze", SQUEEZES)
+@pytest.mark.parametrize("gate", GATES)
+@pytest.mark.parametrize("impl", ["conv", "linear"])
+def test_every_squeeze_gate_impl_runs(squeeze, gate, impl):
+    model = create_model("se_resnet20", num_classes=10, se=SEOptions(reduction=4, squeeze=squeeze, gate=gate,
+                                                                      impl=impl))
+    _check_forward_backward(model, 32, 10)
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+@pytest.mark.parametrize("arch", ["se_resnet20", "se_resnet50", "se_resnet164"])
+def test_every_placement_runs_on_every_block_type(placement, arch):
+    model = create_model(arch, num_classes=5, se=SEOptions(placement=placement, reduction=4))
+    _check_forward_backward(model, _input_size(arch), 5)
+    assert se_param_formula(model) > 0
+
+
+def test_placements_put_se_on_the_right_width():
+    se = SEOptions(reduction=4)
+
+    def se_width(placement):
+        model = create_model("se_resnet50", se=SEOptions(**{**se.__dict__, "placement": placement}))
+        return model.layer2[0].se.channels  # first block of stage 2: 256 in, 128 wide, 512 out
+
+    assert se_width("standard") == 512
+    assert se_width("post") == 512
+    assert se_width("identity") == 512
+    assert se_width("pre") == 256
+    assert se_width("after_3x3") == 128
+
+
+def test_stages_option_limits_se_to_chosen_stages():
+    model = create_model("se_resnet50", se=SEOptions(stages=(3,)))
+    with_se = {name.split(".")[0] for name, layer in model.named_sublayers() if isinstance(layer, SEBlock)}
+    assert with_se == {"layer3"}
+    assert count_params(model)[0] - count_params(create_model("resnet50"))[0] == \
+        6 * (2 * 1024 * 64 + 64 + 1024)
+
+
+def test_plain_model_has_no_se_blocks_and_same_structure():
+    plain, se = create_model("resnet50"), create_model("se_resnet50")
+    assert not any(isinstance(layer, SEBlock) for layer in plain.sublayers())
+    plain_keys = set(plain.state_dict())
+    se_keys = {k for k in se.state_dict() if ".se." not in k}
+    assert plain_keys == se_keys  # the same network apart from the SE blocks
+
+
+@pytest.mark.parametrize("squeeze", SQUEEZES)
+@pytest.mark.parametrize("gate", GATES)
+@pytest.mark.parametrize("data_format", ["NCHW", "NHWC"])
+def test_conv_and_linear_implementations_agree(squeeze, gate, data_format):
+    paddle.seed(1)
+    conv = SEBlock(32, SEOptions(reduction=4, impl="conv", squeeze=squeeze, gate=gate), data_format=data_format)
+    linear = SEBlock(32, SEOptions(reduction=4, impl="linear", squeeze=squeeze, gate=gate), data_format=data_format)
+    # Paddle's Linear weight is [in, out]; the 1x1 conv weight is [out, in, 1, 1].
+    linear.fc1.weight.set_value(conv.fc1.weight[:, :, 0, 0].T)
+    linear.fc2.weight.set_value(conv.fc2.weight[:, :, 0, 0].T)
+    linear.fc1.bias.set_value(paddle.randn([8]))
+    conv.fc1.bias.set_value(linear.fc1.bias)
+    linear.fc2.bias.set_value(paddle.randn([32]))
+    conv.fc2.bias.set_value(linear.fc2.bias)
+    x = paddle.randn([3, 6, 5, 32] if data_format == "NHWC" else [3, 32, 6, 5])
+    np.testing.assert_allclose(conv(x).numpy(), linear(x).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_se_block_computes_the_paper_equations():
+    """Squeeze (mean over H x W), excitation sigmoid(W2 relu(W1 z)), channel-wise scale, by hand in numpy."""
+    paddle.seed(2)
+    block = SEBlock(8, SEOptions(reduction=2, impl="linear"))
+    x = paddle.randn([2, 8, 3, 4])
+    w1, b1 = block.fc1.weight.numpy(), block.fc1.bias.numpy()
+    w2, b2 = block.fc2.weight.numpy(), block.fc2.bias.numpy()
+    z = x.numpy().mean(axis=(2, 3))
+    s = 1 / (1 + np.exp(-(np.maximum(z @ w1 + b1, 0) @ w2 + b2)))
+    np.testing.assert_allclose(block(x).numpy(), x.numpy() * s[:, :, None, None], rtol=1e-5, atol=1e-6)
+
+
+def test_excitation_reads_the_squeezed_tensor():
+    """Changing the input spatially without changing channel means must not change the weights s."""
+    block = SEBlock(8, SEOptions(reduction=2))
+    x = paddle.randn([1, 8, 4, 4])
+    shuffled = x.flatten(2)[:, :, paddle.randperm(16)].reshape([1, 8, 4, 4])
+    s1 = block.excite(block.squeeze(x)).numpy()
+    s2 = block.excite(block.squeeze(shuffled)).numpy()
+    assert s1.shape == (1, 8, 1, 1)
+    np.testing.assert_allclose(s1, s2, rtol=1e-5)
+
+
+def test_nhwc_model_matches_nchw_model():
+    paddle.seed(3)
+    nchw = create_model("se_resnet20", num_classes=10)
+    nhwc = create_model("se_resnet20", num_classes=10, data_format="NHWC")
+    nhwc.set_state_dict(nchw.state_dict())  # same parameter shapes in both layouts
+    nchw.eval(), nhwc.eval()
+    x = paddle.randn([2, 3, 32, 32])
+    np.testing.assert_allclose(nchw(x).numpy(), nhwc(x.transpose([0, 2, 3, 1])).numpy(), rtol=1e-4, atol=1e-5)
+    _check_forward_backward(create_model("se_resnet50", num_classes=4, data_format="NHWC"), 64, 4, "NHWC")
+
+
+def test_stride_placement_defaults_follow_each_architecture():
+    def first_strides(model):
+        block = model.layer2[0]
+        return block.conv1[0]._stride, block.conv2[0]._stride
+
+    assert first_strides(create_model("resnet50")) == ([2, 2], [1, 1])
+    assert first_strides(create_model("resnet50", stride_in_1x1=False)) == ([1, 1], [2, 2])
+    assert first_strides(create_model("resnext50_32x4d")) == ([1, 1], [2, 2])
+    assert first_strides(create_model("resnext50_32x4d", stride_in_1x1=True)) == ([2, 2], [1, 1])
+
+
+def test_zero_init_residual_zeroes_last_bn_gamma():
+    model = create_model("se_resnet50", zero_init_residual=True)
+    for layer in model.sublayers():
+        if isinstance(layer, Bottleneck):
+            assert float(layer.conv3[1].weight.abs().max()) == 0.0
+    default = create_model("resnet50")
+    assert float(default.layer1[0].conv3[1].weight.min()) == 1.0
+
+
+def test_he_initialisation_scale():
+    model = create_model("resnet50")
+    w = model.layer3[0].conv2[0].weight.numpy()  # 3x3, 256 -> 256: fan_out = 256 * 9
+    assert abs(w.std() - np.sqrt(2.0 / (256 * 9))) < 0.05 * np.sqrt(2.0 / (256 * 9))
+
+
+def test_resnet164_is_preactivation_with_expected_size():
+    model = create_model("resnet164", num_classes=10)
+    assert sum(isinstance(m, PreActBottleneck) for m in model.sublayers()) == 54
+    assert abs(count_params(model)[0] - 1.70e6) < 0.01e6  # He et al. 2016: 1.7M parameters
+    assert abs(count_params(create_model("resnet110", num_classes=10))[0] - 1.73e6) < 0.01e6  # 1.7M
+
+
+def test_build_model_from_config_and_ppim():
+    cfg = load_config(None, ["model.arch=se_resnet20", "model.num_classes=10", "model.se.reduction=8",
+                             "model.se.stages=[2, 3]", "train.data_format=NHWC"])
+    model = build_model(cfg)
+    assert [b.se.hidden for b in model.layer2] == [32 // 8] * 3
+    assert all(isinstance(b.se, paddle.nn.Identity) for b in model.layer1)
+    ppim_model = build_model(load_config(None, ["model.arch=ppim.rexnet_1_0", "model.num_classes=10"]))
+    ppim_model.eval()
+    assert ppim_model(paddle.randn([1, 3, 64, 64])).shape == [1, 10]
+
+
+def test_unknown_architecture_lists_known_names_and_suggests():
+    with pytest.raises(ValueError) as e:
+        create_model("se_resnt50")
+    assert "Did you mean 'se_resnet50'" in str(e.value) and "resnext101_32x4d" in str(e.value)
+    with pytest.raises(ValueError, match="unknown ppim model 'rexnet_10'.*ppim.rexnet_1_0"):
+        create_model("ppim.rexnet_10")
+
+
+def test_zero_width_se_layer_names_the_layer_and_channels():
+    with pytest.raises(ValueError, match=r"'layer1\.0\.se': C=16 // reduction 32 = 0"):
+        create_model("se_resnet20", se=SEOptions(reduction=32))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"impl": "dense"}, "model.se.impl: 'dense' is not one of conv, linear"),
+    ({"gate": "softmax"}, "model.se.gate"),
+    ({"squeeze": "mean"}, "model.se.squeeze"),
+    ({"placement": "before"}, "model.se.placement"),
+    ({"reduction": 0}, "positive integer"),
+])
+def test_bad_se_options_are_clear_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SEOptions(**kwargs)
+
+
+def test_bad_stage_number_is_an_error():
+    with pytest.raises(ValueError, match="stages 1-3"):
+        create_model("se_resnet20", se=SEOptions(stages=(4,)))
