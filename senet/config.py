@@ -25,6 +25,7 @@ DEFAULTS: dict[str, Any] = {
         "zero_init_residual": False,  # zero the last BN gamma of every residual branch
         "sync_bn": False,  # synchronised BatchNorm across devices (multi-device training)
         "weights": None,  # a checkpoint (.pdparams) or .safetensors file to start from
+        "trust_pickle": False,  # allow .pdparams pickles from outside this project (unpickling can run code)
         "se": {
             "reduction": 16,  # r: hidden width is exactly C // r
             "impl": "conv",  # conv: 1x1 convs on the pooled map; linear: Linear on the vector
@@ -80,6 +81,7 @@ DEFAULTS: dict[str, Any] = {
             "dtype": "float16",  # float16 | bfloat16
             "init_loss_scaling": 65536.0,
             "dynamic": True,
+            "eval": False,  # evaluate under autocast too; by default eval runs in fp32
         },
         "ema": {"enabled": False, "decay": 0.9999},
         "data_format": "NCHW",  # NCHW | NHWC

@@ -1,0 +1,137 @@
+"""What a run writes besides its weights: a text log, progress bars, VisualDL scalars, checkpoints.
+
+Only rank 0 writes anything; other ranks keep quiet. Progress bars (tqdm) appear when stdout is a
+terminal; under CI or nohup they fall back to one log line every `train.log_every` steps.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from senet import checkpoint as ckpt
+
+
+class RunLogger:
+    def __init__(self, cfg: dict, rank: int = 0, world_size: int = 1) -> None:
+        self.cfg, self.rank, self.world_size = cfg, rank, world_size
+        self.output_dir = cfg["output_dir"]
+        self.tty = sys.stdout.isatty()
+        self.writer = None
+        self.last_saved: str | None = None
+        self._log_file = None
+        if rank == 0:
+            os.makedirs(self.output_dir, exist_ok=True)
+            self._log_file = open(os.path.join(self.output_dir, "train.log"), "a", buffering=1)
+
+    # ---- text
+    def info(self, message: str) -> None:
+        if self.rank != 0:
+            return
+        line = f"[{time.strftime('%H:%M:%S')}] {message}"
+        print(line, flush=True)
+        self._log_file.write(line + "\n")
+
+    # ---- progress bars
+    def progress(self, total: int, initial: int = 0, desc: str = ""):
+        if self.rank != 0 or not self.tty:
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, leave=False)
+
+    @staticmethod
+    def close_progress(bar) -> None:
+        if bar is not None:
+            bar.close()
+
+    # ---- VisualDL
+    def open_writer(self, step: int) -> None:
+        """Open the VisualDL writer. On resume, new events continue at `step` in the same folder."""
+        if self.rank != 0:
+            return
+        from visualdl import LogWriter
+
+        self.writer = LogWriter(logdir=os.path.join(self.output_dir, "vdl"), file_name=f"vdlrecords.{step}.log")
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        if self.writer is not None:
+            self.writer.add_scalar(tag, float(value), step)
+
+    def histogram(self, tag: str, values, step: int) -> None:
+        if self.writer is not None:
+            self.writer.add_histogram(tag, values, step)
+
+    def train_step(self, step: int, stats: dict, bar) -> None:
+        for key, value in stats.items():
+            self.scalar({"loss_scale": "amp/loss_scale"}.get(key, f"train/{key}"), value, step)
+        text = f"loss {stats['loss']:.4f}  lr {stats['lr']:.4g}  {stats['images_per_s']:.1f} img/s"
+        if bar is not None:
+            bar.set_postfix_str(text)
+        else:
+            self.info(f"step {step}: {text}")
+
+    def epoch(self, step: int, record: dict) -> None:
+        tags = {"train_loss": "train/epoch_loss", "train_top1": "train/top1", "epoch_time_s": "train/epoch_time_s",
+                "train_images_per_s": "train/epoch_images_per_s", "rss_mb": "memory/rss_mb",
+                "eval_top1": "eval/top1", "eval_top5": "eval/top5", "eval_loss": "eval/loss",
+                "ema_eval_top1": "eval_ema/top1", "ema_eval_top5": "eval_ema/top5", "ema_eval_loss": "eval_ema/loss",
+                "skipped_steps": "amp/skipped_steps", "loss_scale": "amp/loss_scale"}
+        for key, tag in tags.items():
+            if key in record:
+                self.scalar(tag, record[key], step)
+        parts = [f"epoch {record['epoch']}/{self.cfg['train']['epochs']}",
+                 f"train loss {record['train_loss']:.4f} top-1 {record['train_top1']:.2f}%"]
+        if "eval_top1" in record:
+            parts.append(f"val top-1 {record['eval_top1']:.2f}% top-5 {record['eval_top5']:.2f}% "
+                         f"loss {record['eval_loss']:.4f}")
+        if "ema_eval_top1" in record:
+            parts.append(f"EMA val top-1 {record['ema_eval_top1']:.2f}%")
+        parts.append(f"{record['epoch_time_s']:.1f}s, {record['train_images_per_s']:.1f} img/s, "
+                     f"RSS {record['rss_mb']:.0f} MB")
+        self.info(" | ".join(parts))
+
+    # ---- checkpoints
+    def checkpoint_path(self, name: str) -> str:
+        return os.path.join(self.output_dir, "checkpoints", f"{name}.pdparams")
+
+    def save(self, state, name: str, keep_last: int | None = None) -> None:
+        """Atomically save the training state as checkpoints/<name>.pdparams (rank 0 only)."""
+        if self.rank != 0:
+            return
+        path = self.checkpoint_path(name)
+        try:
+            ckpt.save_checkpoint(path, state.to_checkpoint())
+        except OSError as e:
+            kept = f"the previous {path} is intact" if os.path.exists(path) else "no earlier checkpoint exists"
+            raise ckpt.CheckpointError(f"could not write checkpoint {path} ({e.strerror or e}); {kept}. "
+                                       f"Free disk space or set -o output_dir=PATH") from e
+        self.last_saved = path
+        if keep_last:
+            self._prune(keep_last)
+
+    def _prune(self, keep_last: int) -> None:
+        folder = os.path.join(self.output_dir, "checkpoints")
+        numbered = sorted((int(n[len("epoch_"):-len(".pdparams")]), n) for n in os.listdir(folder)
+                          if n.startswith("epoch_") and n.endswith(".pdparams"))
+        for _, name in numbered[:-keep_last]:
+            os.remove(os.path.join(folder, name))
+
+    def last_good_checkpoint(self) -> str:
+        if self.last_saved:
+            return f"Last good checkpoint: {self.last_saved}."
+        return "No checkpoint was saved before this step."
+
+    # ---- memory
+    @staticmethod
+    def rss_mb() -> float:
+        import psutil
+
+        return psutil.Process().memory_info().rss / 2**20
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        if self._log_file is not None:
+            self._log_file.close()

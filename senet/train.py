@@ -1,0 +1,494 @@
+"""The training loop: build everything from a config, then train_one_epoch / evaluate until done.
+
+The recipe follows Hu et al., Section 5 (and He et al. 2015 for CIFAR): SGD with momentum, a
+learning rate stated per 256 images and scaled linearly with the global batch (Goyal et al.),
+stepped every iteration. Nothing in the hot loop reads a tensor back to the host: the loss,
+accuracy and the non-finite-loss detector are accumulated on the device and read only every
+`train.log_every` steps, at the end of an epoch, and before a checkpoint is written.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+
+from senet import checkpoint as ckpt
+from senet.config import dump_config
+from senet.data import build_loader, normalize_batch
+from senet.resnet import build_model
+from senet.runlog import RunLogger
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on; the message names the step and the last good checkpoint."""
+
+
+# --------------------------------------------------------------------------- building blocks
+
+def device_notices(cfg: dict) -> dict:
+    """Resolve GPU-only settings against the device, with a one-line notice for each fallback."""
+    on_gpu = paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
+    amp = dict(cfg["train"]["amp"])
+    data_format = cfg["train"]["data_format"]
+    notices = []
+    if amp["enabled"] and not on_gpu:
+        notices.append("AMP requested but no GPU: paddle.amp does nothing on a CPU, training in fp32.")
+        amp["enabled"] = False
+    if data_format == "NHWC" and not on_gpu:
+        notices.append("NHWC is a GPU (tensor-core) layout; on this CPU the model runs in NCHW.")
+        data_format = "NCHW"
+    return {"on_gpu": on_gpu, "amp": amp, "data_format": data_format, "notices": notices}
+
+
+def scaled_lr(cfg: dict, world_size: int) -> float:
+    """optimizer.lr is per 256 images; scale linearly with the global batch (per-device x devices)."""
+    return cfg["optimizer"]["lr"] * cfg["data"]["batch_size"] * world_size / 256
+
+
+def lr_factor(cfg: dict, step: int, steps_per_epoch: int) -> float:
+    """Multiplier of the base lr at iteration `step`: linear warm-up, then step / multistep / cosine."""
+    s = cfg["lr_scheduler"]
+    epoch = step / steps_per_epoch  # fractional epochs, so the schedule moves every iteration
+    warmup = s["warmup_epochs"]
+    if warmup > 0 and epoch < warmup:
+        return (step + 1) / (warmup * steps_per_epoch)
+    if s["name"] == "step":
+        return s["gamma"] ** math.floor(epoch / s["step_size"])
+    if s["name"] == "multistep":
+        return s["gamma"] ** sum(epoch >= m for m in s["milestones"])
+    total = cfg["train"]["epochs"] - warmup  # cosine, from the end of warm-up to the last epoch
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (epoch - warmup) / max(total, 1e-8))))
+
+
+def build_optimizer(cfg: dict, model: nn.Layer, steps_per_epoch: int, world_size: int):
+    """(optimizer, per-iteration LR scheduler) for the trainable parameters of `model`."""
+    o = cfg["optimizer"]
+    scheduler = paddle.optimizer.lr.LambdaDecay(scaled_lr(cfg, world_size),
+                                                lambda step: lr_factor(cfg, step, steps_per_epoch))
+    # BatchNorm running statistics are listed as parameters in Paddle, with stop_gradient=True.
+    trainable = [p for p in model.parameters() if not p.stop_gradient]
+    params: Any = trainable
+    if o["no_weight_decay_on_bn_bias"]:  # 1-D tensors are BN scales/shifts and biases
+        decay = [p for p in trainable if len(p.shape) > 1]
+        no_decay = [p for p in trainable if len(p.shape) <= 1]
+        params = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+    wd = o["weight_decay"]
+    if o["name"] == "momentum":
+        opt = paddle.optimizer.Momentum(scheduler, o["momentum"], params, use_nesterov=o["nesterov"],
+                                        weight_decay=wd)
+    elif o["name"] == "sgd":
+        opt = paddle.optimizer.SGD(scheduler, params, weight_decay=wd)
+    else:
+        opt = paddle.optimizer.AdamW(scheduler, parameters=params, weight_decay=wd)
+    return opt, scheduler
+
+
+class ModelEMA:
+    """Exponential moving average of the weights, kept in fp32 whatever the training precision.
+
+    Updated on the device every step (no host sync); integer buffers are copied as they are.
+    """
+
+    def __init__(self, model: nn.Layer, decay: float) -> None:
+        self.decay = decay
+        with paddle.no_grad():
+            self.shadow = {k: v.detach().astype("float32").clone() if paddle.is_floating_point(v)
+                           else v.detach().clone() for k, v in model.state_dict().items()}
+
+    @paddle.no_grad()
+    def update(self, model: nn.Layer) -> None:
+        for k, v in model.state_dict().items():
+            s = self.shadow[k]
+            if paddle.is_floating_point(s):
+                paddle.assign(s * self.decay + v.astype("float32") * (1 - self.decay), output=s)
+            else:
+                paddle.assign(v, output=s)
+
+    def state_dict(self) -> dict:
+        return self.shadow
+
+    def set_state_dict(self, state: dict) -> None:
+        for k, v in state.items():
+            paddle.assign(paddle.to_tensor(v), output=self.shadow[k])
+
+    def copy_into(self, model: nn.Layer) -> nn.Layer:
+        """A copy of `model` carrying the EMA weights, for evaluation."""
+        ema_model = copy.deepcopy(model)
+        ema_model.set_state_dict(self.shadow)
+        return ema_model
+
+
+@dataclass
+class TrainState:
+    """Everything a checkpoint must hold to continue a run exactly."""
+
+    cfg: dict
+    model: nn.Layer
+    optimizer: Any
+    scheduler: Any
+    scaler: paddle.amp.GradScaler | None
+    ema: ModelEMA | None
+    amp: dict
+    data_format: str
+    epoch: int = 0  # the epoch in progress (0-based)
+    batch_in_epoch: int = 0  # batches of `epoch` already trained, for mid-epoch resume
+    global_step: int = 0
+    best_top1: float = -1.0
+    best_epoch: int = -1
+    skipped_steps: int = 0  # AMP overflow steps and (with nan_policy=skip) non-finite steps
+    history: list = field(default_factory=list)
+
+    def to_checkpoint(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "lr_scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler else None,
+                "ema": self.ema.state_dict() if self.ema else None,
+                "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "global_step": self.global_step,
+                "best_top1": self.best_top1, "best_epoch": self.best_epoch, "skipped_steps": self.skipped_steps,
+                "history": self.history, "rng": ckpt.rng_state(), "config": self.cfg,
+                "arch": self.cfg["model"]["arch"]}
+
+    def restore(self, state: dict, source: str) -> None:
+        ckpt.check_compatible(self.model, state["model"], source, self.cfg["model"]["arch"])
+        self.model.set_state_dict({k: paddle.to_tensor(v) for k, v in state["model"].items()})
+        self.optimizer.set_state_dict({k: paddle.to_tensor(v) if isinstance(v, np.ndarray) else v
+                                       for k, v in state["optimizer"].items()})
+        self.scheduler.set_state_dict(state["lr_scheduler"])
+        if self.scaler and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        if self.ema and state.get("ema"):
+            self.ema.set_state_dict(state["ema"])
+        for key in ("epoch", "batch_in_epoch", "global_step", "best_top1", "best_epoch", "skipped_steps", "history"):
+            setattr(self, key, state[key])
+        ckpt.set_rng_state(state["rng"])
+
+
+# --------------------------------------------------------------------------- the loop
+
+def _forward_loss(state: TrainState, images: paddle.Tensor, labels: paddle.Tensor, train: bool):
+    cfg, amp = state.cfg, state.amp
+    x = normalize_batch(images, cfg["data"]["mean"], cfg["data"]["std"], state.data_format)
+    use_amp = amp["enabled"] and (train or amp.get("eval", False))
+    with paddle.amp.auto_cast(enable=use_amp, level=amp["level"], dtype=amp["dtype"]):
+        logits = state.model(x)
+    logits = logits.astype("float32")
+    loss = F.cross_entropy(logits, labels, label_smoothing=cfg["train"]["label_smoothing"] if train else 0.0)
+    return logits, loss
+
+
+def _correct(logits: paddle.Tensor, labels: paddle.Tensor, k: int) -> paddle.Tensor:
+    """How many of the batch have their label in the top k (a device scalar; no host sync)."""
+    k = min(k, logits.shape[-1])
+    top = paddle.topk(logits, k, axis=-1)[1]
+    return (top == labels.unsqueeze(-1)).astype("float32").sum()
+
+
+class StopRequested(Exception):
+    """SIGTERM or SIGINT arrived: save at the next step boundary and exit."""
+
+
+def train_one_epoch(state: TrainState, loader, log: RunLogger, stop: dict) -> dict:
+    """Train one epoch (or the rest of it, after a mid-epoch resume). Returns epoch averages."""
+    cfg, t = state.cfg, state.cfg["train"]
+    state.model.train()
+    loader.set_epoch(state.epoch, start_batch=state.batch_in_epoch)
+    # Device-side accumulators: read on the host only when logging.
+    sums = {"loss": paddle.zeros([]), "top1": paddle.zeros([]), "n": paddle.zeros([])}
+    window = {"loss": paddle.zeros([]), "n": paddle.zeros([])}
+    first_bad = paddle.full([], -1, dtype="int64")  # first step with a non-finite loss, -1 if none
+    t_window, n_window, t_epoch = time.perf_counter(), 0, time.perf_counter()
+    total = len(loader)
+    bar = log.progress(total, initial=state.batch_in_epoch, desc=f"epoch {state.epoch + 1}/{t['epochs']}")
+    for images, labels in loader:
+        logits, loss = _forward_loss(state, images, labels, train=True)
+        finite = paddle.isfinite(loss)
+        if t["nan_policy"] == "skip" and not t["amp"]["enabled"]:
+            if not bool(finite):  # one host sync per step, the price of skipping bad steps
+                state.skipped_steps += 1
+                if state.skipped_steps > t["nan_skip_limit"]:
+                    raise TrainingError(f"more than {t['nan_skip_limit']} non-finite losses (last at step "
+                                        f"{state.global_step + 1}); {log.last_good_checkpoint()}")
+                state.optimizer.clear_grad()
+                state.scheduler.step()
+                _advance(state, bar)
+                continue
+        if state.scaler is not None:
+            state.scaler.scale(loss).backward()
+            state.scaler.step(state.optimizer)  # skips the update when gradients overflowed
+            state.scaler.update()
+            # Paddle's scaler has already read its overflow flag to the host; counting it is free.
+            state.skipped_steps += int(bool(getattr(state.scaler, "_cache_found_inf", False)))
+        else:
+            loss.backward()
+            state.optimizer.step()
+        state.optimizer.clear_grad(set_to_zero=False)
+        state.scheduler.step()
+        if state.ema is not None:
+            state.ema.update(state.model)
+        with paddle.no_grad():
+            if state.scaler is None:  # with a loss scaler, overflow is expected and handled by skipping
+                first_bad = paddle.where((first_bad < 0) & ~finite, paddle.full([], state.global_step + 1, "int64"),
+                                         first_bad)
+            n = paddle.full([], labels.shape[0], "float32")
+            sums["loss"] += loss.detach() * n
+            sums["top1"] += _correct(logits, labels, 1)
+            sums["n"] += n
+            window["loss"] += loss.detach() * n
+            window["n"] += n
+        n_window += labels.shape[0]
+        _advance(state, bar)
+        if state.global_step % t["log_every"] == 0 or state.batch_in_epoch == total:
+            _check_finite(first_bad, log)
+            elapsed = time.perf_counter() - t_window
+            stats = {"loss": float(window["loss"] / window["n"]), "lr": state.optimizer.get_lr(),
+                     "images_per_s": n_window * log.world_size / max(elapsed, 1e-9)}
+            if state.scaler is not None:
+                stats["loss_scale"] = float(state.scaler._scale)
+            log.train_step(state.global_step, stats, bar)
+            window = {"loss": paddle.zeros([]), "n": paddle.zeros([])}
+            t_window, n_window = time.perf_counter(), 0
+        if t["save_every_steps"] and state.global_step % t["save_every_steps"] == 0 \
+                and state.batch_in_epoch < total:
+            _check_finite(first_bad, log)
+            log.save(state, "last")
+        if stop.get("signal") or (t["max_steps"] and state.global_step >= t["max_steps"]):
+            break
+    log.close_progress(bar)
+    _check_finite(first_bad, log)
+    n = max(float(sums["n"]), 1.0)
+    return {"loss": float(sums["loss"]) / n, "top1": 100.0 * float(sums["top1"]) / n,
+            "epoch_time_s": time.perf_counter() - t_epoch, "images": int(n) * log.world_size,
+            "complete": state.batch_in_epoch >= total}
+
+
+def _advance(state: TrainState, bar) -> None:
+    state.global_step += 1
+    state.batch_in_epoch += 1
+    if bar is not None:
+        bar.update(1)
+
+
+def _check_finite(first_bad: paddle.Tensor, log: RunLogger) -> None:
+    step = int(first_bad)
+    if step >= 0:
+        raise TrainingError(f"non-finite loss at step {step}; training stopped. {log.last_good_checkpoint()} "
+                            f"Lower optimizer.lr, add lr_scheduler.warmup_epochs, or set train.nan_policy=skip.")
+
+
+@paddle.no_grad()
+def evaluate(model: nn.Layer, loader, cfg: dict, data_format: str = "NCHW", amp: dict | None = None,
+             log: RunLogger | None = None) -> dict:
+    """Top-1 / top-5 (percent) and loss over the whole val split, summed across ranks."""
+    model.eval()
+    state = TrainState(cfg, model, None, None, None, None, amp or {"enabled": False, "level": "O1",
+                                                                   "dtype": "float16"}, data_format)
+    sums = paddle.zeros([4])  # loss x n, top-1 hits, top-5 hits, n
+    bar = log.progress(len(loader), desc="eval") if log else None
+    for images, labels in loader:
+        logits, loss = _forward_loss(state, images, labels, train=False)
+        n = float(labels.shape[0])
+        sums += paddle.stack([loss * n, _correct(logits, labels, 1), _correct(logits, labels, 5),
+                              paddle.full([], n, "float32")])
+        if bar is not None:
+            bar.update(1)
+    if log:
+        log.close_progress(bar)
+    if paddle.distributed.get_world_size() > 1:  # every rank saw its own shard; add them up
+        paddle.distributed.all_reduce(sums)
+    loss_sum, top1, top5, n = (float(v) for v in sums.numpy())
+    n = max(n, 1.0)
+    return {"top1": 100 * top1 / n, "top5": 100 * top5 / n, "loss": loss_sum / n, "images": int(n)}
+
+
+# --------------------------------------------------------------------------- fit
+
+def find_resume_checkpoint(output_dir: str, trust: bool = False) -> str | None:
+    """The newest checkpoint in output_dir that loads; None if there is none."""
+    folder = os.path.join(output_dir, "checkpoints")
+    if not os.path.isdir(folder):
+        return None
+    candidates = []
+    for name in os.listdir(folder):
+        if name.endswith(".pdparams"):
+            path = os.path.join(folder, name)
+            candidates.append((os.path.getmtime(path), name != "best.pdparams", path))
+    for _, _, path in sorted(candidates, reverse=True):
+        try:
+            ckpt.load_checkpoint(path, trust)
+            return path
+        except ckpt.CheckpointError as e:
+            print(f"skipping unusable checkpoint: {e}", file=sys.stderr)
+    return None
+
+
+def _check_output_dir(output_dir: str) -> None:
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        probe = os.path.join(output_dir, f".write_test.{os.getpid()}")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise TrainingError(f"output_dir '{output_dir}' is not writable ({e.strerror}); "
+                            f"choose another with -o output_dir=PATH") from None
+
+
+def setup(cfg: dict) -> tuple[TrainState, Any, Any, dict]:
+    """Build the model, data, optimizer and AMP state from a resolved config."""
+    import random
+
+    world_size, rank = paddle.distributed.get_world_size(), paddle.distributed.get_rank()
+    env = device_notices(cfg)
+    seed = cfg["train"]["seed"]
+    random.seed(seed)
+    np.random.seed(seed)
+    paddle.seed(seed)
+    run_cfg = copy.deepcopy(cfg)
+    run_cfg["train"]["data_format"] = env["data_format"]
+    model = build_model(run_cfg)
+    if cfg["model"]["weights"]:
+        ckpt.load_weights(model, cfg["model"]["weights"], trust=cfg["model"]["trust_pickle"],
+                          expected_arch=cfg["model"]["arch"])
+    if world_size > 1:
+        if cfg["model"]["sync_bn"]:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = paddle.DataParallel(model)
+    train_loader = build_loader(cfg, "train", rank=rank, world_size=world_size)
+    val_loader = build_loader(cfg, "val", rank=rank, world_size=world_size)
+    if len(train_loader) == 0:
+        raise TrainingError(f"the train split has fewer images than one batch ({cfg['data']['batch_size']} per "
+                            f"device x {world_size}); lower data.batch_size")
+    optimizer, scheduler = build_optimizer(cfg, model, len(train_loader), world_size)
+    amp, scaler = env["amp"], None
+    if amp["enabled"]:
+        if amp["level"] == "O2":  # fp16/bf16 weights in the model, fp32 master weights in the optimizer
+            model, optimizer = paddle.amp.decorate(model, optimizer, level="O2", dtype=amp["dtype"],
+                                                   master_weight=True)
+        if amp["dtype"] == "float16":  # bfloat16 has fp32's range and needs no loss scaling
+            scaler = paddle.amp.GradScaler(init_loss_scaling=amp["init_loss_scaling"],
+                                           use_dynamic_loss_scaling=amp["dynamic"])
+    ema = ModelEMA(model, cfg["train"]["ema"]["decay"]) if cfg["train"]["ema"]["enabled"] else None
+    state = TrainState(cfg, model, optimizer, scheduler, scaler, ema, amp, env["data_format"])
+    return state, train_loader, val_loader, env
+
+
+def fit(cfg: dict, resume: str | None = None) -> dict:
+    """Train `cfg` to the end (or to train.max_steps), evaluating and checkpointing as configured."""
+    rank = paddle.distributed.get_rank()
+    _check_output_dir(cfg["output_dir"])
+    state, train_loader, val_loader, env = setup(cfg)
+    log = RunLogger(cfg, rank=rank, world_size=paddle.distributed.get_world_size())
+    for notice in env["notices"]:
+        log.info(notice)
+    if resume:
+        path = find_resume_checkpoint(cfg["output_dir"], cfg["model"]["trust_pickle"]) if resume == "auto" else resume
+        if path:
+            state.restore(ckpt.load_checkpoint(path, cfg["model"]["trust_pickle"]), path)
+            log.info(f"resumed from {path}: epoch {state.epoch + 1}, batch {state.batch_in_epoch}, "
+                     f"step {state.global_step}")
+        else:
+            log.info(f"--resume auto: no checkpoint in {cfg['output_dir']}/checkpoints, starting fresh")
+    if rank == 0:
+        dump_config(cfg, os.path.join(cfg["output_dir"], "config.yaml"))
+    log.open_writer(state.global_step)
+    log.info(f"{cfg['model']['arch']}: {len(train_loader)} steps/epoch, lr {scaled_lr(cfg, log.world_size):.4g} "
+             f"for a global batch of {cfg['data']['batch_size'] * log.world_size}, threads "
+             f"{os.environ.get('OMP_NUM_THREADS')}")
+    stop: dict = {}
+    previous = {s: signal.signal(s, lambda signum, frame: stop.update(signal=signum))
+                for s in (signal.SIGTERM, signal.SIGINT)}
+    t = cfg["train"]
+    try:
+        while state.epoch < t["epochs"]:
+            stats = train_one_epoch(state, train_loader, log, stop)
+            skipped = train_loader.pop_skipped() if hasattr(train_loader, "pop_skipped") else []
+            if skipped:
+                log.info(f"skipped {len(skipped)} bad images this epoch: {', '.join(skipped[:5])}")
+            if not stats["complete"]:  # stopped mid-epoch: signal or max_steps
+                log.save(state, "last")
+                if stop.get("signal"):
+                    name = signal.Signals(stop["signal"]).name
+                    log.info(f"{name} received: saved {log.checkpoint_path('last')} at step {state.global_step}. "
+                             f"Resume with: python tools/train.py -c <config> --resume auto "
+                             f"-o output_dir={cfg['output_dir']}")
+                break
+            epoch_record = _end_of_epoch(state, val_loader, stats, log)
+            state.epoch += 1
+            state.batch_in_epoch = 0
+            state.history.append(epoch_record)
+            log.save(state, "last")
+            if epoch_record.get("is_best"):
+                log.save(state, "best")
+            if t["save_every"] and state.epoch % t["save_every"] == 0:
+                log.save(state, f"epoch_{state.epoch}", keep_last=t["keep_last"])
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    finished = state.epoch >= t["epochs"]
+    metrics = _write_metrics(state, log, finished)
+    if finished and rank == 0:
+        ckpt.save_safetensors(_unwrap(state.model), os.path.join(cfg["output_dir"], "model.safetensors"),
+                              {"arch": cfg["model"]["arch"], "num_classes": cfg["model"]["num_classes"],
+                               "config": cfg})
+    log.close()
+    return metrics
+
+
+def _unwrap(model: nn.Layer) -> nn.Layer:
+    return model._layers if isinstance(model, paddle.DataParallel) else model
+
+
+def _end_of_epoch(state: TrainState, val_loader, stats: dict, log: RunLogger) -> dict:
+    cfg, t = state.cfg, state.cfg["train"]
+    record = {"epoch": state.epoch + 1, "step": state.global_step, "train_loss": stats["loss"],
+              "train_top1": stats["top1"], "epoch_time_s": stats["epoch_time_s"],
+              "train_images_per_s": stats["images"] / max(stats["epoch_time_s"], 1e-9),
+              "rss_mb": log.rss_mb()}
+    if state.scaler is not None:
+        record["loss_scale"] = float(state.scaler._scale)
+    last = state.epoch + 1 == t["epochs"]
+    if t["eval_every"] and ((state.epoch + 1) % t["eval_every"] == 0 or last):
+        ev = evaluate(state.model, val_loader, cfg, state.data_format, state.amp, log)
+        record.update({f"eval_{k}": v for k, v in ev.items()})
+        if state.ema is not None:
+            ema_ev = evaluate(state.ema.copy_into(_unwrap(state.model)), val_loader, cfg, state.data_format,
+                              state.amp, log)
+            record.update({f"ema_eval_{k}": v for k, v in ema_ev.items()})
+        if ev["top1"] > state.best_top1:
+            state.best_top1, state.best_epoch = ev["top1"], state.epoch + 1
+            record["is_best"] = True
+    record["skipped_steps"] = state.skipped_steps
+    log.epoch(state.global_step, record)
+    return record
+
+
+def _write_metrics(state: TrainState, log: RunLogger, finished: bool) -> dict:
+    history = state.history
+    evals = [h for h in history if "eval_top1" in h]
+    best = max(evals, key=lambda h: h["eval_top1"]) if evals else None
+    speeds = [h["train_images_per_s"] for h in history[1:]] or [h["train_images_per_s"] for h in history]
+    metrics = {
+        "name": state.cfg["name"], "arch": state.cfg["model"]["arch"], "finished": finished,
+        "epochs_done": state.epoch, "global_step": state.global_step,
+        "best": {"top1": best["eval_top1"], "top5": best["eval_top5"], "loss": best["eval_loss"],
+                 "epoch": best["epoch"]} if best else None,
+        "final": {k.removeprefix("eval_"): v for k, v in evals[-1].items() if k.startswith("eval_")} if evals else None,
+        "train_images_per_s": float(np.mean(speeds)) if speeds else None,
+        "skipped_steps": state.skipped_steps, "history": history,
+    }
+    if log.rank == 0:
+        ckpt.atomic_write(os.path.join(state.cfg["output_dir"], "metrics.json"),
+                          json.dumps(metrics, indent=2).encode())
+    return metrics

@@ -1,0 +1,69 @@
+"""Evaluate weights on the val split: top-1 / top-5 / loss.
+
+    python tools/eval.py -c configs/se_resnet50.yaml -o model.weights=output/se_resnet50/model.safetensors
+    python tools/eval.py -c CONFIG -o model.weights=output/run/checkpoints/best.pdparams --ema --json
+    python tools/eval.py -c CONFIG --model output/export/se_resnet50 --engine onnxruntime
+"""
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from senet.config import ConfigError, load_config, split_override_args  # noqa: E402
+from senet.runtime import setup_cpu  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-c", "--config", required=True)
+    parser.add_argument("-o", "--override", nargs="+", action="append", default=[])
+    parser.add_argument("--ema", action="store_true", help="use the EMA weights of a checkpoint")
+    parser.add_argument("--model", default=None, help="an exported model folder (tools/export.py) instead of weights")
+    parser.add_argument("--engine", default="paddle", choices=["paddle", "onnxruntime"],
+                        help="inference engine for --model")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    try:
+        cfg = load_config(args.config, split_override_args(args.override))
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    if not args.model and not cfg["model"]["weights"]:
+        print("error: give the weights to evaluate with -o model.weights=PATH (a checkpoint or .safetensors), "
+              "or an exported model with --model DIR", file=sys.stderr)
+        return 2
+    setup_cpu(cfg["train"]["threads"])
+
+    from senet.checkpoint import CheckpointError, load_weights
+    from senet.data import DatasetError, build_loader
+    from senet.resnet import build_model
+    from senet.train import device_notices, evaluate
+
+    try:
+        if args.model:
+            from senet.inference import evaluate_exported
+
+            result = evaluate_exported(args.model, cfg, engine=args.engine)
+        else:
+            env = device_notices(cfg)
+            cfg["train"]["data_format"] = env["data_format"]
+            model = build_model(cfg)
+            load_weights(model, cfg["model"]["weights"], trust=cfg["model"]["trust_pickle"], prefer_ema=args.ema,
+                         expected_arch=cfg["model"]["arch"])
+            result = evaluate(model, build_loader(cfg, "val"), cfg, env["data_format"], env["amp"])
+    except (DatasetError, CheckpointError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  loss {result['loss']:.4f}  "
+              f"({result['images']} images)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
