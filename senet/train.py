@@ -201,7 +201,7 @@ class StopRequested(Exception):
 
 def train_one_epoch(state: TrainState, loader, log: RunLogger, stop: dict) -> dict:
     """Train one epoch (or the rest of it, after a mid-epoch resume). Returns epoch averages."""
-    cfg, t = state.cfg, state.cfg["train"]
+    t = state.cfg["train"]
     state.model.train()
     loader.set_epoch(state.epoch, start_batch=state.batch_in_epoch)
     # Device-side accumulators: read on the host only when logging.
