@@ -8,7 +8,7 @@ PADDLE ?= $(shell if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/d
             then echo paddlepaddle-gpu==3.3.1; else echo paddlepaddle==3.3.1; fi)
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test lint demo bench vdl clean
+.PHONY: install test lint demo bench vdl browser clean
 
 install: $(STAMP)
 
@@ -20,7 +20,7 @@ $(STAMP): requirements.txt
 	$(PY) -m pip check
 	echo "$(PADDLE)" > $(STAMP)
 
-test: install
+test: install browser
 	$(PY) -m pytest -q tests
 
 lint: install
@@ -28,3 +28,27 @@ lint: install
 
 clean:
 	rm -rf $(VENV) output .pytest_cache
+
+# The offline demo: ResNet-20 vs SE-ResNet-20 on scikit-learn's digits, on the CPU.
+DEMO_OUT := output/demo
+demo: install
+	rm -rf $(DEMO_OUT)
+	$(PY) tools/train.py -c configs/demo/resnet20_digits.yaml -o output_dir=$(DEMO_OUT)/resnet20_digits
+	$(PY) tools/train.py -c configs/demo/se_resnet20_digits.yaml -o output_dir=$(DEMO_OUT)/se_resnet20_digits
+	$(PY) tools/eval.py -c configs/demo/resnet20_digits.yaml -o model.weights=$(DEMO_OUT)/resnet20_digits/model.safetensors
+	$(PY) tools/eval.py -c configs/demo/se_resnet20_digits.yaml -o model.weights=$(DEMO_OUT)/se_resnet20_digits/model.safetensors
+	$(PY) tools/compare.py --runs $(DEMO_OUT)/resnet20_digits $(DEMO_OUT)/se_resnet20_digits
+	@echo
+	@echo "Training curves: run 'make vdl' and open http://127.0.0.1:$(VDL_PORT)"
+
+# VisualDL on everything under output/, local only, telemetry off. --language en: without it,
+# pages answer HTTP 500 to clients that send no Accept-Language header.
+VDL_PORT ?= 8040
+vdl: install
+	$(VENV)/bin/visualdl --logdir output --host 127.0.0.1 --port $(VDL_PORT) --disable-telemetry --language en
+
+# Chromium (Debian's package) for the VisualDL browser test; installed when missing and we are root.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null); } || \
+	  echo "chromium is missing and cannot be installed without root: the VisualDL browser test will fail"

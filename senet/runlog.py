@@ -77,7 +77,7 @@ class RunLogger:
                 "train_images_per_s": "train/epoch_images_per_s", "rss_mb": "memory/rss_mb",
                 "eval_top1": "eval/top1", "eval_top5": "eval/top5", "eval_loss": "eval/loss",
                 "ema_eval_top1": "eval_ema/top1", "ema_eval_top5": "eval_ema/top5", "ema_eval_loss": "eval_ema/loss",
-                "skipped_steps": "amp/skipped_steps", "loss_scale": "amp/loss_scale"}
+                "skipped_steps": "train/skipped_steps", "loss_scale": "amp/loss_scale"}
         for key, tag in tags.items():
             if key in record:
                 self.scalar(tag, record[key], step)
