@@ -42,8 +42,10 @@ def tune_malloc() -> bool:
 
 
 def setup_cpu(threads: int = 0) -> int:
-    """Use `threads` CPU threads (0 = all cores) and tune the allocator. Returns the thread count."""
-    n = threads if threads > 0 else cpu_count()
+    """Use `threads` CPU threads (0 = all cores, shared out among the ranks that
+    paddle.distributed.launch started on this machine) and tune the allocator. Returns the count."""
+    local_ranks = int(os.environ.get("PADDLE_LOCAL_SIZE", "1") or 1)
+    n = threads if threads > 0 else max(1, cpu_count() // local_ranks)
     os.environ["OMP_NUM_THREADS"] = str(n)  # read by OpenMP when paddle is first imported
     os.environ.setdefault("MKL_NUM_THREADS", str(n))
     tune_malloc()

@@ -27,6 +27,7 @@ import paddle.nn.functional as F
 from senet import checkpoint as ckpt
 from senet.config import dump_config
 from senet.data import build_loader, normalize_batch
+from senet.distributed import broadcast_object, convert_sync_batchnorm, ranks_in_sync, world
 from senet.resnet import build_model
 from senet.runlog import RunLogger
 
@@ -349,7 +350,7 @@ def setup(cfg: dict) -> tuple[TrainState, Any, Any, dict]:
     """Build the model, data, optimizer and AMP state from a resolved config."""
     import random
 
-    world_size, rank = paddle.distributed.get_world_size(), paddle.distributed.get_rank()
+    rank, world_size = world()
     env = device_notices(cfg)
     seed = cfg["train"]["seed"]
     random.seed(seed)
@@ -363,8 +364,10 @@ def setup(cfg: dict) -> tuple[TrainState, Any, Any, dict]:
                           expected_arch=cfg["model"]["arch"])
     if world_size > 1:
         if cfg["model"]["sync_bn"]:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        model = paddle.DataParallel(model)
+            if run_cfg["train"]["data_format"] == "NHWC" and not env["on_gpu"]:
+                raise TrainingError("model.sync_bn on a CPU needs train.data_format=NCHW")
+            model = convert_sync_batchnorm(model, env["on_gpu"])
+        model = paddle.DataParallel(model)  # averages gradients across ranks (NCCL on GPUs, gloo on CPUs)
     train_loader = build_loader(cfg, "train", rank=rank, world_size=world_size)
     val_loader = build_loader(cfg, "val", rank=rank, world_size=world_size)
     if len(train_loader) == 0:
@@ -386,14 +389,16 @@ def setup(cfg: dict) -> tuple[TrainState, Any, Any, dict]:
 
 def fit(cfg: dict, resume: str | None = None) -> dict:
     """Train `cfg` to the end (or to train.max_steps), evaluating and checkpointing as configured."""
-    rank = paddle.distributed.get_rank()
-    _check_output_dir(cfg["output_dir"])
+    rank, world_size = world()
+    if rank == 0:
+        _check_output_dir(cfg["output_dir"])
     state, train_loader, val_loader, env = setup(cfg)
-    log = RunLogger(cfg, rank=rank, world_size=paddle.distributed.get_world_size())
+    log = RunLogger(cfg, rank=rank, world_size=world_size)
     for notice in env["notices"]:
         log.info(notice)
     if resume:
         path = find_resume_checkpoint(cfg["output_dir"], cfg["model"]["trust_pickle"]) if resume == "auto" else resume
+        path = broadcast_object(path)  # every rank resumes from the checkpoint rank 0 chose
         if path:
             state.restore(ckpt.load_checkpoint(path, cfg["model"]["trust_pickle"]), path)
             log.info(f"resumed from {path}: epoch {state.epoch + 1}, batch {state.batch_in_epoch}, "
@@ -470,6 +475,11 @@ def _end_of_epoch(state: TrainState, val_loader, stats: dict, log: RunLogger) ->
             state.best_top1, state.best_epoch = ev["top1"], state.epoch + 1
             record["is_best"] = True
     record["skipped_steps"] = state.skipped_steps
+    if log.world_size > 1:  # DataParallel must keep every rank's weights identical; check it once an epoch
+        same, prints = ranks_in_sync(_unwrap(state.model))
+        record["ranks_in_sync"] = same
+        log.info(f"weights identical on all {log.world_size} ranks ({prints[0]})" if same
+                 else f"WARNING: weights differ across ranks: {prints}")
     log.epoch(state.global_step, record)
     return record
 

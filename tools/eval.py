@@ -37,11 +37,16 @@ def main() -> int:
         return 2
     setup_cpu(cfg["train"]["threads"])
 
+    import paddle
+
     from senet.checkpoint import CheckpointError, load_weights
     from senet.data import DatasetError, build_loader
     from senet.resnet import build_model
     from senet.train import device_notices, evaluate
 
+    if paddle.distributed.get_world_size() > 1:  # launched: each rank evaluates its shard, metrics are summed
+        paddle.distributed.init_parallel_env()
+    rank, world_size = paddle.distributed.get_rank(), paddle.distributed.get_world_size()
     try:
         if args.model:
             from senet.inference import evaluate_exported
@@ -53,10 +58,13 @@ def main() -> int:
             model = build_model(cfg)
             load_weights(model, cfg["model"]["weights"], trust=cfg["model"]["trust_pickle"], prefer_ema=args.ema,
                          expected_arch=cfg["model"]["arch"])
-            result = evaluate(model, build_loader(cfg, "val"), cfg, env["data_format"], env["amp"])
+            loader = build_loader(cfg, "val", rank=rank, world_size=world_size)
+            result = evaluate(model, loader, cfg, env["data_format"], env["amp"])
     except (DatasetError, CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    if rank != 0:
+        return 0
     if args.json:
         print(json.dumps(result))
     else:
