@@ -2,6 +2,7 @@
 
 The paper's reference figures are Hu et al., Table 2 (ImageNet val, single 224x224 centre crop):
 top-1 / top-5 error in percent and "GFLOPs", which are multiply-adds (GMACs) in our terms.
+`error_rows` and ERROR_COLUMNS give the paper's own shape (error = 100 - accuracy) for sweeps.
 """
 
 from __future__ import annotations
@@ -31,6 +32,41 @@ PAPER_TABLE2: dict[str, tuple[float, float, float | None]] = {
     "resnext101_32x4d": (21.18, 5.57, None),
     "se_resnext101_32x4d": (20.70, 5.01, None),
 }
+
+
+# The SE settings Table 2 was measured with; any other setting has no Table 2 counterpart.
+PAPER_SE = {"reduction": 16, "squeeze": "avg", "gate": "sigmoid", "placement": "standard", "stages": None}
+
+
+def paper_reference(cfg: dict) -> tuple[float, float, float | None] | None:
+    """Table 2's (top-1 err, top-5 err, GMACs) for a config with exactly the paper's setup, else None.
+
+    A 1000-class model, the paper's SE settings (PAPER_SE) and each arch's original stride placement
+    are required, so an ablation (say r = 8) is never shown beside the r = 16 figure.
+    """
+    from senet.resnet import MODELS  # imports paddle; keep `--help` fast
+
+    m = cfg["model"]
+    arch = m["arch"]
+    ref = PAPER_TABLE2.get(arch)
+    if ref is None or m["num_classes"] != 1000:
+        return None
+    if arch.startswith("se_") and any(m["se"][k] != v for k, v in PAPER_SE.items()):
+        return None
+    original = MODELS[arch.removeprefix("se_")].stride_in_1x1
+    return ref if m["stride_in_1x1"] in (None, original) else None
+
+
+def error_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Copies of build_rows rows with top-1 / top-5 error (100 - accuracy, percent) and their std."""
+    out = []
+    for row in rows:
+        row = dict(row)
+        for k in ("top1", "top5"):
+            row[k + "_err"] = None if row[k] is None else 100.0 - row[k]
+            row[k + "_err_std"] = row[k + "_std"]
+        out.append(row)
+    return out
 
 
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
@@ -110,7 +146,7 @@ def build_rows(config_paths: list[str], overrides: list[str], run_dirs: list[str
     out = list(rows.values())
     if paper:
         for row in out:
-            ref = PAPER_TABLE2.get(row["arch"])
+            ref = paper_reference(configs[row["name"]])  # only beside the paper's exact setup
             row["paper_top1_err"], row["paper_top5_err"], row["paper_gmacs"] = ref if ref else (None, None, None)
     return out
 
@@ -121,13 +157,18 @@ COLUMNS = [("name", "name"), ("arch", "arch"), ("reduction", "r"), ("params", "p
            ("top5", "top-5 %"), ("images_per_s", "train img/s")]
 PAPER_COLUMNS = [("paper_top1_err", "paper top-1 err"), ("paper_top5_err", "paper top-5 err"),
                  ("paper_gmacs", "paper GFLOPs(=GMACs)")]
+# The paper's shape (Tables 2 and 10-16): error rates as mean ± std over seeds, size, cost and speed.
+ERROR_COLUMNS = [("name", "name"), ("arch", "arch"), ("reduction", "r"), ("params", "params"), ("gmacs", "GMACs"),
+                 ("top1_err", "top-1 err %"), ("top5_err", "top-5 err %"), ("runs", "seeds"),
+                 ("images_per_s", "train img/s")]
+_WITH_STD = ("top1", "top5", "top1_err", "top5_err")  # cells shown as mean ± std
 
 
 def _cell(row: dict, key: str) -> str:
     v = row.get(key)
     if v is None:
         return "-"
-    if key in ("top1", "top5"):
+    if key in _WITH_STD:
         std = row.get(key + "_std")
         return f"{v:.2f} ± {std:.2f}" if row.get("runs", 0) > 1 else f"{v:.2f}"
     if key in ("se_params_share", "se_gmacs_share"):
@@ -141,15 +182,19 @@ def _cell(row: dict, key: str) -> str:
     return str(v)
 
 
-def format_rows(rows: list[dict], fmt: str = "table") -> str:
-    """Render rows as an aligned text table, Markdown, CSV or JSON."""
+def format_rows(rows: list[dict], fmt: str = "table", columns: list[tuple[str, str]] | None = None) -> str:
+    """Render rows as an aligned text table, Markdown, CSV or JSON.
+
+    `columns` is a list of (key, title); by default COLUMNS, plus PAPER_COLUMNS when the rows have them.
+    """
     if fmt == "json":
         return json.dumps(rows, indent=2)
-    cols = COLUMNS + (PAPER_COLUMNS if rows and "paper_top1_err" in rows[0] else [])
+    cols = columns or COLUMNS + (PAPER_COLUMNS if rows and "paper_top1_err" in rows[0] else [])
     if fmt == "csv":
         buf = io.StringIO()
         writer = csv.writer(buf)
-        keys = [k for k, _ in cols] + ["top1_std", "top5_std", "runs"]
+        keys = [k for k, _ in cols]
+        keys += [k + "_std" for k in keys if k in _WITH_STD] + ([] if "runs" in keys else ["runs"])
         writer.writerow(keys)
         for row in rows:
             writer.writerow(["" if row.get(k) is None else row.get(k) for k in keys])

@@ -250,6 +250,8 @@ def train_one_epoch(state: TrainState, loader, log: RunLogger, stop: dict) -> di
             window["n"] += n
         n_window += labels.shape[0]
         _advance(state, bar)
+        if t["log_se_every"] and state.global_step % t["log_se_every"] == 0 and log.rank == 0:
+            _log_gate_histograms(state, images, log)
         if state.global_step % t["log_every"] == 0 or state.batch_in_epoch == total:
             _check_finite(first_bad, log)
             elapsed = time.perf_counter() - t_window
@@ -272,6 +274,18 @@ def train_one_epoch(state: TrainState, loader, log: RunLogger, stop: dict) -> di
     return {"loss": float(sums["loss"]) / n, "top1": 100.0 * float(sums["top1"]) / n,
             "epoch_time_s": time.perf_counter() - t_epoch, "images": int(n) * log.world_size,
             "complete": state.batch_in_epoch >= total}
+
+
+def _log_gate_histograms(state: TrainState, images: paddle.Tensor, log: RunLogger) -> None:
+    """VisualDL histograms of every SE block's gate values on this batch (one extra eval forward)."""
+    from senet.analysis import record_gates
+
+    cfg = state.cfg
+    x = normalize_batch(images, cfg["data"]["mean"], cfg["data"]["std"], state.data_format)
+    with paddle.amp.auto_cast(enable=state.amp["enabled"], level=state.amp["level"], dtype=state.amp["dtype"]):
+        gates = record_gates(_unwrap(state.model), x)
+    for name, values in gates.items():
+        log.histogram(f"se/{name}", values.ravel(), state.global_step)
 
 
 def _advance(state: TrainState, bar) -> None:
@@ -401,11 +415,13 @@ def fit(cfg: dict, resume: str | None = None) -> dict:
         path = broadcast_object(path)  # every rank resumes from the checkpoint rank 0 chose
         if path:
             state.restore(ckpt.load_checkpoint(path, cfg["model"]["trust_pickle"]), path)
+            log.last_saved = path  # until this run saves, the checkpoint it resumed from is the last good one
             log.info(f"resumed from {path}: epoch {state.epoch + 1}, batch {state.batch_in_epoch}, "
                      f"step {state.global_step}")
         else:
             log.info(f"--resume auto: no checkpoint in {cfg['output_dir']}/checkpoints, starting fresh")
     if rank == 0:
+        _remove_stale_temp_files(cfg["output_dir"], log)
         dump_config(cfg, os.path.join(cfg["output_dir"], "config.yaml"))
     log.open_writer(state.global_step)
     log.info(f"{cfg['model']['arch']}: {len(train_loader)} steps/epoch, lr {scaled_lr(cfg, log.world_size):.4g} "
@@ -424,31 +440,57 @@ def fit(cfg: dict, resume: str | None = None) -> dict:
             if not stats["complete"]:  # stopped mid-epoch: signal or max_steps
                 log.save(state, "last")
                 if stop.get("signal"):
-                    name = signal.Signals(stop["signal"]).name
-                    log.info(f"{name} received: saved {log.checkpoint_path('last')} at step {state.global_step}. "
-                             f"Resume with: python tools/train.py -c <config> --resume auto "
-                             f"-o output_dir={cfg['output_dir']}")
+                    _say_how_to_resume(stop["signal"], state, log)
                 break
             epoch_record = _end_of_epoch(state, val_loader, stats, log)
             state.epoch += 1
             state.batch_in_epoch = 0
             state.history.append(epoch_record)
-            log.save(state, "last")
+            # `best` before `last`: a kill between the two then resumes from the newer `best` (the same
+            # state) instead of leaving `best` unwritten for this epoch; normally `last` is the newest.
             if epoch_record.get("is_best"):
                 log.save(state, "best")
+            log.save(state, "last")
             if t["save_every"] and state.epoch % t["save_every"] == 0:
                 log.save(state, f"epoch_{state.epoch}", keep_last=t["keep_last"])
+            if stop.get("signal") and state.epoch < t["epochs"]:  # it came during eval: `last` is saved, stop now
+                _say_how_to_resume(stop["signal"], state, log)
+                break
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
     finished = state.epoch >= t["epochs"]
-    metrics = _write_metrics(state, log, finished)
+    stopped_by = signal.Signals(stop["signal"]).name if stop.get("signal") and not finished else None
+    metrics = _write_metrics(state, log, finished, stopped_by)
     if finished and rank == 0:
         ckpt.save_safetensors(_unwrap(state.model), os.path.join(cfg["output_dir"], "model.safetensors"),
                               {"arch": cfg["model"]["arch"], "num_classes": cfg["model"]["num_classes"],
                                "config": cfg})
     log.close()
     return metrics
+
+
+def _say_how_to_resume(signum: int, state: TrainState, log: RunLogger) -> None:
+    log.info(f"{signal.Signals(signum).name} received: saved {log.checkpoint_path('last')} at step "
+             f"{state.global_step}. Resume with: python tools/train.py -c <config> --resume auto "
+             f"-o output_dir={state.cfg['output_dir']}")
+
+
+def _remove_stale_temp_files(output_dir: str, log: RunLogger) -> None:
+    """Delete the partial `<name>.tmp.<pid>` files (see ckpt.atomic_write) a killed save leaves behind.
+
+    They were never renamed into place, so nothing is lost; but on ImageNet each is as large as a
+    checkpoint, and repeated preemptions would otherwise fill the disk.
+    """
+    stale = []
+    for folder in (output_dir, os.path.join(output_dir, "checkpoints")):
+        if os.path.isdir(folder):
+            stale += [os.path.join(folder, n) for n in sorted(os.listdir(folder))
+                      if ".tmp." in n and n.rpartition(".tmp.")[2].isdigit()]
+    for path in stale:
+        os.remove(path)
+    if stale:
+        log.info(f"removed {len(stale)} partial file(s) left by an interrupted save: {', '.join(stale)}")
 
 
 def _unwrap(model: nn.Layer) -> nn.Layer:
@@ -484,13 +526,14 @@ def _end_of_epoch(state: TrainState, val_loader, stats: dict, log: RunLogger) ->
     return record
 
 
-def _write_metrics(state: TrainState, log: RunLogger, finished: bool) -> dict:
+def _write_metrics(state: TrainState, log: RunLogger, finished: bool, stopped_by: str | None = None) -> dict:
     history = state.history
     evals = [h for h in history if "eval_top1" in h]
     best = max(evals, key=lambda h: h["eval_top1"]) if evals else None
     speeds = [h["train_images_per_s"] for h in history[1:]] or [h["train_images_per_s"] for h in history]
     metrics = {
         "name": state.cfg["name"], "arch": state.cfg["model"]["arch"], "finished": finished,
+        "stopped_by": stopped_by,  # "SIGTERM" or "SIGINT" when a signal stopped the run early, else null
         "epochs_done": state.epoch, "global_step": state.global_step,
         "best": {"top1": best["eval_top1"], "top5": best["eval_top5"], "loss": best["eval_loss"],
                  "epoch": best["epoch"]} if best else None,

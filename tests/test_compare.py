@@ -36,6 +36,9 @@ def test_compare_overrides_and_formats():
     header, row = proc.stdout.strip().splitlines()
     values = dict(zip(header.split(","), row.split(",")))
     assert values["reduction"] == "8" and float(values["gmacs"]) > 4.09
+    paper = json.loads(run_compare("-c", "configs/se_resnet50.yaml", "-o", "model.se.reduction=8", "--paper",
+                                   "--format", "json").stdout)
+    assert paper[0]["paper_top1_err"] is None  # Table 2 is r = 16: no figure beside an ablation
     md = run_compare("-c", "configs/resnet50.yaml", "--format", "md", "--input-size", "112")
     assert md.stdout.startswith("| name | arch |") and "GMACs" in md.stdout
 

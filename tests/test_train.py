@@ -90,7 +90,7 @@ def test_full_run_checkpoints_metrics_safetensors_and_eval(tmp_path):
 
 def test_visualdl_events_hold_the_expected_tags(tmp_path):
     out = tmp_path / "run"
-    train(out, "train.epochs=1")
+    train(out, "train.epochs=1", "train.log_se_every=2")
     from visualdl import LogReader
 
     files = [f for f in os.listdir(out / "vdl") if f.startswith("vdlrecords")]
@@ -102,6 +102,10 @@ def test_visualdl_events_hold_the_expected_tags(tmp_path):
         assert tag in tags, (tag, tags)
     steps = [r.id for r in reader.get_data("scalar", "train/loss")]
     assert steps == [2, 4]
+    # train.log_se_every: one gate histogram per SE block (9 in SE-ResNet-20) every 2 steps
+    histograms = set(reader.get_tags()["histogram"])
+    assert len(histograms) == 9 and "se/layer1.0.se" in histograms and "se/layer3.2.se" in histograms
+    assert [r.id for r in reader.get_data("histogram", "se/layer2.1.se")] == [2, 4]
 
 
 def test_kill_after_first_epoch_and_resume_is_bitwise_identical(tmp_path):

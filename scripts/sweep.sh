@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Run one of the paper's ablation tables as a sweep: every config of the group, several seeds.
+#
+#   scripts/sweep.sh GROUP [tools/sweep.py options...]
+#   scripts/sweep.sh se_resnet50_reduction -o data.root=/data/ILSVRC2012 --nproc 8
+#   scripts/sweep.sh se_resnet110_gate --seeds 0 1 2 3 4
+#
+# GROUP is a file-name prefix in configs/ablation/ (see its README.md): <model>_squeeze, _gate,
+# _placement, _stages or _reduction. Runs and results.{md,csv,json} go to output/sweeps/GROUP unless
+# --out is given. Rerun the same command to resume an interrupted sweep.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ $# -lt 1 ] || [ "${1#-}" != "$1" ]; then
+    echo "usage: $0 GROUP [tools/sweep.py options...]; groups:" >&2
+    ls configs/ablation/*.yaml | sed -E 's#.*/##; s#^(.*_(squeeze|gate|placement|stages|reduction))_.*#  \1#' | sort -u >&2
+    exit 2
+fi
+group=$1
+shift
+shopt -s nullglob
+configs=(configs/ablation/"$group"_*.yaml)
+if [ ${#configs[@]} -eq 0 ]; then
+    echo "no configs/ablation/${group}_*.yaml; run $0 without arguments to list the groups" >&2
+    exit 2
+fi
+python=${PYTHON:-python3}
+[ -x .venv/bin/python ] && [ -z "${PYTHON:-}" ] && python=.venv/bin/python
+out=(--out "output/sweeps/$group")
+for arg in "$@"; do [ "$arg" = "--out" ] && out=(); done
+exec "$python" tools/sweep.py -c "${configs[@]}" "${out[@]}" "$@"

@@ -1,0 +1,169 @@
+"""SE excitation analysis: the recorder is exact and leaves the model alone; the tool writes plots and stats."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import paddle
+import pytest
+
+from senet.analysis import (
+    default_blocks,
+    excitation_stats,
+    paper_label,
+    record_gates,
+    resolve_blocks,
+    resolve_classes,
+    se_blocks,
+)
+from senet.config import load_config
+from senet.layers import SEBlock
+from senet.resnet import build_model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CHANNELS_20 = [16] * 3 + [32] * 3 + [64] * 3  # se_resnet20: three stages of three blocks
+TINY = ["model.arch=se_resnet20", "model.num_classes=4", "model.se.reduction=4", "data.name=synthetic",
+        "data.image_size=16", "data.eval_crop=16", "data.synthetic_val_size=24", "data.batch_size=8",
+        "data.num_workers=0", "train.amp.enabled=false"]
+
+
+def tiny_model(*extra):
+    cfg = load_config(os.path.join(ROOT, "configs", "demo", "se_resnet20_digits.yaml"), TINY + list(extra))
+    return cfg, build_model(cfg)
+
+
+@pytest.mark.parametrize("se", [["model.se.impl=conv"], ["model.se.impl=linear", "model.se.gate=tanh"],
+                                ["model.se.squeeze=none"], ["model.se.impl=linear", "model.se.squeeze=none"],
+                                ["model.se.placement=pre", "model.se.stages=[2, 3]"]])
+def test_record_gates_is_exact_and_leaves_the_model_unchanged(se):
+    paddle.seed(0)
+    cfg, model = tiny_model(*se)
+    x = paddle.randn([3, 3, 16, 16])
+    model.train()
+    model.layer1.eval()  # a sublayer in its own mode must get it back, not the model's
+    before = {k: v.numpy().copy() for k, v in model.state_dict().items()}
+    # The reference: s computed from each block's input with the block's own squeeze and excite.
+    inputs, handles = {}, []
+    for name, block in se_blocks(model).items():
+        handles.append(block.register_forward_pre_hook(lambda layer, args, name=name: inputs.setdefault(name, args[0])))
+    model.eval()
+    with paddle.no_grad():
+        y_plain = model(x).numpy()
+    for h in handles:
+        h.remove()
+    model.train()
+    model.layer1.eval()
+
+    gates = record_gates(model, x)
+
+    blocks = se_blocks(model)
+    assert list(gates) == list(blocks) and len(gates) == (6 if "model.se.stages=[2, 3]" in se else 9)
+    for name, block in blocks.items():
+        s = block.excite(block.squeeze(inputs[name])).numpy()
+        s = s.transpose(0, 2, 3, 1) if s.shape[1] == block.channels and s.ndim == 4 else s
+        want = s.reshape(3, -1, block.channels).mean(axis=1)
+        assert gates[name].shape == (3, block.channels) and gates[name].dtype == np.float32
+        np.testing.assert_allclose(gates[name], want, rtol=1e-5, atol=1e-6)
+    assert model.training and not model.layer1.training and model.layer2.training
+    assert all(not b.fc2._forward_post_hooks for b in blocks.values())
+    after = model.state_dict()
+    assert all(np.array_equal(before[k], after[k].numpy()) for k in before)
+    model.eval()
+    with paddle.no_grad():
+        np.testing.assert_allclose(model(x).numpy(), y_plain, rtol=1e-5, atol=1e-6)
+
+
+def test_block_names_follow_the_paper():
+    names = [f"layer{i}.{j}.se" for i, n in enumerate((3, 4, 6, 3), 1) for j in range(n)]  # ResNet-50
+    picks = default_blocks(names)
+    assert [paper_label(n) for n in picks] == ["SE_2_3", "SE_3_4", "SE_4_6", "SE_5_1", "SE_5_2", "SE_5_3"]
+    assert resolve_blocks(["SE_4_6", "layer1.0", "layer4.2.se"], names) == ["layer3.5.se", "layer1.0.se", "layer4.2.se"]
+    with pytest.raises(ValueError, match="unknown SE block.*SE_6_1"):
+        resolve_blocks(["SE_6_1"], names)
+    assert resolve_classes(None, [str(i) for i in range(10)]) == [0, 3, 6, 9]
+    assert resolve_classes(["cat", "1"], ["airplane", "automobile", "cat"]) == [2, 1]
+    with pytest.raises(ValueError, match="unknown class 'dog'"):
+        resolve_classes(["dog"], ["airplane", "cat"])
+
+
+def test_statistics_on_known_values():
+    s = np.array([[0.0, 1.0], [0.5, 0.5], [0.02, 0.98], [0.4, 0.6]], dtype=np.float32)
+    labels = np.array([0, 0, 1, 1])
+    in_sample = np.array([True, True, True, False])  # the last image is an extra of class 1
+    rows, arrays = excitation_stats({"layer1.0.se": s}, labels, in_sample, [0, 1])
+    (row,) = rows
+    assert row["label"] == "SE_2_1" and row["channels"] == 2
+    assert row["frac_low"] == pytest.approx(2 / 6) and row["frac_high"] == pytest.approx(2 / 6)
+    assert row["mean"] == pytest.approx(0.5) and row["quantiles"]["0.5"] == pytest.approx(0.5)
+    np.testing.assert_allclose(arrays["layer1.0.se/all_mean"], [0.52 / 3, 2.48 / 3], rtol=1e-6)
+    np.testing.assert_allclose(arrays["layer1.0.se/class_mean"], [[0.25, 0.75], [0.21, 0.79]], rtol=1e-6)
+    gap = np.abs(arrays["layer1.0.se/class_mean"] - arrays["layer1.0.se/all_mean"]).mean()
+    assert row["class_gap"] == pytest.approx(gap)
+
+
+def run_analyze(*args):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "analyze_se.py"), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def test_analyze_tool_writes_plots_and_stats(tmp_path):
+    out = tmp_path / "analysis"
+    proc = run_analyze("-c", "configs/demo/se_resnet20_digits.yaml", "-o", *TINY, "--samples", "10",
+                       "--classes", "0", "3", "--per-class", "4", "--blocks", "SE_2_3", "layer3.0", "--raw",
+                       "--out", str(out))
+    assert "notice: no model.weights given" in proc.stdout and "SE_4_3" in proc.stdout
+    assert {"fig6_class_excitations.png", "fig7_depth_distribution.png", "se_stats.json", "se_stats.npz",
+            "summary.txt", "excitations.npz"} <= set(os.listdir(out))
+    for png in ("fig6_class_excitations.png", "fig7_depth_distribution.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (out / png).stat().st_size > 10_000
+    report = json.loads((out / "se_stats.json").read_text())
+    meta, rows = report["meta"], report["blocks"]
+    assert [r["channels"] for r in rows] == CHANNELS_20 and meta["plot_blocks"] == ["layer1.2.se", "layer3.0.se"]
+    assert meta["classes"] == [0, 3] and meta["sample_images"] == 10 and meta["weights"] is None
+    n = meta["sample_images"] + meta["extra_images"]
+    assert sum(meta["class_images"]) <= n and all(0 < c for c in meta["class_images"])
+    for r in rows:
+        assert 0 <= r["frac_low"] <= 1 and 0 <= r["frac_high"] <= 1 and 0 < r["mean"] < 1 and r["std"] >= 0
+    stats = np.load(out / "se_stats.npz")
+    raw = np.load(out / "excitations.npz")
+    assert list(stats["blocks"]) == [r["name"] for r in rows]
+    for r in rows:
+        c = r["channels"]
+        assert stats[f"{r['name']}/all_mean"].shape == (c,) and stats[f"{r['name']}/class_mean"].shape == (2, c)
+        assert raw[r["name"]].shape == (n, c)
+    assert raw["labels"].shape == (n,) and raw["in_sample"].sum() == 10
+    assert "class gap" in (out / "summary.txt").read_text()
+
+
+def test_analyze_loads_weights_and_refuses_models_without_se(tmp_path):
+    from senet.analysis import analyze
+    from senet.checkpoint import save_safetensors
+
+    paddle.seed(1)
+    cfg, model = tiny_model()
+    weights = str(tmp_path / "model.safetensors")
+    save_safetensors(model, weights)
+    cfg["model"]["weights"] = weights
+    report = analyze(cfg, samples=100, per_class=0, out_dir=str(tmp_path / "a"), raw=True)
+    assert report["meta"]["weights"] == weights and report["meta"]["sample_images"] == 24  # the whole val split
+    # The recorded gates are those of the saved model, image for image.
+    from senet.data import build_loader, normalize_batch
+
+    want = np.concatenate([record_gates(model, normalize_batch(images, cfg["data"]["mean"], cfg["data"]["std"]))
+                           ["layer3.2.se"] for images, _ in build_loader(cfg, "val")])
+    got = np.load(report["paths"]["excitations.npz"])["layer3.2.se"]
+    np.testing.assert_allclose(got, want, atol=2e-3)  # stored as float16
+    cfg, _ = tiny_model("model.arch=resnet20")
+    with pytest.raises(ValueError, match="has no SE blocks"):
+        analyze(cfg, samples=4, out_dir=str(tmp_path / "b"))
+
+
+def test_se_blocks_finds_every_block():
+    _, model = tiny_model()
+    blocks = se_blocks(model)
+    assert len(blocks) == 9 and all(isinstance(b, SEBlock) for b in blocks.values())
+    assert [b.channels for b in blocks.values()] == CHANNELS_20

@@ -1,0 +1,177 @@
+"""The ablation configs, and sweeps end to end through tools/sweep.py: runs, resume, the table."""
+
+import csv
+import glob
+import io
+import json
+import os
+import subprocess
+import sys
+
+import paddle
+import pytest
+import yaml
+
+from senet.compare import PAPER_TABLE2, paper_reference
+from senet.config import ConfigError, dump_config, load_config
+from senet.resnet import build_model
+from senet.sweep import Run, plan, status, train_command
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ABLATIONS = sorted(glob.glob(os.path.join(ROOT, "configs", "ablation", "*.yaml")))
+BASES = {"se_resnet50": "configs/se_resnet50.yaml", "se_resnet110": "configs/cifar10/se_resnet110.yaml"}
+# 16 px synthetic images in 4 classes, one epoch of two steps: a run takes seconds.
+TINY = ["model.num_classes=4", "model.se.reduction=4", "data.name=synthetic", "data.image_size=16",
+        "data.eval_crop=16", "data.synthetic_train_size=32", "data.synthetic_val_size=16", "data.batch_size=16",
+        "data.num_workers=0", "train.epochs=1", "train.amp.enabled=false"]
+DEMOS = ["configs/demo/resnet20_digits.yaml", "configs/demo/se_resnet20_digits.yaml"]
+
+
+def flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        out.update(flat(v, prefix + k + ".") if isinstance(v, dict) else {prefix + k: v})
+    return out
+
+
+@pytest.mark.filterwarnings("ignore:When training, we now always track")
+def test_every_ablation_differs_from_its_base_in_one_setting_and_builds():
+    assert len(ABLATIONS) == 21 + 19  # SE-ResNet-50: 3+3+5+5+5; SE-ResNet-110: no stage 4, no r = 32
+    params = {}
+    for path in ABLATIONS:
+        se, net, setting = os.path.basename(path).split("_")[:3]  # se_resnet50_placement_after_3x3.yaml
+        base = BASES[f"{se}_{net}"]
+        with open(path) as f:
+            raw = yaml.safe_load(f)
+        assert os.path.normpath(os.path.join(os.path.dirname(path), raw.pop("_base_"))) == os.path.join(ROOT, base)
+        assert list(flat(raw)) == [f"model.se.{setting}"], path  # the file sets exactly one thing
+        cfg, ref = load_config(path), load_config(os.path.join(ROOT, base))
+        changed = {k for k, v in flat(cfg).items() if ref_value(ref, k) != v} - {"name", "output_dir"}
+        assert changed <= {f"model.se.{setting}"}, (path, changed)
+        # Every check of a config happens while building; LazyGuard skips drawing the random weights
+        # (~2 s per SE-ResNet-50 on a loaded CPU). Every placement, squeeze and gate runs forward on
+        # every block type in test_models.py; here the gates run through the 110-layer net.
+        if setting != "gate" or net == "resnet50":
+            with paddle.LazyGuard():
+                model = build_model(cfg)
+            params[cfg["name"]] = sum(p.size for p in model.parameters() if not p.stop_gradient)
+            continue
+        model = build_model(cfg)  # train mode: at init, eval-mode BN does not normalise and ReLU gates overflow
+        with paddle.no_grad():
+            out = model(paddle.rand([2, 3, 32, 32]))
+        assert out.shape == [2, cfg["model"]["num_classes"]] and bool(paddle.isfinite(out).all()), path
+    # r = 16 is the paper's SE-ResNet-50 (Table 2: 28.1M); SE in stage 1 only adds almost nothing to ResNet-50's 25.6M.
+    assert params["se_resnet50_reduction_16"] == params["se_resnet50_stages_all"] == 28_088_024
+    assert params["se_resnet50_reduction_02"] > 45_000_000 and 25_557_032 < params["se_resnet50_stages_1"] < 25_700_000
+    assert params["se_resnet50_squeeze_none"] == params["se_resnet50_gate_relu"] == 28_088_024
+
+
+def ref_value(cfg, key):
+    for part in key.split("."):
+        cfg = cfg[part]
+    return cfg
+
+
+def test_paper_figures_only_beside_the_papers_setup():
+    se50 = load_config(os.path.join(ROOT, "configs/se_resnet50.yaml"))
+    assert paper_reference(se50) == PAPER_TABLE2["se_resnet50"]
+    assert paper_reference(load_config(os.path.join(ROOT, "configs/ablation/se_resnet50_stages_all.yaml"))) \
+        == PAPER_TABLE2["se_resnet50"]
+    for path, extra in (("configs/ablation/se_resnet50_gate_tanh.yaml", []),
+                        ("configs/ablation/se_resnet50_reduction_08.yaml", []),
+                        ("configs/resnet50.yaml", ["model.stride_in_1x1=false"]),
+                        ("configs/se_resnet50.yaml", ["model.num_classes=10"])):
+        assert paper_reference(load_config(os.path.join(ROOT, path), extra)) is None, path
+
+
+def test_plan_status_and_commands(tmp_path):
+    runs = plan(DEMOS, [0, 1], str(tmp_path), TINY)
+    assert [(r.name, r.seed) for r in runs] == [("resnet20_digits", 0), ("resnet20_digits", 1),
+                                                 ("se_resnet20_digits", 0), ("se_resnet20_digits", 1)]
+    assert runs[3].output_dir == str(tmp_path / "se_resnet20_digits" / "seed1")
+    with pytest.raises(ConfigError, match="sets train.seed"):
+        plan(DEMOS, [0], str(tmp_path), ["train.seed=3"])
+    with pytest.raises(ConfigError, match="both have the name 'x'"):
+        plan([write_config(tmp_path, "x.yaml"), write_config(tmp_path / "sub", "x.yaml")], [0], str(tmp_path), [])
+    run = Run("c.yaml", "c", 2, str(tmp_path / "c" / "seed2"))
+    assert status(run.output_dir) == "new"
+    os.makedirs(run.output_dir)
+    (tmp_path / "c" / "seed2" / "metrics.json").write_text(json.dumps({"finished": False}))
+    assert status(run.output_dir) == "unfinished"
+    (tmp_path / "c" / "seed2" / "metrics.json").write_text(json.dumps({"finished": True}))
+    assert status(run.output_dir) == "finished"
+    cmd = train_command(run, ["data.root=/d"], resume=True, nproc=4, devices="0,1,2,3", python="py")
+    assert cmd[:3] == ["py", "-m", "paddle.distributed.launch"] and cmd[cmd.index("--nproc_per_node") + 1] == "4"
+    assert cmd[cmd.index("--devices") + 1] == "0,1,2,3" and cmd[-2:] == ["--resume", "auto"]
+    tool = cmd.index(os.path.join(ROOT, "tools", "train.py"))
+    assert cmd[tool + 1:tool + 7] == ["-c", "c.yaml", "-o", "data.root=/d", "train.seed=2",
+                                      f"output_dir={run.output_dir}"]
+    assert "--resume" not in train_command(run, [], resume=False)
+
+
+def write_config(folder, name):
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, name)
+    with open(path, "w") as f:
+        yaml.safe_dump({"model": {"arch": "resnet20"}}, f)
+    return path
+
+
+def sweep(*args):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "tools", "sweep.py"), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=900)
+
+
+def test_sweep_runs_resumes_and_tabulates(tmp_path):
+    out = tmp_path / "sweep"
+    # An earlier, interrupted sweep: seed 0 of both configs finished (faked: their numbers are known),
+    # and se_resnet20 seed 1 had started (config and unfinished metrics, no checkpoint yet).
+    for config in DEMOS:
+        done = out / os.path.basename(config).removesuffix(".yaml") / "seed0"
+        dump_config(load_config(config, TINY + ["train.seed=0", f"output_dir={done}"]), str(done / "config.yaml"))
+        (done / "metrics.json").write_text(json.dumps({"finished": True, "best": {"top1": 40.0, "top5": 90.0},
+                                                       "train_images_per_s": 100.0}))
+    done = out / "resnet20_digits" / "seed0"
+    mtime = os.path.getmtime(done / "metrics.json")
+    started = out / "se_resnet20_digits" / "seed1"
+    dump_config(load_config(DEMOS[1], TINY + ["train.seed=1", f"output_dir={started}"]), str(started / "config.yaml"))
+    (started / "metrics.json").write_text(json.dumps({"finished": False}))
+
+    proc = sweep("-c", *DEMOS, "--seeds", "0", "1", "--out", str(out), "-o", *TINY)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "[1/4] resnet20_digits seed 0: finished before, skipped" in proc.stdout
+    assert "[2/4] resnet20_digits seed 1: starting" in proc.stdout
+    assert "[3/4] se_resnet20_digits seed 0: finished before, skipped" in proc.stdout
+    assert "[4/4] se_resnet20_digits seed 1: resuming" in proc.stdout
+    assert os.path.getmtime(done / "metrics.json") == mtime and not (done / "train.log").exists()
+    assert "--resume auto: no checkpoint" in (started / "train.log").read_text()  # restarted with --resume auto
+    for name in ("resnet20_digits", "se_resnet20_digits"):
+        for seed in (0, 1):
+            assert status(str(out / name / f"seed{seed}")) == "finished"
+
+    rows = json.loads((out / "results.json").read_text())
+    assert [r["name"] for r in rows] == ["resnet20_digits", "se_resnet20_digits"]
+    plain, se = rows
+    assert plain["runs"] == se["runs"] == 2 and plain["reduction"] is None and se["reduction"] == 4
+    assert se["params"] > plain["params"] and se["gmacs"] > plain["gmacs"] and plain["images_per_s"] > 0
+    real = json.loads((out / "resnet20_digits" / "seed1" / "metrics.json").read_text())["best"]["top1"]
+    assert plain["top1_err"] == pytest.approx(100 - (40.0 + real) / 2)
+    assert plain["top1_err_std"] == pytest.approx(abs(40.0 - real) / 2 ** 0.5)
+    assert plain["paper_top1_err"] is None  # no paper figure for a CIFAR-size net on synthetic data
+    md = (out / "results.md").read_text()
+    assert md.startswith("| name | arch | r | params | GMACs | top-1 err % | top-5 err % | seeds |")
+    assert md.count(" ± ") >= 4 and md in proc.stdout
+    table = list(csv.DictReader(io.StringIO((out / "results.csv").read_text())))
+    assert float(table[0]["top1_err_std"]) == pytest.approx(plain["top1_err_std"])
+
+    again = sweep("-c", *DEMOS, "--seeds", "0", "1", "--out", str(out), "--dry-run", "-o", *TINY)
+    assert again.returncode == 0 and again.stdout.count("finished") == 4  # a rerun would train nothing
+
+
+def test_sweep_errors_are_clear(tmp_path):
+    proc = sweep("-c", DEMOS[0], "--out", str(tmp_path), "-o", "output_dir=/x")
+    assert proc.returncode == 2 and "sets output_dir itself" in proc.stderr
+    proc = sweep("-c", "configs/nope.yaml", "--out", str(tmp_path))
+    assert proc.returncode == 2 and "config file not found" in proc.stderr
+    proc = sweep("-c", DEMOS[1], "--out", str(tmp_path), "--seeds", "3", "--dry-run", "-o", *TINY)
+    assert proc.returncode == 0 and proc.stdout.startswith("new") and "train.seed=3" in proc.stdout
