@@ -266,7 +266,8 @@ def train_one_epoch(state: TrainState, loader, log: RunLogger, stop: dict) -> di
                 and state.batch_in_epoch < total:
             _check_finite(first_bad, log)
             log.save(state, "last")
-        if stop.get("signal") or (t["max_steps"] and state.global_step >= t["max_steps"]):
+        if _stop_agreed(stop, state.global_step, t["log_every"], log.world_size) \
+                or (t["max_steps"] and state.global_step >= t["max_steps"]):
             break
     log.close_progress(bar)
     _check_finite(first_bad, log)
@@ -274,6 +275,21 @@ def train_one_epoch(state: TrainState, loader, log: RunLogger, stop: dict) -> di
     return {"loss": float(sums["loss"]) / n, "top1": 100.0 * float(sums["top1"]) / n,
             "epoch_time_s": time.perf_counter() - t_epoch, "images": int(n) * log.world_size,
             "complete": state.batch_in_epoch >= total}
+
+
+def _stop_agreed(stop: dict, step: int, every: int, world_size: int) -> bool:
+    """Whether to stop for a signal now. Alone, at once; in a job, all ranks decide together at log
+    steps (one tiny all-reduce), since a rank that stopped alone would leave the others waiting forever
+    in the next gradient all-reduce."""
+    if world_size == 1:
+        return bool(stop.get("signal"))
+    if step % every:
+        return False
+    flag = paddle.to_tensor([stop.get("signal") or 0], dtype="int64")
+    paddle.distributed.all_reduce(flag, op=paddle.distributed.ReduceOp.MAX)
+    if int(flag) and not stop.get("signal"):
+        stop["signal"] = int(flag)  # another rank got it
+    return bool(int(flag))
 
 
 def _log_gate_histograms(state: TrainState, images: paddle.Tensor, log: RunLogger) -> None:

@@ -7,6 +7,7 @@
 
 import argparse
 import os
+import signal
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -43,6 +44,10 @@ def main() -> int:
     except (DatasetError, CheckpointError, TrainingError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    if metrics.get("stopped_by"):
+        # Saved and stopped early: exit 128 + the signal number, as the shell reports a process the
+        # signal killed, so schedulers and `train && eval` scripts see an unfinished run, not success.
+        return 128 + signal.Signals[metrics["stopped_by"]].value
     best = metrics.get("best")
     if best and paddle.distributed.get_rank() == 0:
         print(f"best val top-1 {best['top1']:.2f}% (top-5 {best['top5']:.2f}%) at epoch {best['epoch']}; "
