@@ -41,6 +41,11 @@ demo: install
 	@echo
 	@echo "Training curves: run 'make vdl' and open http://127.0.0.1:$(VDL_PORT)"
 
+# ResNet-50 vs SE-ResNet-50 (r = 2..32) and paddle.vision's ResNet-50: speed, memory, cost; see docs/bench.md.
+# About 10 minutes on 2 idle CPU cores; `python tools/bench.py --full` for the paper's sizes on a GPU.
+bench: install
+	$(PY) tools/bench.py
+
 # VisualDL on everything under output/, local only, telemetry off. --language en: without it,
 # pages answer HTTP 500 to clients that send no Accept-Language header.
 VDL_PORT ?= 8040

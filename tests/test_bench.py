@@ -1,0 +1,189 @@
+"""tools/bench.py end to end at tiny sizes, the memory probe child, and the timing and summary logic."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from senet.bench import (
+    FIELDS,
+    FP32,
+    ModelSpec,
+    Task,
+    default_options,
+    plan_models,
+    run_alternating,
+    run_probe,
+    summary,
+    task_record,
+)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """One tiny run through the command line: a ResNet-18 pair at 32 px, every mode and engine."""
+    out = tmp_path_factory.mktemp("bench")
+    args = ["-c", "resnet18", "se_resnet18", "-o", "model.num_classes=10", "--reductions", "8",
+            "--sweep-modes", "latency", "--image-size", "32", "--train-batch", "2", "--infer-batch", "2",
+            "--repeats", "2", "--latency-calls", "2", "--loader-images", "8", "--out", str(out), "--keep-export",
+            "--no-memory"]  # the probes are tested below: a child process each is too slow here
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "bench.py"), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "train step time ratio, se_resnet18 r=16, dygraph" in proc.stdout
+    (folder,) = os.listdir(out)
+    return os.path.join(out, folder)
+
+
+def test_outputs_have_the_promised_fields(run_dir):
+    assert {"results.json", "results.csv", "report.md", "throughput_vs_params.png", "se_overhead_vs_r.png",
+            "export"} <= set(os.listdir(run_dir))
+    data = json.load(open(os.path.join(run_dir, "results.json")))
+    env = data["environment"]
+    for key in ("paddle_version", "device", "threads", "cpu_model", "cores", "load_average_start"):
+        assert env[key] is not None, key
+    assert data["data_loader"]["loader_images_per_s"] > 0 and data["data_loader"]["plain_images_per_s"] > 0
+    records = data["results"]
+    for r in records:
+        assert set(FIELDS) <= set(r)
+        assert r["images_per_s_min"] <= r["images_per_s"] <= r["images_per_s_max"]
+        assert r["latency_ms"] > 0 and r["params"] > 0 and r["gmacs"] > 0 and r["image_size"] == 32
+        assert r["peak_memory_mb"] is None  # --no-memory
+        assert (r["reduction"] is None) == (r["model"] in ("resnet18", "paddle.vision.resnet18"))
+    seen = {(r["name"], r["mode"], r["engine"]) for r in records}
+    for engine in ("dygraph", "paddle_inference", "onnxruntime"):
+        for mode in ("latency", "infer"):
+            assert {("resnet18", mode, engine), ("se_resnet18 r=16", mode, engine)} <= seen
+    assert {("resnet18", "train", "dygraph"), ("se_resnet18 r=16", "train", "dygraph"),
+            ("paddle.vision resnet18", "train", "dygraph"), ("se_resnet18 r=8", "latency", "dygraph")} <= seen
+    # the sweep r only where asked, the reference only in dygraph
+    assert not [k for k in seen if k[0] == "se_resnet18 r=8" and k[1:] != ("latency", "dygraph")]
+    assert not [k for k in seen if k[0].startswith("paddle.vision") and k[2] != "dygraph"]
+    for r in records:  # a plain model is its own baseline; SE and reference are compared with resnet18
+        assert r["plain_model"] == "resnet18" and r["overhead_vs_plain"] > 0
+        assert r["overhead_vs_plain"] == 1.0 or r["name"] != "resnet18"
+    assert data["summary"]["gmacs_increase"]["se_resnet18 r=16"] > 0
+    with open(os.path.join(run_dir, "results.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(records) and list(rows[0]) == FIELDS
+    report = open(os.path.join(run_dir, "report.md")).read()
+    for text in ("190 -> 209 ms", "164 -> 167 ms", "+0.26%", "paddle.vision", "## Data loader",
+                 "throughput_vs_params.png"):
+        assert text in report
+
+
+def test_compare_reads_the_bench_throughput(run_dir):
+    from senet.compare import _bench_throughput
+
+    assert _bench_throughput(run_dir) > 0
+
+
+def test_memory_probes_fill_every_record(run_dir, monkeypatch):
+    """One probe per model, engine and variant, its modes in MODES order; each record gets its mode's peak."""
+    from senet import bench
+
+    data = json.load(open(os.path.join(run_dir, "results.json")))
+    run = bench.Run.__new__(bench.Run)  # the state probe_memory reads, without starting a run
+    run.records, run.variants, run.gpu, run.device, run.threads = data["results"], [FP32], False, "cpu", 2
+    run.specs = plan_models(["resnet18", "se_resnet18"], ["model.num_classes=10"], [8])
+    run.opts, run.exports, run.notices, run.log = default_options(), {}, [], lambda s: None
+    payloads = []
+
+    def fake_probe(payload):
+        payloads.append(payload)
+        return {"kind": "rss", "peak_mb": {m: 100.0 * (i + 1) for i, m in enumerate(payload["modes"])}}
+
+    monkeypatch.setattr(bench, "run_probe", fake_probe)
+    run.probe_memory()
+    assert len(payloads) == 4 + 2 + 2  # 4 dygraph models (incl. the r=8 sweep and paddle.vision), 2 per engine
+    assert all(p["modes"] == [m for m in bench.MODES if m in p["modes"]] for p in payloads)
+    assert {tuple(p["modes"]) for p in payloads} == {("latency", "infer", "train"), ("latency",), ("latency", "infer")}
+    for r in run.records:
+        modes = next(p["modes"] for p in payloads if p["spec"]["name"] == r["name"] and p["engine"] == r["engine"])
+        assert r["peak_memory_mb"] == 100.0 * (modes.index(r["mode"]) + 1) and r["memory_kind"] == "rss"
+
+
+def test_memory_probe_child(run_dir):
+    """Peaks of fresh processes: they grow with the mode, and ONNX Runtime carries no Paddle."""
+    (spec,) = [s for s in plan_models(["resnet18"], ["model.num_classes=10"], [], reference=False)]
+    payload = {"spec": spec.__dict__, "variant": FP32.__dict__, "engine": "dygraph", "modes": ["latency", "train"],
+               "batch": {"latency": 1, "train": 2}, "image_size": 32, "threads": 1, "model_dir": None, "seed": 0,
+               "device": "cpu"}
+    dygraph = run_probe(payload)
+    assert dygraph["kind"] == "rss" and 100 < dygraph["peak_mb"]["latency"] <= dygraph["peak_mb"]["train"]
+    onnx = run_probe(dict(payload, engine="onnxruntime", modes=["latency"], model_dir=os.path.join(
+        run_dir, "export", "resnet18")))
+    assert "error" not in onnx, onnx
+    assert onnx["peak_mb"]["latency"] < dygraph["peak_mb"]["latency"]
+
+
+# --------------------------------------------------------------------------- logic, no Paddle work
+
+
+def test_plan_models_sweep_reference_and_errors():
+    specs = plan_models(["configs/resnet50.yaml", "configs/se_resnet50.yaml"], [], [2, 4, 8, 16, 32])
+    assert [s.name for s in specs] == ["resnet50"] + [f"se_resnet50 r={r}" for r in (2, 4, 8, 16, 32)] + \
+        ["paddle.vision resnet50"]
+    assert [s.sweep for s in specs] == [False, True, True, True, False, True, False]
+    assert all(s.plain == "resnet50" for s in specs)
+    assert specs[4].cfg["model"]["se"]["reduction"] == 16 and specs[1].cfg["model"]["se"]["reduction"] == 2
+    assert [s.name for s in plan_models(["resnet20", "se_resnet20"], ["model.se.reduction=4"], [8])] == \
+        ["resnet20", "se_resnet20 r=4", "se_resnet20 r=8"]  # paddle.vision has no resnet20
+    with pytest.raises(ValueError, match="unknown model.arch 'se_resnet5O'"):
+        plan_models(["se_resnet5O"], [], [])
+    with pytest.raises(ValueError, match="two models are named"):
+        plan_models(["resnet50", "resnet50"], [], [])
+
+
+def test_default_run_and_full_sizes():
+    d, f = default_options(), default_options(full=True)
+    assert (d.train_batch, d.image_size, d.reductions) == (8, 224, [2, 4, 8, 16, 32])
+    assert (f.train_batch, f.image_size, f.sweep_modes) == (256, 224, ["latency", "infer", "train"])
+
+
+def test_models_alternate_and_ratios_pair_rounds():
+    order: list[str] = []
+    spec = ModelSpec("a", "resnet20", {})
+    tasks = [Task(ModelSpec(n, "resnet20", {}), "infer", "dygraph", FP32, 4,
+                  (lambda n=n: order.append(n) or np.zeros(1))) for n in "ABC"]
+    run_alternating(tasks, calls=2, per_call=False, warmup_rounds=1, repeats=3)
+    assert order == list("AABBCC") + list("AABBCC") * 3  # warm-up, then A B C in turns
+    assert all(len(t.rounds) == 3 and len(t.rounds[0]) == 1 for t in tasks)
+    plain = Task(spec, "infer", "dygraph", FP32, 4, rounds=[[1.0], [2.0], [1.0]])
+    se = Task(ModelSpec("b", "se_resnet20", {}, reduction=16, plain="a"), "infer", "dygraph", FP32, 4,
+              rounds=[[1.1], [2.2], [1.3]])  # the slow second round hits both: the paired ratio stays ~1.1
+    r = task_record(se, plain, 32, default_options(), "cpu", 2, 1)
+    assert r["overhead_vs_plain"] == pytest.approx(1.1) and r["overhead_max"] == pytest.approx(1.3)
+    assert r["images_per_s"] == pytest.approx(4 / 1.3) and r["images_per_s_min"] == pytest.approx(4 / 2.2)
+    assert r["latency_ms"] == pytest.approx(1300)
+    latency = Task(spec, "latency", "dygraph", FP32, 1, rounds=[[0.1, 0.3, 0.2]])
+    assert task_record(latency, latency, 32, default_options(), "cpu", 2, 3)["latency_ms"] == pytest.approx(200)
+
+
+def test_summary_figures():
+    base = {"precision": "fp32", "data_format": "NCHW", "sweep": False, "reference": False, "gmacs": None}
+    records = [
+        dict(base, name="resnet50", reduction=None, mode="train", engine="dygraph", overhead_vs_plain=1.0,
+             plain_model=None, latency_ms=100.0, gmacs=3.86),
+        dict(base, name="se_resnet50 r=16", reduction=16, mode="train", engine="dygraph", overhead_vs_plain=1.04,
+             plain_model="resnet50", latency_ms=104.0, gmacs=3.87),
+        dict(base, name="se_resnet50 r=2", reduction=2, sweep=True, mode="train", engine="dygraph",
+             overhead_vs_plain=1.2, plain_model="resnet50", latency_ms=120.0),
+        dict(base, name="paddle.vision resnet50", reduction=None, reference=True, mode="train", engine="dygraph",
+             overhead_vs_plain=1.01, plain_model="resnet50", latency_ms=101.0),
+        dict(base, name="resnet50", reduction=None, mode="latency", engine="dygraph", overhead_vs_plain=1.0,
+             plain_model=None, latency_ms=50.0),
+        dict(base, name="resnet50", reduction=None, mode="latency", engine="paddle_inference",
+             overhead_vs_plain=1.0, plain_model=None, latency_ms=20.0),
+    ]
+    s = summary(records)
+    assert s["train_ratio"] == {"se_resnet50 r=16, dygraph": 1.04}  # not the sweep's r=2
+    assert s["parity"] == {"train, resnet50 / paddle.vision resnet50, dygraph": 1.01}
+    assert s["engine_speedup"] == {"latency, resnet50, paddle_inference": 2.5}
+    assert s["gmacs_increase"]["se_resnet50 r=16"] == pytest.approx(3.87 / 3.86 - 1)
