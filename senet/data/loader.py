@@ -1,0 +1,285 @@
+"""Batches: a sharded, deterministic batch sampler, the paddle.io.DataLoader around it, and normalisation.
+
+- Train: a permutation from (train.seed, epoch); each rank takes every world_size-th index of it, so
+  shards are disjoint; the remainder that does not fill a batch on every rank is dropped, so all
+  ranks run the same number of steps.
+- Val: in order; rank r takes the r-th contiguous slice, so every image is seen exactly once across
+  ranks with no padding (ranks may differ by one image, and by one batch: sum the counts, not
+  per-batch means, across ranks).
+- Workers return uint8 NHWC batches; `normalize_batch` turns them into float on the device.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import tempfile
+import traceback
+import weakref
+from collections.abc import Iterator
+
+import cv2
+import numpy as np
+import paddle
+
+from senet.data.datasets import build_dataset
+from senet.data.errors import BadImageError, DatasetError
+
+Key = int | tuple[int, int]
+
+
+class ShardedBatchSampler:
+    """Lists of sample keys for one rank; `set_epoch` picks the shuffle and where the epoch starts."""
+
+    def __init__(self, num_samples: int, batch_size: int, rank: int, world_size: int, shuffle: bool,
+                 seed: int) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in 0..{world_size - 1}, got {rank}")
+        self.num_samples, self.batch_size = num_samples, batch_size
+        self.rank, self.world_size = rank, world_size
+        self.shuffle, self.seed = shuffle, seed
+        self.epoch, self.start_batch = 0, 0
+        self.stop = False  # set by the loader to end the current epoch early
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        if not 0 <= start_batch <= len(self):
+            raise ValueError(f"start_batch must be in 0..{len(self)}, got {start_batch}")
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def indices(self) -> np.ndarray:
+        """This rank's sample indices for the current epoch, in order."""
+        n, world = self.num_samples, self.world_size
+        if self.shuffle:
+            used = len(self) * self.batch_size * world
+            perm = np.random.default_rng([self.seed % 2**63, self.epoch]).permutation(n)
+            return perm[:used][self.rank::world]
+        return np.arange(self.rank * n // world, (self.rank + 1) * n // world)
+
+    def __len__(self) -> int:
+        if self.shuffle:  # drop_last, equal on every rank
+            return self.num_samples // self.world_size // self.batch_size
+        share = (self.rank + 1) * self.num_samples // self.world_size - self.rank * self.num_samples // self.world_size
+        return -(-share // self.batch_size)
+
+    def __iter__(self) -> Iterator[list[Key]]:
+        idx = self.indices().tolist()
+        b = self.batch_size
+        for i in range(self.start_batch, len(self)):
+            if self.stop:
+                return
+            chunk = idx[i * b:(i + 1) * b]
+            # Train keys carry the epoch: it seeds each sample's augmentation in the worker.
+            yield [(j, self.epoch) for j in chunk] if self.shuffle else chunk
+
+
+class _Guarded(paddle.io.Dataset):
+    """The dataset as the loader runs it: no exception ever reaches Paddle's reader.
+
+    Paddle 3.3 loses a worker's exception message (the main thread only sees "Blocking queue is
+    killed") and, with num_workers=0, waits forever after one. So a failing sample becomes a
+    `_Failure` that the collate turns into an error batch, re-raised in the main process with the
+    original message; with on_bad_image=skip a bad image becomes None and its path is logged.
+    """
+
+    def __init__(self, dataset: paddle.io.Dataset, skip_log: str | None, num_workers: int) -> None:
+        self.dataset, self.skip_log = dataset, skip_log
+        self.main_pid = os.getpid() if num_workers > 0 else None
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: Key) -> tuple[np.ndarray, int] | _Failure | None:
+        if os.getpid() == self.main_pid:
+            # With workers, the main process reads a sample only when Paddle probes dataset[0] for
+            # its field count (to size the shared-memory cache): answer without decoding anything,
+            # and without logging a bad first image as skipped.
+            return np.zeros((1, 1, 3), dtype=np.uint8), 0
+        try:
+            return self.dataset[key]
+        except BadImageError as e:
+            if self.skip_log is None:
+                return _Failure(e)
+            # One short O_APPEND write per bad file: atomic across worker processes.
+            with open(self.skip_log, "ab") as f:
+                f.write(os.fsencode(getattr(e, "path", str(e))) + b"\n")
+            return None
+        except Exception as e:  # a bug or a system error: keep its traceback for the main process
+            return _Failure(e)
+
+
+def _note(kind: str, text: str = "") -> np.ndarray:
+    return np.frombuffer(f"{kind}:{text}".encode("utf-8", "surrogateescape"), dtype=np.uint8)
+
+
+class _Failure:
+    """An exception from a sample, as text that can travel in a uint8 array."""
+
+    def __init__(self, e: Exception) -> None:
+        kind = "bad" if isinstance(e, BadImageError) else "dataset" if isinstance(e, DatasetError) else "other"
+        self.note = _note(kind, str(e) if kind != "other" else "".join(traceback.format_exception(e)))
+
+
+def _read_note(note: paddle.Tensor) -> None:
+    """Act on a note batch: return for a batch of only skipped images, raise a worker's error in this process."""
+    kind, text = bytes(note.numpy()).decode("utf-8", "surrogateescape").split(":", 1)
+    if kind == "skipped":
+        return
+    if kind == "bad":
+        raise BadImageError(text)
+    if kind == "dataset":
+        raise DatasetError(text)
+    raise RuntimeError(f"a data loader worker failed:\n{text}")
+
+
+class _Collate:
+    """Stacks a batch into uint8 [N, H, W, 3] and int64 [N]; drops skipped samples (None).
+
+    A batch with a failed sample, or with only skipped ones, becomes a note batch (placeholder
+    images, placeholder labels, a note as uint8 text): three elements only on that rare path, so
+    normal batches need no check that reads device memory. The placeholders are not empty because
+    Paddle's shared memory cannot carry zero-size arrays.
+    """
+
+    PLACEHOLDER = (np.zeros((1, 1, 1, 3), dtype=np.uint8), np.zeros(1, dtype=np.int64))
+
+    def __call__(self, samples: list) -> tuple[np.ndarray, ...]:
+        failure = next((s for s in samples if isinstance(s, _Failure)), None)
+        if failure is not None:
+            return (*self.PLACEHOLDER, failure.note)
+        kept = [s for s in samples if s is not None]
+        if not kept:
+            return (*self.PLACEHOLDER, _note("skipped"))
+        images = np.stack([s[0] for s in kept])
+        labels = np.fromiter((s[1] for s in kept), dtype=np.int64, count=len(kept))
+        return images, labels
+
+
+def _worker_init(worker_id: int) -> None:
+    # Each worker is already one of several processes; OpenCV's own thread pool per worker would
+    # oversubscribe the cores and slow decoding down.
+    cv2.setNumThreads(1)
+    # A bad file surfaces as our own error naming it; OpenCV's warnings about it would only be noise.
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    _reuse_freed_memory()
+
+
+def _reuse_freed_memory() -> None:
+    # Each batch allocates and frees the same few large buffers (decoded images, the stacked batch,
+    # Paddle's copy of it). glibc maps every one of them afresh, so each page faults again: about
+    # 2 us per 4 KB page, 5% of a worker's time at 224 px. Higher mmap and trim thresholds make it
+    # reuse freed memory instead. glibc only; elsewhere nothing changes.
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 64 << 20)  # M_MMAP_THRESHOLD, bytes: larger blocks still get their own mapping
+        libc.mallopt(-1, 128 << 20)  # M_TRIM_THRESHOLD, bytes of free heap kept rather than returned
+    except (OSError, AttributeError):
+        pass
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+class Loader:
+    """Iterates (images uint8 [N, H, W, 3], labels int64 [N]) paddle tensors for one rank and split.
+
+    Bad images follow data.on_bad_image: `error` raises BadImageError naming the file; `skip` drops
+    them (a batch can then be smaller) and `pop_skipped()` lists them.
+    """
+
+    def __init__(self, dataset: paddle.io.Dataset, sampler: ShardedBatchSampler, num_workers: int,
+                 on_bad_image: str = "error") -> None:
+        self.dataset, self.sampler = dataset, sampler
+        self._skip_log, self._skip_read = None, 0
+        if on_bad_image == "skip":
+            fd, self._skip_log = tempfile.mkstemp(prefix="senet-skipped-", suffix=".txt")
+            os.close(fd)
+            weakref.finalize(self, _unlink, self._skip_log)
+        # Reuse shared-memory blocks between batches instead of creating, faulting in and unlinking
+        # one per batch (a block is reused only once its reader has dropped it): about half the
+        # workers' cost of handing over a batch. Paddle reads the C++ flag in the allocator and the
+        # environment variable when workers start. FLAGS_use_shm_cache=0 in the environment opts out.
+        if "FLAGS_use_shm_cache" not in os.environ:
+            os.environ["FLAGS_use_shm_cache"] = "1"
+            paddle.set_flags({"FLAGS_use_shm_cache": True})
+        self._loader = paddle.io.DataLoader(
+            _Guarded(dataset, self._skip_log, num_workers), batch_sampler=sampler, collate_fn=_Collate(),
+            num_workers=num_workers, use_shared_memory=True, persistent_workers=num_workers > 0,
+            prefetch_factor=2, worker_init_fn=_worker_init, return_list=True)
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Shuffle for `epoch` (from train.seed and epoch) and skip its first `start_batch` batches (exact resume)."""
+        self.sampler.set_epoch(epoch, start_batch)
+
+    def __len__(self) -> int:
+        """Batches per epoch for this rank (including any skipped by start_batch)."""
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[tuple[paddle.Tensor, paddle.Tensor]]:
+        self.sampler.stop = False
+        batches = iter(self._loader)
+        try:
+            for batch in batches:
+                if len(batch) == 2:
+                    yield batch[0], batch[1]
+                    continue
+                try:
+                    _read_note(batch[2])  # every image of the batch was skipped as bad, or raise
+                except Exception:
+                    self._end_early(batches)
+                    raise
+        except GeneratorExit:  # the consumer stopped mid-epoch (max_steps, a benchmark)
+            self._end_early(batches)
+            raise
+
+    def _end_early(self, batches: Iterator) -> None:
+        # Paddle 3.3's persistent workers fail on the next epoch if this one is left half read
+        # (IndexError in _restore_batch): send no more indices and read out the batches in flight.
+        self.sampler.stop = True
+        for _ in batches:
+            pass
+
+    def pop_skipped(self) -> list[str]:
+        """Bad files skipped (with on_bad_image=skip) since the last call; call it at the end of each epoch."""
+        if self._skip_log is None:
+            return []
+        with open(self._skip_log, "rb") as f:
+            f.seek(self._skip_read)
+            data = f.read()
+        self._skip_read += len(data)
+        return sorted(os.fsdecode(line) for line in data.splitlines())
+
+
+def build_loader(cfg: dict, split: str, rank: int = 0, world_size: int = 1) -> Loader:
+    """The loader of `split` for one rank: train shuffled and drop_last, val in order and complete."""
+    dataset = build_dataset(cfg, split)
+    d, train = cfg["data"], split == "train"
+    sampler = ShardedBatchSampler(len(dataset), d["batch_size"], rank, world_size, shuffle=train,
+                                  seed=cfg["train"]["seed"])
+    if train and len(sampler) == 0:
+        raise DatasetError(f"the train split has {len(dataset)} images, fewer than one batch of data.batch_size "
+                           f"{d['batch_size']} on each of {world_size} device(s); lower data.batch_size")
+    return Loader(dataset, sampler, d["num_workers"], d["on_bad_image"])
+
+
+_AFFINE: dict[tuple, tuple[paddle.Tensor, paddle.Tensor]] = {}
+
+
+def normalize_batch(images: paddle.Tensor, mean: list[float], std: list[float],
+                    data_format: str = "NCHW") -> paddle.Tensor:
+    """uint8 NHWC batch -> float32 (x/255 - mean)/std, transposed to NCHW when data_format is "NCHW".
+
+    This runs once per batch, on the device, on purpose: workers and the host-to-device copy move
+    uint8, a quarter of the bytes of float32.
+    """
+    key = (tuple(mean), tuple(std), str(images.place))
+    if key not in _AFFINE:  # (x / 255 - mean) / std as one multiply-add, constants made once per device
+        scale = np.array([1 / (255 * s) for s in std], dtype=np.float32)
+        shift = np.array([-m / s for m, s in zip(mean, std)], dtype=np.float32)
+        _AFFINE[key] = paddle.to_tensor(scale, place=images.place), paddle.to_tensor(shift, place=images.place)
+    scale, shift = _AFFINE[key]
+    x = images.astype("float32") * scale + shift
+    return x.transpose([0, 3, 1, 2]) if data_format == "NCHW" else x

@@ -1,0 +1,72 @@
+"""Check a dataset before training: counts per split, bad files, and loader speed.
+
+    python tools/check_data.py -c CONFIG [-o data.root=...] [--decode] [--bench N [--repeats R]] [--json]
+
+For each split: image count, class count, the smallest and largest class, and the files that do
+not decode (with --decode every file is decoded). --bench N times the training loader over about
+N images against a plain decode+crop loop with the same number of worker processes. --json prints
+{"train": {...}, "val": {...}, "bench": {...} or null}. Exit status 1 if any bad file was found,
+2 if the dataset or config cannot be used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from senet.config import ConfigError, load_config, split_override_args  # noqa: E402
+from senet.data import DatasetError  # noqa: E402
+from senet.data.check import bench, split_report  # noqa: E402
+
+
+def _print_split(split: str, r: dict) -> None:
+    print(f"{split}: {r['images']} images, {r['classes']} classes; smallest class {r['smallest']['class']} "
+          f"({r['smallest']['images']}), largest {r['largest']['class']} ({r['largest']['images']})")
+    if r["decoded"]:
+        print(f"  {len(r['bad'])} bad files")
+        for path, why in zip(r["bad"], r["bad_reasons"]):
+            print(f"    {path}: {why}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("-c", "--config", help="YAML config; without it, the defaults")
+    p.add_argument("-o", "--override", nargs="+", action="append", metavar="KEY=VALUE",
+                   help="override config keys, e.g. -o data.root=/data/imagenet data.num_workers=8")
+    p.add_argument("--decode", action="store_true", help="decode every file to find the bad ones")
+    p.add_argument("--bench", type=int, default=0, metavar="N", help="time the training loader over N images")
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats of --bench (default 3)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    args = p.parse_args(argv)
+    try:
+        cfg = load_config(args.config, split_override_args(args.override))
+        report = {split: split_report(cfg, split, args.decode) for split in ("train", "val")}
+        report["bench"] = bench(cfg, args.bench, args.repeats) if args.bench > 0 else None
+    except (ConfigError, DatasetError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        for split in ("train", "val"):
+            _print_split(split, report[split])
+        b = report["bench"]
+        if b:
+            print(f"bench: {b['images']} images x {b['repeats']} repeats, batch {b['batch_size']}, "
+                  f"{b['workers']} workers")
+            print(f"  loader      {b['loader_images_per_s']:8.1f} ± {b['loader_std']:.1f} images/s, "
+                  f"{b['loader_cpu_ms_per_image']:.2f} CPU ms/image")
+            if b["plain_images_per_s"] is not None:
+                print(f"  plain loop  {b['plain_images_per_s']:8.1f} ± {b['plain_std']:.1f} images/s, "
+                      f"{b['plain_cpu_ms_per_image']:.2f} CPU ms/image (decode+crop only)")
+                print(f"  loader / plain = {b['ratio']:.1%} in images/s, "
+                      f"{b['plain_cpu_ms_per_image'] / b['loader_cpu_ms_per_image']:.1%} in CPU per image")
+    return 1 if any(report[s]["bad"] for s in ("train", "val")) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
