@@ -34,6 +34,7 @@ def test_overrides_are_typed_yaml_values():
     assert cfg["optimizer"]["lr"] == 1.0 and isinstance(cfg["optimizer"]["lr"], float)  # int widens to float
     assert cfg["model"]["se"]["stages"] == [2, 3]
     assert cfg["train"]["amp"]["enabled"] is False and cfg["model"]["stride_in_1x1"] is True
+    assert load_config(None, ["optimizer.weight_decay=1e-4"])["optimizer"]["weight_decay"] == 1e-4  # YAML 1.1 str
 
 
 def test_overrides_are_never_evaluated():

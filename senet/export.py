@@ -1,0 +1,278 @@
+"""Export a model for deployment: a static Paddle inference model, ONNX, safetensors weights, inference.yml.
+
+    export(cfg, "output/se_resnet50/export", ["paddle", "onnx", "safetensors"])
+
+writes, in one folder:
+- `model.json` + `model.pdiparams`: the static graph for Paddle Inference (`paddle.jit.save`), input
+  `x` float32 NCHW [batch, 3, H, W] with any batch size and H = W = the eval crop;
+- `model.onnx`: the same graph through paddle2onnx, opset >= 13, converted offline;
+- `model.safetensors`: the weights alone, safe to share (no pickle), loadable as `model.weights`;
+- `inference.yml`: what a deployment needs besides the graph: resize, crop, mean, std, input layout,
+  class names, arch, num_classes (fields in docs/export.md).
+
+The static graph is always NCHW: a model trained with `train.data_format=NHWC` has the same weights
+(Paddle stores conv kernels as OIHW in both layouts), and oneDNN's NHWC fusions fail on SE blocks in
+Paddle 3.3.1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import shutil
+import sys
+import tempfile
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+import yaml
+
+from senet.checkpoint import atomic_write, load_weights, save_safetensors
+from senet.resnet import build_model
+
+FORMATS = ("paddle", "onnx", "safetensors")
+ONNX_OPSET = 13  # the lowest opset asked for; paddle2onnx may raise it if an op needs a newer one
+INFO_FILE = "inference.yml"
+PADDLE_PREFIX = "model"  # model.json + model.pdiparams
+ONNX_FILE = "model.onnx"
+SAFETENSORS_FILE = "model.safetensors"
+INPUT_NAME = "x"
+
+
+class ExportError(ValueError):
+    """An export that cannot be done; the message says why and what to do."""
+
+
+def parse_formats(names: list[str]) -> list[str]:
+    """["all"] or any of FORMATS (comma-separated values allowed) -> the formats, in FORMATS order."""
+    wanted = set()
+    for name in names:
+        for part in name.split(","):
+            part = part.strip().lower()
+            if part == "all":
+                wanted.update(FORMATS)
+            elif part in FORMATS:
+                wanted.add(part)
+            else:
+                raise ExportError(f"unknown export format {part!r}; known: {', '.join(FORMATS)}, all")
+    if not wanted:
+        raise ExportError(f"no export format given; choose from {', '.join(FORMATS)}, all")
+    return [f for f in FORMATS if f in wanted]
+
+
+def load_model(cfg: dict) -> paddle.nn.Layer:
+    """The config's model, NCHW, in eval mode, with `model.weights` loaded (shape-checked, pickle-safe)."""
+    weights = cfg["model"]["weights"]
+    if not weights:
+        raise ExportError("model.weights is not set: give the trained weights with -o model.weights=PATH "
+                          "(a .safetensors file or one of our .pdparams checkpoints)")
+    model = build_model(_nchw(cfg))
+    load_weights(model, weights, trust=cfg["model"]["trust_pickle"], expected_arch=cfg["model"]["arch"])
+    model.eval()
+    return model
+
+
+def _nchw(cfg: dict) -> dict:
+    out = copy.deepcopy(cfg)
+    out["train"]["data_format"] = "NCHW"
+    return out
+
+
+def eval_geometry(cfg: dict) -> tuple[int, int, list[str] | None]:
+    """(resize, crop, class names or None): the shorter-side resize and centre crop that the val split uses.
+
+    Image folders are resized to data.eval_resize and cropped to data.eval_crop. In-memory sets
+    (CIFAR, digits, synthetic) are stored at their final size and not resized, so resize = crop =
+    that size. The dataset is built when it can be (class names come from it); when its files are
+    not on this machine the config alone decides and classes are left as indices.
+    """
+    from senet.data import DatasetError, build_dataset
+
+    d = cfg["data"]
+    crop = d["eval_crop"]
+    resize = d["eval_resize"] if d["name"] == "imagenet" else crop
+    try:
+        with warnings.catch_warnings():  # a num_classes mismatch warning is the trainer's business
+            warnings.simplefilter("ignore")
+            dataset = build_dataset(cfg, "val")
+    except (DatasetError, OSError, ValueError, ImportError) as e:
+        print(f"notice: the val split could not be read ({str(e).splitlines()[0]}); "
+              f"class names will be indices", file=sys.stderr)
+        return resize, crop, None
+    if d["name"] != "imagenet":  # stored at their final size, never resized: one sample tells it
+        h, w = dataset[0][0].shape[:2]
+        if h != w:
+            raise ExportError(f"the val images are {h}x{w}; export needs square images")
+        resize = crop = int(h)
+    return resize, crop, [str(c) for c in dataset.classes]
+
+
+def save_static(model: paddle.nn.Layer, prefix: str, size: int) -> dict:
+    """`paddle.jit.save` with a dynamic batch and pooled SE squeezes; returns inference.yml's entry."""
+    spec = paddle.static.InputSpec([None, 3, size, size], "float32", INPUT_NAME)
+    with pooled_squeezes(model):
+        paddle.jit.save(model, prefix, input_spec=[spec])
+    name = os.path.basename(prefix)
+    entry: dict[str, Any] = {"model": name + ".json", "params": name + ".pdiparams"}
+    if "pd_op.pad" in graph_ops(prefix):
+        # Paddle 3.3.1's oneDNN pad kernel corrupts the heap ("free(): invalid pointer") on the CIFAR
+        # ResNets' zero-padded shortcuts. The Predictor then keeps unfused ops on Paddle's own kernels.
+        entry["onednn_placement"] = False
+    return entry
+
+
+def _global_avg_pool(x: paddle.Tensor) -> paddle.Tensor:
+    return F.adaptive_avg_pool2d(x, 1)
+
+
+@contextlib.contextmanager
+def pooled_squeezes(model: paddle.nn.Layer) -> Iterator[int]:
+    """While exporting, every average-squeeze SE block squeezes with a global average pool.
+
+    It is the same function (the mean over H x W; float32 sums in another order). Why: Paddle
+    Inference 3.3.1 keeps oneDNN activations channels-last. There a spatial mean runs oneDNN 3.6's
+    reference kernel (40 ms for one 256x56x56 map, against 0.1 ms for the pool), and the training
+    code's matmul form needs every SE input reordered to NCHW first (13 ms per SE-ResNet-50 image).
+    A pool runs on the channels-last data as it is. Yields the number of blocks changed.
+    """
+    from senet.layers import SEBlock
+
+    blocks = [m for m in model.sublayers() if isinstance(m, SEBlock) and m.options.squeeze == "avg"]
+    for block in blocks:
+        block.squeeze = _global_avg_pool  # an instance attribute shadows the method
+    try:
+        yield len(blocks)
+    finally:
+        for block in blocks:
+            del block.squeeze
+
+
+def graph_ops(prefix: str) -> set[str]:
+    """The op names of a saved static graph, e.g. {"pd_op.conv2d", ...}."""
+    was_dynamic = paddle.in_dynamic_mode()
+    paddle.enable_static()
+    try:
+        with paddle.static.scope_guard(paddle.static.Scope()):
+            exe = paddle.static.Executor(paddle.CPUPlace())
+            program, _, _ = paddle.static.load_inference_model(prefix, exe)
+            return {op.name() for op in program.global_block().ops}
+    finally:
+        if was_dynamic:
+            paddle.disable_static()
+
+
+def save_onnx(prefix: str, path: str) -> int:
+    """Convert a saved static model to ONNX, offline. Returns the opset written.
+
+    paddle2onnx's default `optimize_tool="polygraphy"` sets POLYGRAPHY_AUTOINSTALL_DEPS=1, and
+    polygraphy then pip-installs packages: "None" skips that step (the converter's own C++ graph
+    optimisation still runs). With save_file=None it returns the bytes, which we write atomically.
+    """
+    with warnings.catch_warnings():  # its import pulls in Paddle's cpp_extension, which warns about ccache
+        warnings.simplefilter("ignore")
+        import paddle2onnx
+    try:
+        with _stdout_to_stderr():
+            data = paddle2onnx.export(prefix + ".json", prefix + ".pdiparams", save_file=None,
+                                      opset_version=ONNX_OPSET, auto_upgrade_opset=True, verbose=False,
+                                      enable_onnx_checker=True, optimize_tool="None")
+    except Exception as e:  # paddle2onnx logs the cause, then fails on an unset local: report ours
+        raise ExportError(f"paddle2onnx could not convert the model ({type(e).__name__}: {e}); "
+                          f"its log above names the operator") from None
+    atomic_write(path, data)
+    return onnx_opset(path)
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Send file descriptor 1 to stderr: paddle2onnx's C++ code prints progress on stdout, which
+    must stay clean for tools that print JSON there."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def onnx_opset(path: str) -> int:
+    import onnx
+
+    model = onnx.load(path, load_external_data=False)
+    return max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def inference_info(cfg: dict, resize: int, crop: int, classes: list[str] | None, files: dict) -> dict:
+    """The contents of inference.yml (see docs/export.md)."""
+    m, d = cfg["model"], cfg["data"]
+    num_classes = m["num_classes"]
+    if classes is not None and len(classes) != num_classes:  # fewer classes than outputs: pad with indices
+        classes = classes + [str(i) for i in range(len(classes), num_classes)]
+    return {
+        "arch": m["arch"],
+        "num_classes": num_classes,
+        "preprocess": {
+            "color": "RGB",
+            "resize": resize,  # shorter side, pixels (area interpolation when shrinking, bilinear when enlarging)
+            "crop": crop,  # centre crop, pixels
+            "mean": [float(v) for v in d["mean"]],  # on the 0..1 scale: x = (pixel / 255 - mean) / std
+            "std": [float(v) for v in d["std"]],
+        },
+        "input": {"name": INPUT_NAME, "layout": "NCHW", "dtype": "float32", "shape": [-1, 3, crop, crop]},
+        "class_names": classes if classes is not None else [str(i) for i in range(num_classes)],
+        "class_names_from": "dataset" if classes is not None else "indices",
+        "files": files,
+        "source": {"config": cfg["name"], "weights": m["weights"]},
+    }
+
+
+def export(cfg: dict, output: str, formats: list[str] | tuple[str, ...] = FORMATS,
+           model: paddle.nn.Layer | None = None) -> dict[str, Any]:
+    """Write the requested formats and inference.yml to `output`; return inference.yml's contents.
+
+    `model` defaults to the config's model with `model.weights` loaded (see load_model); pass one
+    to export it as it is (it must be NCHW and in eval mode).
+    """
+    formats = parse_formats(list(formats))
+    model = model if model is not None else load_model(cfg)
+    resize, crop, classes = eval_geometry(cfg)
+    os.makedirs(output, exist_ok=True)
+    files: dict[str, Any] = {}
+    if "paddle" in formats or "onnx" in formats:
+        # ONNX is converted from the static graph; without the paddle format that graph is temporary.
+        static_dir = output if "paddle" in formats else tempfile.mkdtemp(prefix=".static-", dir=output)
+        try:
+            prefix = os.path.join(static_dir, PADDLE_PREFIX)
+            entry = save_static(model, prefix, crop)
+            if "paddle" in formats:
+                files["paddle"] = entry
+            if "onnx" in formats:
+                opset = save_onnx(prefix, os.path.join(output, ONNX_FILE))
+                files["onnx"] = {"model": ONNX_FILE, "opset": opset}
+        finally:
+            if static_dir != output:
+                shutil.rmtree(static_dir, ignore_errors=True)
+    if "safetensors" in formats:
+        meta = {"arch": cfg["model"]["arch"], "num_classes": cfg["model"]["num_classes"], "se": cfg["model"]["se"]}
+        save_safetensors(model, os.path.join(output, SAFETENSORS_FILE), metadata=meta)
+        files["safetensors"] = SAFETENSORS_FILE
+    info = inference_info(cfg, resize, crop, classes, files)
+    atomic_write(os.path.join(output, INFO_FILE), yaml.safe_dump(info, sort_keys=False).encode())
+    return info
+
+
+def dygraph_logits(model: paddle.nn.Layer, images: np.ndarray, mean: list[float], std: list[float]) -> np.ndarray:
+    """The reference: eval-mode dygraph logits of uint8 NHWC images, normalised as the trainer does."""
+    from senet.data import normalize_batch
+
+    with paddle.no_grad():
+        x = normalize_batch(paddle.to_tensor(images), mean, std, "NCHW")
+        return model(x).numpy()

@@ -1,0 +1,289 @@
+"""Run an exported model (senet.export): Paddle Inference or ONNX Runtime, image files, val-split evaluation.
+
+    p = Predictor("output/se_resnet50/export", engine="paddle")
+    images, paths, failed = p.preprocess(["cat.jpg", "dog.png"])
+    logits = p.predict(images)          # uint8 NHWC RGB in, float32 [N, num_classes] out
+
+Engines:
+- "paddle": Paddle Inference. On a CPU with oneDNN (optionally bf16, where the CPU has bf16
+  instructions); on a GPU when asked and present, with TensorRT when Paddle was built with it.
+- "onnxruntime": ONNX Runtime on the CPU, or its CUDA provider when asked and present.
+A requested GPU that is not there gives a one-line notice and the CPU.
+
+Preprocessing is the eval pipeline's own code (senet.data): decode to RGB, resize the shorter side,
+centre crop, then (pixel / 255 - mean) / std as one float32 multiply-add, so an exported model sees
+exactly the inputs the dygraph evaluation sees.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from typing import Any
+
+import numpy as np
+import yaml
+
+from senet.runtime import cpu_count
+
+ENGINES = ("paddle", "onnxruntime")
+DEVICES = ("cpu", "gpu")
+INFO_FILE = "inference.yml"
+
+
+class ModelDirError(ValueError):
+    """A folder that is not (or not completely) an exported model; the message says what to do."""
+
+
+def notice(message: str) -> None:
+    print(f"notice: {message}", file=sys.stderr)
+
+
+def read_info(model_dir: str) -> dict:
+    """inference.yml of an exported model, checked for the fields the Predictor needs."""
+    path = os.path.join(model_dir, INFO_FILE)
+    if not os.path.isfile(path):
+        raise ModelDirError(f"{path} not found: is {model_dir} a folder written by tools/export.py?")
+    with open(path) as f:
+        info = yaml.safe_load(f) or {}
+    missing = [k for k in ("num_classes", "preprocess", "input", "class_names", "files") if k not in info]
+    if missing:
+        raise ModelDirError(f"{path} lacks {', '.join(missing)}; re-export the model with tools/export.py")
+    return info
+
+
+class Predictor:
+    """An exported model on one engine. `predict` takes uint8 NHWC RGB images already resized and cropped."""
+
+    def __init__(self, model_dir: str, engine: str = "paddle", threads: int = 0, bf16: bool = False,
+                 device: str = "cpu") -> None:
+        if engine not in ENGINES:
+            raise ValueError(f"unknown engine {engine!r}; known: {', '.join(ENGINES)}")
+        if device not in DEVICES:
+            raise ValueError(f"unknown device {device!r}; known: {', '.join(DEVICES)}")
+        if bf16 and engine != "paddle":
+            raise ValueError("bf16 is a Paddle Inference option (oneDNN); use engine 'paddle'")
+        self.model_dir, self.engine = model_dir, engine
+        self.info = read_info(model_dir)
+        pre = self.info["preprocess"]
+        self.resize, self.crop = int(pre["resize"]), int(pre["crop"])
+        self.class_names: list[str] = [str(c) for c in self.info["class_names"]]
+        self.num_classes = int(self.info["num_classes"])
+        # (x / 255 - mean) / std as x * scale + shift, in float32: the same arithmetic as
+        # senet.data.normalize_batch, so exported and dygraph evaluation see identical inputs.
+        self._scale = np.array([1 / (255 * s) for s in pre["std"]], dtype=np.float32)
+        self._shift = np.array([-m / s for m, s in zip(pre["mean"], pre["std"])], dtype=np.float32)
+        self.threads = threads if threads > 0 else cpu_count()
+        files = self.info["files"]
+        fmt = "onnx" if engine == "onnxruntime" else "paddle"
+        if fmt not in files:
+            raise ModelDirError(f"{model_dir} has no {fmt} model; export one with tools/export.py --format {fmt}")
+        if engine == "paddle":
+            self._run = self._paddle(files["paddle"], bf16, device)
+        else:
+            self._run = self._onnxruntime(files["onnx"]["model"], device)
+
+    def _file(self, name: str) -> str:
+        path = os.path.join(self.model_dir, name)
+        if not os.path.isfile(path):
+            raise ModelDirError(f"{path} is missing (inference.yml lists it); re-export the model with tools/export.py")
+        return path
+
+    def _paddle(self, files: dict, bf16: bool, device: str) -> Any:
+        with warnings.catch_warnings():  # paddle.inference pulls in cpp_extension, which warns about ccache
+            warnings.simplefilter("ignore")
+            import paddle
+            from paddle import inference
+
+        config = inference.Config(self._file(files["model"]), self._file(files["params"]))
+        config.disable_glog_info()
+        config.switch_ir_optim(True)  # conv+BN folding, conv+bias+activation fusion
+        # Not enable_memory_optim(): with the PIR graphs of Paddle 3.3.1 it fails ("Not find
+        # predictor_id 0 and pass_name memory_optimize_pass").
+        gpu = device == "gpu" and paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
+        if device == "gpu" and not gpu:
+            notice("no CUDA GPU available to Paddle; running Paddle Inference on the CPU")
+        if gpu:
+            config.enable_use_gpu(256, 0)  # initial memory pool, MB; device 0
+            if bf16:
+                notice("bf16 is for oneDNN on the CPU; the GPU runs fp32")
+            if inference.get_trt_compile_version() > (0, 0, 0) and inference.get_trt_runtime_version() > (0, 0, 0):
+                self._tensorrt(config, inference)
+            else:
+                notice("Paddle was built without TensorRT (or TensorRT is not installed); plain CUDA kernels")
+        else:
+            config.disable_gpu()
+            config.enable_onednn()
+            if not files.get("onednn_placement", True):  # see senet.export.save_static
+                config.delete_pass("onednn_placement_pass")
+            config.set_cpu_math_library_num_threads(self.threads)
+            if bf16:
+                if paddle.base.core.supports_bfloat16():
+                    config.enable_onednn_bfloat16()
+                else:
+                    notice("this CPU has no bf16 instructions (avx512_bf16 / AMX); running in fp32")
+        predictor = inference.create_predictor(config)
+        x = predictor.get_input_handle(predictor.get_input_names()[0])
+        y = predictor.get_output_handle(predictor.get_output_names()[0])
+
+        def run(batch: np.ndarray) -> np.ndarray:
+            x.reshape(batch.shape)
+            x.copy_from_cpu(batch)
+            predictor.run()
+            return y.copy_to_cpu()
+
+        return run
+
+    def _tensorrt(self, config: Any, inference: Any) -> None:
+        """fp32 TensorRT engines for batches of 1 to 64 images, built at the first run (not cached on disk)."""
+        shape = [3, self.crop, self.crop]
+        config.enable_tensorrt_engine(workspace_size=1 << 30, max_batch_size=64, min_subgraph_size=3,
+                                      precision_mode=inference.PrecisionType.Float32, use_static=False,
+                                      use_calib_mode=False)
+        name = self.info["input"]["name"]
+        config.set_trt_dynamic_shape_info({name: [1] + shape}, {name: [64] + shape}, {name: [8] + shape})
+
+    def _onnxruntime(self, filename: str, device: str) -> Any:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1  # one chain of ops: parallelism is inside each op
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3  # errors only: paddle2onnx leaves unused initializers ORT warns about
+        providers = ["CPUExecutionProvider"]
+        if device == "gpu":
+            if "CUDAExecutionProvider" in ort.get_available_providers():
+                providers.insert(0, "CUDAExecutionProvider")
+            else:
+                notice("onnxruntime has no CUDA provider here; running ONNX Runtime on the CPU")
+        session = ort.InferenceSession(self._file(filename), options, providers=providers)
+        name = session.get_inputs()[0].name
+
+        def run(batch: np.ndarray) -> np.ndarray:
+            return session.run(None, {name: batch})[0]
+
+        return run
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """Logits float32 [N, num_classes] of uint8 RGB images [N, crop, crop, 3] (or one [crop, crop, 3])."""
+        images = np.asarray(images)
+        if images.ndim == 3:
+            images = images[None]
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
+            raise ValueError(f"predict takes uint8 RGB images [N, H, W, 3], got {images.dtype} {list(images.shape)}")
+        if images.shape[1:3] != (self.crop, self.crop):
+            raise ValueError(f"images are {images.shape[1]}x{images.shape[2]} but the model takes "
+                             f"{self.crop}x{self.crop} (inference.yml crop); use preprocess()")
+        if len(images) == 0:
+            return np.zeros((0, self.num_classes), dtype=np.float32)
+        x = images.astype(np.float32) * self._scale + self._shift
+        return self._run(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+
+    def load_image(self, path: str) -> np.ndarray:
+        """One file decoded to RGB, shorter side resized, centre-cropped: uint8 [crop, crop, 3]."""
+        from senet.data.decode import decode_image
+        from senet.data.transforms import resize_center_crop
+
+        return resize_center_crop(decode_image(path), self.resize, self.crop)
+
+    def preprocess(self, paths: list[str]) -> tuple[np.ndarray, list[str], list[tuple[str, str]]]:
+        """(images uint8 [N, crop, crop, 3], the paths they came from, [(path, why)] for files that failed)."""
+        from senet.data.decode import BAD_IMAGE_HINT
+        from senet.data.errors import BadImageError
+
+        images, ok, failed = [], [], []
+        for path in paths:
+            try:
+                images.append(self.load_image(path))
+                ok.append(path)
+            except BadImageError as e:  # keep the reason; the file is named once, its hint is about training data
+                why = str(e).replace(BAD_IMAGE_HINT, "").strip()
+                failed.append((path, why.removeprefix(f"bad image {path}: ")))
+            except (OSError, ValueError) as e:
+                failed.append((path, f"{type(e).__name__}: {e}"))
+        batch = np.stack(images) if images else np.zeros((0, self.crop, self.crop, 3), dtype=np.uint8)
+        return batch, ok, failed
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def topk(predictor: Predictor, logits: np.ndarray, k: int) -> list[list[dict]]:
+    """For each row, the k best classes as {"index", "label", "score"} with softmax scores."""
+    probs = softmax(logits.astype(np.float64))
+    k = min(k, probs.shape[1])
+    out = []
+    for row in probs:
+        best = np.argsort(-row, kind="stable")[:k]
+        out.append([{"index": int(i), "label": predictor.class_names[i] if i < len(predictor.class_names)
+                     else str(i), "score": float(row[i])} for i in best])
+    return out
+
+
+def list_images(paths: list[str]) -> tuple[list[str], list[dict]]:
+    """Files as given, folders as the image files directly inside them (sorted); missing paths and
+    folders without images come back as failures {"file", "error"}."""
+    from senet.data.decode import IMAGE_EXTENSIONS
+
+    files, failures = [], []
+    for path in paths:
+        if os.path.isdir(path):
+            found = sorted(os.path.join(path, n) for n in os.listdir(path) if n.lower().endswith(IMAGE_EXTENSIONS))
+            files += found
+            if not found:
+                failures.append({"file": path, "error": f"no {'/'.join(IMAGE_EXTENSIONS)} files in the folder"})
+        elif os.path.exists(path):
+            files.append(path)
+        else:
+            failures.append({"file": path, "error": "no such file or folder"})
+    return files, failures
+
+
+def predict_files(predictor: Predictor, paths: list[str], batch_size: int = 32,
+                  k: int = 5) -> tuple[list[dict], list[dict]]:
+    """Predict image files in batches: ([{"file", "predictions"}], [{"file", "error"}]); bad files are skipped."""
+    results, failures = [], []
+    for start in range(0, len(paths), batch_size):
+        images, ok, failed = predictor.preprocess(paths[start:start + batch_size])
+        failures += [{"file": p, "error": why} for p, why in failed]
+        if ok:
+            for path, preds in zip(ok, topk(predictor, predictor.predict(images), k)):
+                results.append({"file": path, "predictions": preds})
+    return results, failures
+
+
+def accuracy_counts(logits: np.ndarray, labels: np.ndarray, k: int = 5) -> tuple[int, int, float]:
+    """(top-1 hits, top-k hits, summed cross-entropy) of one batch."""
+    logits = logits.astype(np.float64)
+    k = min(k, logits.shape[1])
+    best = np.argpartition(-logits, k - 1, axis=1)[:, :k]
+    top1 = int((logits.argmax(axis=1) == labels).sum())
+    topk_hits = int((best == labels[:, None]).any(axis=1).sum())
+    z = logits - logits.max(axis=1, keepdims=True)
+    log_probs = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    loss = float(-log_probs[np.arange(len(labels)), labels].sum())
+    return top1, topk_hits, loss
+
+
+def evaluate_exported(model_dir: str, cfg: dict, engine: str = "paddle") -> dict:
+    """Top-1 / top-5 (percent), mean cross-entropy and image count of an exported model on the val split."""
+    from senet.data import build_loader
+
+    predictor = Predictor(model_dir, engine, threads=cfg["train"]["threads"])
+    if predictor.num_classes != cfg["model"]["num_classes"]:
+        raise ValueError(f"the exported model has {predictor.num_classes} classes but model.num_classes = "
+                         f"{cfg['model']['num_classes']}; evaluate it with the config it was exported from")
+    top1 = top5 = n = 0
+    loss = 0.0
+    for images, labels in build_loader(cfg, "val"):
+        y = labels.numpy()
+        a, b, s = accuracy_counts(predictor.predict(images.numpy()), y)
+        top1, top5, loss, n = top1 + a, top5 + b, loss + s, n + len(y)
+    if n == 0:
+        raise ValueError("the val split has no images")
+    return {"top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n, "loss": loss / n, "images": n}

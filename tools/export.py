@@ -1,0 +1,53 @@
+"""Export trained weights for deployment: Paddle Inference, ONNX, safetensors, plus inference.yml.
+
+    python tools/export.py -c configs/se_resnet50.yaml -o model.weights=output/se_resnet50/checkpoints/best.pdparams
+    python tools/export.py -c configs/demo/se_resnet20_digits.yaml -o model.weights=w.safetensors --format onnx
+
+Formats: paddle (model.json + model.pdiparams), onnx (model.onnx), safetensors (model.safetensors),
+all (default). Output: --output DIR, default <output_dir>/export. See docs/export.md.
+"""
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from senet.config import ConfigError, load_config, split_override_args  # noqa: E402
+from senet.runtime import setup_cpu  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-c", "--config", required=True, help="the YAML config the weights were trained with")
+    parser.add_argument("-o", "--override", nargs="+", action="append", default=[],
+                        help="key=value overrides, e.g. model.weights=PATH (required)")
+    parser.add_argument("--format", nargs="+", default=["all"], help="paddle, onnx, safetensors or all (default)")
+    parser.add_argument("--output", default=None, help="output folder (default: <output_dir>/export)")
+    args = parser.parse_args()
+    try:
+        cfg = load_config(args.config, split_override_args(args.override))
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    setup_cpu(cfg["train"]["threads"])
+    from senet.checkpoint import CheckpointError
+    from senet.export import ExportError, export, parse_formats
+
+    output = args.output or os.path.join(cfg["output_dir"], "export")
+    try:
+        formats = parse_formats(args.format)
+        info = export(cfg, output, formats)
+    except (ExportError, CheckpointError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for fmt, entry in info["files"].items():
+        names = [v for k, v in entry.items() if k in ("model", "params")] if isinstance(entry, dict) else [entry]
+        print(f"{fmt:12s} {', '.join(os.path.join(output, n) for n in names)}")
+    print(f"{'info':12s} {os.path.join(output, 'inference.yml')} ({info['preprocess']['resize']} -> "
+          f"{info['preprocess']['crop']} px, {info['num_classes']} classes from {info['class_names_from']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""Classify image files with an exported model (tools/export.py), in batches.
+
+    python tools/infer.py --model output/se_resnet50/export --images cat.jpg photos/
+    python tools/infer.py --model DIR --images photos/ --engine onnxruntime --topk 1 --json
+
+A folder means the image files directly inside it. A file that cannot be read or decoded is
+reported by name on stderr and the others are still predicted; the exit code is 1 if any
+failed, 2 if the model could not be loaded, 0 otherwise.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from senet.runtime import setup_cpu  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="folder written by tools/export.py")
+    parser.add_argument("--images", nargs="+", required=True, help="image files and/or folders of images")
+    parser.add_argument("--engine", choices=["paddle", "onnxruntime"], default="paddle")
+    parser.add_argument("--topk", type=int, default=5, help="classes shown per image")
+    parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads, 0 = all cores")
+    parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu", help="gpu falls back to cpu with a notice")
+    parser.add_argument("--bf16", action="store_true", help="bf16 oneDNN kernels (paddle engine, CPUs with bf16)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = parser.parse_args()
+    if args.topk < 1 or args.batch_size < 1:
+        parser.error("--topk and --batch-size must be at least 1")
+    setup_cpu(args.threads)
+    from senet.inference import Predictor, list_images, predict_files
+
+    try:
+        predictor = Predictor(args.model, args.engine, args.threads, args.bf16, args.device)
+    except (OSError, ValueError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    files, failures = list_images(args.images)
+    results, bad = predict_files(predictor, files, args.batch_size, args.topk)
+    failures += bad
+    if args.json:
+        print(json.dumps({"predictions": results, "failed": failures}, indent=1))
+    else:
+        width = max([len(r["file"]) for r in results] + [4])
+        print(f"{'file':{width}s}  rank  {'score':>6s}  label")
+        for r in results:
+            for rank, p in enumerate(r["predictions"], 1):
+                print(f"{r['file']:{width}s}  {rank:4d}  {p['score']:6.4f}  {p['label']}")
+    for f in failures:
+        print(f"failed: {f['file']}: {f['error']}", file=sys.stderr)
+    if failures:
+        print(f"{len(failures)} of {len(results) + len(failures)} inputs failed", file=sys.stderr)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
