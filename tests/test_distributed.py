@@ -96,7 +96,9 @@ def test_killing_one_rank_ends_the_whole_job_with_a_clear_message(tmp_path):
     os.kill(victim, signal.SIGKILL)
     out, _ = launcher.communicate(timeout=120)  # must not hang
     assert launcher.returncode != 0
-    # The launcher stops the other rank and names the failure: either rank 1's own death (SIGKILL, -9), or
-    # rank 0's gloo error, which names rank 1 as the peer that went away. Which comes first is a race.
-    assert ("rank 1 status failed" in out and "code -9" in out) or "pair_rank = 1" in out, out[-3000:]
-    assert "Container failed" in out
+    # The launcher stops the other rank and names the failure. Which it sees first is a race: rank 1's
+    # own death (SIGKILL, -9), or rank 0's gloo error about losing its peer (a timeout naming
+    # pair_rank 1, or the connection reset by that peer).
+    assert "Container failed" in out, out[-3000:]
+    assert ("rank 1 status failed" in out and "code -9" in out) or "pair_rank = 1" in out \
+        or "Connection reset by peer" in out, out[-3000:]
