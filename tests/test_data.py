@@ -408,6 +408,31 @@ def test_two_workers_match_in_process_and_survive_an_early_break(tmp_path, image
     assert len(got) == len(ref) and all((a[0] == b[0]).all() for a, b in zip(got, ref))
 
 
+FORKED_AFTER_OPENCV = """
+import sys
+import cv2
+import numpy as np
+from senet.config import load_config
+from senet.data import build_loader
+big = np.zeros((1500, 2000, 3), np.uint8)
+for _ in range(3):  # big enough for OpenCV to use its thread pool, as writing bench JPEGs does
+    cv2.imencode(".jpg", cv2.resize(big, (1000, 750), interpolation=cv2.INTER_CUBIC))
+cfg = load_config(None, ["data.root=" + sys.argv[1], "data.num_workers=2", "data.batch_size=4",
+                         "data.image_size=32", "model.num_classes=3", "output_dir=" + sys.argv[2]])
+loader = build_loader(cfg, "train")
+loader.set_epoch(0)
+print(sum(int(images.shape[0]) for images, _ in loader))
+"""
+
+
+def test_workers_start_after_opencv_ran_in_the_parent(tmp_path, imagenet):
+    # A worker forked while OpenCV's thread pool existed used to hang forever in cv2.setNumThreads.
+    run = subprocess.run([sys.executable, "-c", FORKED_AFTER_OPENCV, imagenet, str(tmp_path / "out")],
+                         cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert int(run.stdout.split()[-1]) == CLASSES * TRAIN_PER_CLASS // 4 * 4
+
+
 def test_train_split_smaller_than_one_batch(tmp_path):
     cfg = make_cfg(tmp_path, "data.synthetic_train_size=3", name="synthetic")
     with pytest.raises(DatasetError, match="fewer than one batch.*lower data.batch_size"):

@@ -11,8 +11,16 @@ The trainer needs four names:
 See docs/data.md for layouts, config keys and bad-input behaviour.
 """
 
-from senet.data.datasets import build_dataset
-from senet.data.errors import BadImageError, DatasetError
-from senet.data.loader import Loader, build_loader, normalize_batch
+import cv2
+
+# OpenCV's own thread pool must never start in this process. Loader workers are forked, and a child
+# forked while that pool exists hangs for good in its first cv2.setNumThreads call (seen: `make
+# bench` froze after writing its 224 px JPEGs in the parent). One thread costs nothing here: the
+# workers decode with one thread each, and in the main process Paddle's threads own the cores.
+cv2.setNumThreads(1)
+
+from senet.data.datasets import build_dataset  # noqa: E402
+from senet.data.errors import BadImageError, DatasetError  # noqa: E402
+from senet.data.loader import Loader, build_loader, normalize_batch  # noqa: E402
 
 __all__ = ["BadImageError", "DatasetError", "Loader", "build_dataset", "build_loader", "normalize_batch"]
