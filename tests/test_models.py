@@ -137,6 +137,29 @@ def test_se_block_computes_the_paper_equations():
     np.testing.assert_allclose(block(x).numpy(), x.numpy() * s[:, :, None, None], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("impl", ["conv", "linear"])
+def test_inference_scale_equals_the_multiply_bit_for_bit(impl):
+    """Without gradients the scale runs as a batch-norm kernel (SEBlock._scale_by_batch_norm): the
+    same numbers as x * s, each sample by its own weights, and its constant inputs stay constant."""
+    paddle.seed(3)
+    block = SEBlock(16, SEOptions(reduction=4, impl=impl))
+    block.eval()
+    x = paddle.randn([3, 16, 7, 5])
+    with paddle.no_grad():
+        s = block.excite(block.squeeze(x))
+        assert block._fast_inference_scale(x, s)
+        want = (x * s).numpy()
+        for _ in range(2):  # the second call reuses the cached zeros and ones
+            np.testing.assert_array_equal(block(x).numpy(), want)
+    zeros, ones = next(v for k, v in block._mean_cache.items() if k[0] == "bn")
+    assert (zeros.numpy() == 0).all() and (ones.numpy() == 1).all()
+    # With gradients wanted it is the plain multiply, which has a backward.
+    x.stop_gradient = False
+    assert not block._fast_inference_scale(x, block.excite(block.squeeze(x)))
+    block(x).sum().backward()
+    assert x.grad is not None and block.fc1.weight.grad is not None
+
+
 def test_excitation_reads_the_squeezed_tensor():
     """Changing the input spatially without changing channel means must not change the weights s."""
     block = SEBlock(8, SEOptions(reduction=2))
