@@ -28,12 +28,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from senet.runtime import setup_cpu  # noqa: E402  (must run before `import paddle`)
 
 
-def alternate(fns: dict[str, Callable[[], object]], iters: int, warmup: int, settle: int = 2) -> dict[str, list[float]]:
+def alternate(fns: dict[str, Callable[[], object]], iters: int, warmup: int, settle: int = 2,
+              pause: float = 0.3) -> dict[str, list[float]]:
     """Wall times in ms of each fn, called round-robin; every fn returns host arrays, so its work is done.
 
-    Each turn first makes `settle` untimed calls: after a parallel region the OpenMP threads of
-    Paddle spin for up to 200 ms (KMP_BLOCKTIME) and ONNX Runtime's pool spins too, so the first
-    call after switching engines competes with the previous engine's idle threads for the cores.
+    Each turn first waits `pause` seconds, then makes `settle` untimed calls: after a parallel
+    region the OpenMP threads of Paddle spin for up to 200 ms (KMP_BLOCKTIME) and ONNX Runtime's
+    pool spins too, so a call right after switching engines competes with the previous engine's
+    idle threads for the cores. (Without the pause, ONNX Runtime's median after dygraph was 70 ms
+    against a minimum of 40.)
     """
     for _ in range(warmup):
         for fn in fns.values():
@@ -41,6 +44,7 @@ def alternate(fns: dict[str, Callable[[], object]], iters: int, warmup: int, set
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(iters):
         for name, fn in fns.items():
+            time.sleep(pause)
             for _ in range(settle):
                 fn()
             t0 = time.perf_counter()

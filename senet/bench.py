@@ -95,9 +95,9 @@ class BenchOptions:
     infer_batch: int = 8  # images per inference call (latency mode is always 1)
     image_size: int = 224  # pixels, square
     warmup_rounds: int = 1  # untimed rounds per model before the timed ones
-    repeats: int = 3  # timed rounds per model
+    repeats: int = 5  # timed rounds per model
     steps: int = 1  # training steps or inference calls per round, timed together
-    latency_calls: int = 5  # batch-1 calls per round, each timed on its own
+    latency_calls: int = 10  # batch-1 calls per round, each timed on its own
     amp: list[str] = field(default_factory=lambda: ["O1", "O2"])  # GPU only; "none" is fp32
     dtypes: list[str] = field(default_factory=lambda: ["float16", "bfloat16"])  # GPU only
     data_formats: list[str] = field(default_factory=lambda: ["NCHW", "NHWC"])  # GPU only

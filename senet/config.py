@@ -7,10 +7,12 @@ names it and suggests the closest known key, so a typo can never be silently ign
 
 from __future__ import annotations
 
+import argparse
 import copy
 import difflib
 import os
 import re
+import sys
 from typing import Any
 
 import yaml
@@ -280,3 +282,21 @@ def split_override_args(values: list[str] | None) -> list[str]:
     for v in values or []:
         flat += v if isinstance(v, list) else [v]
     return flat
+
+
+def add_config_args(parser: argparse.ArgumentParser, config_help: str = "YAML config",
+                    override_help: str = "key=value overrides, e.g. -o model.se.reduction=8 data.batch_size=32",
+                    ) -> None:
+    """The `-c CONFIG -o key=value ...` pair every tool takes."""
+    parser.add_argument("-c", "--config", required=True, help=config_help)
+    parser.add_argument("-o", "--override", nargs="+", action="append", default=[], help=override_help)
+
+
+def config_from_args(args: argparse.Namespace) -> dict:
+    """The config that -c/-o name. A bad one is reported on stderr as `config error: ...` and the
+    tool exits with status 2, the usual code for a command-line mistake."""
+    try:
+        return load_config(args.config, split_override_args(args.override))
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from senet.runtime import cpu_count
+from senet.runtime import cpu_count, restore_threads
 
 ENGINES = ("paddle", "onnxruntime")
 DEVICES = ("cpu", "gpu")
@@ -131,6 +131,7 @@ class Predictor:
             x.reshape(batch.shape)
             x.copy_from_cpu(batch)
             predictor.run()
+            restore_threads()  # the run leaves dygraph in this process on one thread (see there)
             return y.copy_to_cpu()
 
         return run

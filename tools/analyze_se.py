@@ -16,15 +16,14 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from senet.config import ConfigError, load_config, split_override_args  # noqa: E402
+from senet.config import add_config_args, config_from_args  # noqa: E402
 from senet.runtime import setup_cpu  # noqa: E402
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-c", "--config", required=True, help="YAML config of an se_ model")
-    parser.add_argument("-o", "--override", nargs="+", action="append", default=[],
-                        help="key=value overrides; model.weights=PATH selects the trained weights")
+    add_config_args(parser, "YAML config of an se_ model",
+                    "key=value overrides; model.weights=PATH selects the trained weights")
     parser.add_argument("--split", default="val", choices=["train", "val"])
     parser.add_argument("--samples", type=int, default=1000,
                         help="images drawn uniformly from the split for the distributions (default 1000)")
@@ -39,11 +38,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.samples < 1 or args.per_class < 0:
         parser.error("--samples must be >= 1 and --per-class >= 0")
-    try:
-        cfg = load_config(args.config, split_override_args(args.override))
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
+    cfg = config_from_args(args)
     setup_cpu(cfg["train"]["threads"])
 
     from senet.analysis import analyze, summary_text

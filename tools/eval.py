@@ -12,25 +12,20 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from senet.config import ConfigError, load_config, split_override_args  # noqa: E402
+from senet.config import add_config_args, config_from_args  # noqa: E402
 from senet.runtime import setup_cpu  # noqa: E402
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-c", "--config", required=True)
-    parser.add_argument("-o", "--override", nargs="+", action="append", default=[])
+    add_config_args(parser, override_help="key=value overrides; model.weights=PATH selects the weights")
     parser.add_argument("--ema", action="store_true", help="use the EMA weights of a checkpoint")
     parser.add_argument("--model", default=None, help="an exported model folder (tools/export.py) instead of weights")
     parser.add_argument("--engine", default="paddle", choices=["paddle", "onnxruntime"],
                         help="inference engine for --model")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    try:
-        cfg = load_config(args.config, split_override_args(args.override))
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
+    cfg = config_from_args(args)
     if not args.model and not cfg["model"]["weights"]:
         print("error: give the weights to evaluate with -o model.weights=PATH (a checkpoint or .safetensors), "
               "or an exported model with --model DIR", file=sys.stderr)

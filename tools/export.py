@@ -13,23 +13,18 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from senet.config import ConfigError, load_config, split_override_args  # noqa: E402
+from senet.config import add_config_args, config_from_args  # noqa: E402
 from senet.runtime import setup_cpu  # noqa: E402
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-c", "--config", required=True, help="the YAML config the weights were trained with")
-    parser.add_argument("-o", "--override", nargs="+", action="append", default=[],
-                        help="key=value overrides, e.g. model.weights=PATH (required)")
+    add_config_args(parser, "the YAML config the weights were trained with",
+                    "key=value overrides, e.g. model.weights=PATH (required)")
     parser.add_argument("--format", nargs="+", default=["all"], help="paddle, onnx, safetensors or all (default)")
     parser.add_argument("--output", default=None, help="output folder (default: <output_dir>/export)")
     args = parser.parse_args()
-    try:
-        cfg = load_config(args.config, split_override_args(args.override))
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    cfg = config_from_args(args)
     setup_cpu(cfg["train"]["threads"])
     from senet.checkpoint import CheckpointError
     from senet.export import ExportError, export, parse_formats

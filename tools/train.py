@@ -12,23 +12,17 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from senet.config import ConfigError, load_config, split_override_args  # noqa: E402
+from senet.config import add_config_args, config_from_args  # noqa: E402
 from senet.runtime import setup_cpu  # noqa: E402
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-c", "--config", required=True, help="YAML config")
-    parser.add_argument("-o", "--override", nargs="+", action="append", default=[],
-                        help="key=value overrides, e.g. -o model.se.reduction=8 data.batch_size=32")
+    add_config_args(parser)
     parser.add_argument("--resume", default=None, metavar="auto|PATH",
                         help="'auto': the newest usable checkpoint in output_dir; or a checkpoint path")
     args = parser.parse_args()
-    try:
-        cfg = load_config(args.config, split_override_args(args.override))
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
+    cfg = config_from_args(args)
     setup_cpu(cfg["train"]["threads"])  # before paddle is imported: it would pin OpenMP to one thread
 
     import paddle
