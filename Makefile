@@ -32,14 +32,7 @@ clean:
 # The offline demo: ResNet-20 vs SE-ResNet-20 on scikit-learn's digits, on the CPU.
 DEMO_OUT := output/demo
 demo: install
-	rm -rf $(DEMO_OUT)
-	$(PY) tools/train.py -c configs/demo/resnet20_digits.yaml -o output_dir=$(DEMO_OUT)/resnet20_digits
-	$(PY) tools/train.py -c configs/demo/se_resnet20_digits.yaml -o output_dir=$(DEMO_OUT)/se_resnet20_digits
-	$(PY) tools/eval.py -c configs/demo/resnet20_digits.yaml -o model.weights=$(DEMO_OUT)/resnet20_digits/model.safetensors
-	$(PY) tools/eval.py -c configs/demo/se_resnet20_digits.yaml -o model.weights=$(DEMO_OUT)/se_resnet20_digits/model.safetensors
-	$(PY) tools/compare.py --runs $(DEMO_OUT)/resnet20_digits $(DEMO_OUT)/se_resnet20_digits
-	@echo
-	@echo "Training curves: run 'make vdl' and open http://127.0.0.1:$(VDL_PORT)"
+	PY=$(PY) DEMO_OUT=$(DEMO_OUT) VDL_PORT=$(VDL_PORT) bash scripts/demo.sh
 
 # ResNet-50 vs SE-ResNet-50 (r = 2..32) and paddle.vision's ResNet-50: speed, memory, cost; see docs/bench.md.
 # About 10 minutes on 2 idle CPU cores; `python tools/bench.py --full` for the paper's sizes on a GPU.

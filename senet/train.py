@@ -477,12 +477,21 @@ def fit(cfg: dict, resume: str | None = None) -> dict:
             signal.signal(s, handler)
     finished = state.epoch >= t["epochs"]
     stopped_by = signal.Signals(stop["signal"]).name if stop.get("signal") and not finished else None
-    metrics = _write_metrics(state, log, finished, stopped_by)
-    if finished and rank == 0:
-        ckpt.save_safetensors(_unwrap(state.model), os.path.join(cfg["output_dir"], "model.safetensors"),
-                              {"arch": cfg["model"]["arch"], "num_classes": cfg["model"]["num_classes"],
-                               "config": cfg})
-    log.close()
+    final_file = os.path.join(cfg["output_dir"], "metrics.json")
+    try:
+        metrics = _write_metrics(state, log, finished, stopped_by)
+        if finished and rank == 0:
+            final_file = os.path.join(cfg["output_dir"], "model.safetensors")
+            ckpt.save_safetensors(_unwrap(state.model), final_file,
+                                  {"arch": cfg["model"]["arch"], "num_classes": cfg["model"]["num_classes"],
+                                   "config": cfg})
+    except OSError as e:
+        # The training itself is safe in `last`; resuming a finished run only writes these files again.
+        raise TrainingError(f"could not write {final_file} ({e.strerror or e}). The trained state is in "
+                            f"{log.checkpoint_path('last')}: free disk space (or fix the path), then run the "
+                            f"same command with --resume auto to write it again.") from None
+    finally:
+        log.close()
     return metrics
 
 

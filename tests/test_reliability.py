@@ -301,6 +301,20 @@ def test_disk_full_during_a_checkpoint_write_keeps_the_previous_checkpoint(tmp_p
     assert ckpt.load_checkpoint(str(path))["global_step"] == 2
 
 
+def test_failed_final_write_names_the_file_and_resume_auto_writes_it_again(tmp_path):
+    out = tmp_path / "run"
+    (out / "metrics.json").mkdir(parents=True)  # in the way: the write fails as on a broken disk
+    with pytest.raises(TrainingError) as e:
+        fit_here(tiny_cfg(out))
+    assert str(e.value) == (f"could not write {out / 'metrics.json'} (Is a directory). The trained state is in "
+                            f"{out / 'checkpoints' / 'last.pdparams'}: free disk space (or fix the path), then run "
+                            f"the same command with --resume auto to write it again.")
+    (out / "metrics.json").rmdir()
+    metrics = fit_here(tiny_cfg(out), resume="auto")
+    assert metrics["finished"] and read_json(out / "metrics.json")["finished"]
+    assert (out / "model.safetensors").is_file()
+
+
 # ---------------------------------------------------------------- non-finite loss
 
 
