@@ -35,7 +35,7 @@ demo: install
 	PY=$(PY) DEMO_OUT=$(DEMO_OUT) VDL_PORT=$(VDL_PORT) bash scripts/demo.sh
 
 # ResNet-50 vs SE-ResNet-50 (r = 2..32) and paddle.vision's ResNet-50: speed, memory, cost; see docs/bench.md.
-# About 10 minutes on 2 idle CPU cores; `python tools/bench.py --full` for the paper's sizes on a GPU.
+# About 5 minutes on 2 idle CPU cores (budget: 10); `python tools/bench.py --full` for the paper's sizes on a GPU.
 bench: install
 	$(PY) tools/bench.py
 

@@ -356,14 +356,29 @@ def time_round(run: Callable[[], Any], calls: int, per_call: bool) -> list[float
 
 
 def run_alternating(tasks: list[Task], calls: int, per_call: bool, warmup_rounds: int, repeats: int,
-                    log: Callable[[str], None] = lambda s: None) -> None:
-    """Warm each task up, then time them in turns, A B C A B C ..., `repeats` rounds each."""
+                    log: Callable[[str], None] = lambda s: None, interleave_calls: bool = False) -> None:
+    """Warm each task up, then time them in turns, A B C A B C ..., `repeats` rounds each.
+
+    With interleave_calls, per-call tasks also take turns call by call within a round: a batch-1
+    call lasts a fraction of a second, and the machine's speed can change between one model's 10
+    calls and the next model's. Only for dygraph: the exported engines each keep their own thread
+    pool, which spins after a call, and switching every call set one model's pool against the
+    other's (ONNX Runtime latency doubled).
+    """
     for t in tasks:
         for _ in range(warmup_rounds):
             time_round(t.run, calls, per_call)
     for i in range(repeats):
-        for t in tasks:
-            t.rounds.append(time_round(t.run, calls, per_call))
+        if per_call and interleave_calls:
+            samples: list[list[float]] = [[] for _ in tasks]
+            for _ in range(calls):
+                for t, times in zip(tasks, samples):
+                    times += time_round(t.run, 1, True)
+            for t, times in zip(tasks, samples):
+                t.rounds.append(times)
+        else:
+            for t in tasks:
+                t.rounds.append(time_round(t.run, calls, per_call))
         log(f"  round {i + 1}/{repeats}: " + ", ".join(
             f"{t.spec.name} {1e3 * statistics.median(t.rounds[-1]):.1f} ms" for t in tasks))
 
@@ -446,7 +461,8 @@ class Run:
         t0 = tasks[0]
         self.log(f"[{mode} | {t0.engine} | {t0.variant.precision} {t0.variant.data_format} | batch {t0.batch_size}]")
         calls = self.calls(mode)
-        run_alternating(tasks, calls, mode == "latency", self.opts.warmup_rounds, self.opts.repeats, self.log)
+        run_alternating(tasks, calls, mode == "latency", self.opts.warmup_rounds, self.opts.repeats, self.log,
+                        interleave_calls=t0.engine == "dygraph")
         by_name = {t.spec.name: t for t in tasks}
         for t in tasks:  # a plain model's baseline is itself (or the first plain model of its arch)
             self.records.append(task_record(t, by_name.get(t.spec.plain or ""), self.opts.image_size, self.opts,
