@@ -130,8 +130,10 @@ class Predictor:
         def run(batch: np.ndarray) -> np.ndarray:
             x.reshape(batch.shape)
             x.copy_from_cpu(batch)
-            predictor.run()
-            restore_threads()  # the run leaves dygraph in this process on one thread (see there)
+            try:
+                predictor.run()
+            finally:
+                restore_threads()  # the run leaves dygraph in this process on one thread (see there)
             return y.copy_to_cpu()
 
         return run

@@ -71,6 +71,7 @@ class SEBlock(nn.Layer):
         self.gate: Callable[[paddle.Tensor], paddle.Tensor] = {
             "sigmoid": F.sigmoid, "tanh": paddle.tanh, "relu": F.relu}[options.gate]
         self._mean_cache: dict[tuple, paddle.Tensor] = {}  # see _mean_weights; not in the state dict
+        self._bn_constants: tuple[paddle.Tensor, paddle.Tensor] | None = None  # see _scale_by_batch_norm
 
     def squeeze(self, x: paddle.Tensor) -> paddle.Tensor:
         """N x C x H x W -> N x C x 1 x 1 (or N x 1 x 1 x C in NHWC); the full map with `none`."""
@@ -126,13 +127,17 @@ class SEBlock(nn.Layer):
 
     def _fast_inference_scale(self, x: paddle.Tensor, s: paddle.Tensor) -> bool:
         """Whether the scale may run as a batch-norm kernel: dygraph, no gradient wanted, fp32
-        NCHW on CPU, one weight per channel. Exported graphs keep the plain multiply."""
+        NCHW on the CPU, one weight per channel. Exported graphs keep the plain multiply.
+
+        The device test is paddle.get_device(), not x.place: under paddle.jit.to_static's default
+        bytecode tracing (SOT), reading x.place broke the trace (UnboundLocalError)."""
         return (paddle.in_dynamic_mode() and x.stop_gradient and s.stop_gradient
                 and not self.channel_last and self.options.squeeze != "none"
-                and x.dtype == paddle.float32 and x.place.is_cpu_place())
+                and x.dtype == paddle.float32 and s.dtype == paddle.float32 and paddle.get_device() == "cpu")
 
     def _scale_by_batch_norm(self, x: paddle.Tensor, s: paddle.Tensor) -> paddle.Tensor:
-        """x * s (Eq. 4) through Paddle's inference batch-norm kernel, bit for bit the same.
+        """x * s (Eq. 4) through Paddle's inference batch-norm kernel: the same numbers, except
+        that a product of -0.0 comes out as +0.0 (the kernel adds its zero bias).
 
         On CPU Paddle's broadcasting multiply is slow: 0.27 ms for one 256 x 56 x 56 map, where a
         same-shape add takes 0.04 ms. Inference batch norm with mean 0, variance 1, epsilon 0,
@@ -140,10 +145,11 @@ class SEBlock(nn.Layer):
         per SE-ResNet-50 image. It has no backward, hence inference only. Seen as N*C channels
         of one image, it scales every sample by its own weights."""
         n, c, h, w = x.shape
-        key = ("bn", n * c, str(x.place))
-        if key not in self._mean_cache:
-            self._mean_cache[key] = (paddle.zeros([n * c]).to(x.place), paddle.ones([n * c]).to(x.place))
-        zeros, ones = self._mean_cache[key]
+        # One pair of constants per block, for the last batch size seen: a cache keyed by batch
+        # size would grow with every new size a server sees.
+        if self._bn_constants is None or self._bn_constants[0].shape[0] != n * c:
+            self._bn_constants = (paddle.zeros([n * c]), paddle.ones([n * c]))
+        zeros, ones = self._bn_constants
         y = F.batch_norm(x.reshape([1, n * c, h, w]), zeros, ones, weight=s.reshape([n * c]), bias=zeros,
                          training=False, epsilon=0.0)
         return y.reshape([n, c, h, w])

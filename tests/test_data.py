@@ -10,6 +10,7 @@ import os
 import pickle
 import random
 import re
+import signal
 import subprocess
 import sys
 import tarfile
@@ -427,10 +428,17 @@ print(sum(int(images.shape[0]) for images, _ in loader))
 
 def test_workers_start_after_opencv_ran_in_the_parent(tmp_path, imagenet):
     # A worker forked while OpenCV's thread pool existed used to hang forever in cv2.setNumThreads.
-    run = subprocess.run([sys.executable, "-c", FORKED_AFTER_OPENCV, imagenet, str(tmp_path / "out")],
-                         cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert run.returncode == 0, run.stderr[-2000:]
-    assert int(run.stdout.split()[-1]) == CLASSES * TRAIN_PER_CLASS // 4 * 4
+    proc = subprocess.Popen([sys.executable, "-c", FORKED_AFTER_OPENCV, imagenet, str(tmp_path / "out")],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the hung workers too, not just their parent
+        proc.communicate()
+        pytest.fail("loader workers forked after OpenCV ran in the parent hung")
+    assert proc.returncode == 0, err[-2000:]
+    assert int(out.split()[-1]) == CLASSES * TRAIN_PER_CLASS // 4 * 4
 
 
 def test_train_split_smaller_than_one_batch(tmp_path):

@@ -140,7 +140,8 @@ def test_se_block_computes_the_paper_equations():
 @pytest.mark.parametrize("impl", ["conv", "linear"])
 def test_inference_scale_equals_the_multiply_bit_for_bit(impl):
     """Without gradients the scale runs as a batch-norm kernel (SEBlock._scale_by_batch_norm): the
-    same numbers as x * s, each sample by its own weights, and its constant inputs stay constant."""
+    same numbers as x * s (-0.0 may become +0.0, which compares equal), each sample by its own
+    weights, and its constant inputs stay constant."""
     paddle.seed(3)
     block = SEBlock(16, SEOptions(reduction=4, impl=impl))
     block.eval()
@@ -151,13 +152,28 @@ def test_inference_scale_equals_the_multiply_bit_for_bit(impl):
         want = (x * s).numpy()
         for _ in range(2):  # the second call reuses the cached zeros and ones
             np.testing.assert_array_equal(block(x).numpy(), want)
-    zeros, ones = next(v for k, v in block._mean_cache.items() if k[0] == "bn")
-    assert (zeros.numpy() == 0).all() and (ones.numpy() == 1).all()
+    zeros, ones = block._bn_constants
+    assert zeros.shape == [48] and (zeros.numpy() == 0).all() and (ones.numpy() == 1).all()
+    with paddle.no_grad():  # another batch size replaces the constants instead of adding more
+        np.testing.assert_array_equal(block(x[:2]).numpy(), want[:2])
+    assert block._bn_constants[0].shape == [32]
     # With gradients wanted it is the plain multiply, which has a backward.
     x.stop_gradient = False
     assert not block._fast_inference_scale(x, block.excite(block.squeeze(x)))
     block(x).sum().backward()
     assert x.grad is not None and block.fc1.weight.grad is not None
+
+
+def test_se_model_traces_with_to_static_default_mode():
+    """paddle.jit.to_static's default (bytecode tracing) must trace the inference path too."""
+    paddle.seed(4)
+    model = create_model("se_resnet20", num_classes=10)
+    model.eval()
+    x = paddle.randn([2, 3, 32, 32])
+    with paddle.no_grad():
+        want = model(x).numpy()
+        traced = paddle.jit.to_static(model, full_graph=False)
+        np.testing.assert_allclose(traced(x).numpy(), want, rtol=1e-4, atol=1e-5)
 
 
 def test_excitation_reads_the_squeezed_tensor():
