@@ -13,10 +13,12 @@ See docs/data.md for layouts, config keys and bad-input behaviour.
 
 import cv2
 
-# OpenCV's own thread pool must never start in this process. Loader workers are forked, and a child
-# forked while that pool exists hangs for good in its first cv2.setNumThreads call (seen: `make
-# bench` froze after writing its 224 px JPEGs in the parent). One thread costs nothing here: the
-# workers decode with one thread each, and in the main process Paddle's threads own the cores.
+# One OpenCV thread, set once here for this process and every worker forked from it (they inherit
+# it). Two reasons. OpenCV's own thread pool must never start in this process: a child forked
+# while that pool exists hangs for good in its first cv2 threading call (seen: `make bench` froze
+# after writing its 224 px JPEGs in the parent). And each worker is already one of several
+# processes, so a pool per worker would oversubscribe the cores; in the main process Paddle's
+# threads own them.
 cv2.setNumThreads(1)
 
 from senet.data.datasets import build_dataset  # noqa: E402

@@ -32,7 +32,6 @@ WARMUP_BATCHES = 4  # per repeat: worker start-up and the first prefetches are n
 
 
 def _pool_init() -> None:
-    cv2.setNumThreads(1)  # one thread per process, as in the loader's workers
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # bad files are reported by name
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not Paddle's handler, which prints a C++ "crash" report
 

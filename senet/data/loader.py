@@ -155,9 +155,7 @@ class _Collate:
 
 
 def _worker_init(worker_id: int) -> None:
-    # Each worker is already one of several processes; OpenCV's own thread pool per worker would
-    # oversubscribe the cores and slow decoding down.
-    cv2.setNumThreads(1)
+    # OpenCV is already at one thread: senet/data/__init__.py sets it before any worker is forked.
     # A bad file surfaces as our own error naming it; OpenCV's warnings about it would only be noise.
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
     _reuse_freed_memory()
