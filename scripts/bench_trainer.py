@@ -47,19 +47,17 @@ class Interleaved:
         it = iter(self.loader)
         handed = None  # when the previous batch went to the trainer
         while True:
-            now = time.perf_counter()
+            pair = None  # before an epoch's first batch there is no trainer step to pair
             if handed is not None:
-                trainer = now - handed  # the trainer's whole step, up to asking for this batch
-            bare = 0.0
-            if handed is not None:  # not before an epoch's first batch: nothing to pair it with
+                trainer = time.perf_counter() - handed  # the trainer's whole step, up to asking again
                 t0 = time.perf_counter()
                 self.bare_step()
-                bare = time.perf_counter() - t0
+                pair = [time.perf_counter() - t0, trainer]
             t0 = time.perf_counter()
             batch = next(it, None)
-            fetch = time.perf_counter() - t0
-            if handed is not None:
-                self.log["pairs"].append((bare, trainer + fetch))
+            if pair is not None:
+                pair[1] += time.perf_counter() - t0  # loading the next batch is the trainer's work too
+                self.log["pairs"].append(tuple(pair))
             if batch is None:
                 return
             handed = time.perf_counter()

@@ -957,6 +957,13 @@ def plot(records: list[dict], folder: str) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    def save(fig, name: str) -> str:
+        path = os.path.join(folder, name)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return path
+
     paths = []
     modes = [m for m in MODES if any(r["mode"] == m and r["params"] for r in records)]
     if modes:
@@ -973,10 +980,7 @@ def plot(records: list[dict], folder: str) -> list[str]:
             ax.set(title=f"{mode} (batch {batch})", xlabel="parameters (millions)", ylabel="images/s (median)")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
-        fig.tight_layout()
-        paths.append(os.path.join(folder, "throughput_vs_params.png"))
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
+        paths.append(save(fig, "throughput_vs_params.png"))
     se = [r for r in records if r["reduction"] is not None and r["overhead_vs_plain"] is not None]
     if se:
         fig, ax = plt.subplots(figsize=(6.5, 4.5))
@@ -998,10 +1002,7 @@ def plot(records: list[dict], folder: str) -> list[str]:
         ax.set(xlabel="reduction ratio r", ylabel="time / time of the plain model")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        paths.append(os.path.join(folder, "se_overhead_vs_r.png"))
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
+        paths.append(save(fig, "se_overhead_vs_r.png"))
     return paths
 
 
