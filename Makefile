@@ -18,6 +18,9 @@ $(STAMP): requirements.txt
 	sed 's/^paddlepaddle==.*/$(PADDLE)/' requirements.txt > $(VENV)/requirements.resolved.txt
 	$(PY) -m pip install -q -r $(VENV)/requirements.resolved.txt
 	$(PY) -m pip check
+	# PaddleClas's model code, the reference of tests/test_convert.py. Outside site-packages and without
+	# its dependencies, which pin numpy 1.24 and opencv-python against this set; its models need only paddle.
+	$(PY) -m pip install -q --no-deps --target $(VENV)/paddleclas_ref paddleclas==2.6.0
 	echo "$(PADDLE)" > $(STAMP)
 
 test: install browser
@@ -35,7 +38,7 @@ demo: install
 	PY=$(PY) DEMO_OUT=$(DEMO_OUT) VDL_PORT=$(VDL_PORT) bash scripts/demo.sh
 
 # ResNet-50 vs SE-ResNet-50 (r = 2..32) and paddle.vision's ResNet-50: speed, memory, cost; see docs/bench.md.
-# About 5 minutes on 2 idle CPU cores (budget: 10); `python tools/bench.py --full` for the paper's sizes on a GPU.
+# About 5 minutes on 2 idle CPU cores (budget: 10); `.venv/bin/python tools/bench.py --full` for the paper's sizes on a GPU.
 bench: install
 	$(PY) tools/bench.py
 

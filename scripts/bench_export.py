@@ -1,7 +1,7 @@
 """Latency of an exported model: Paddle Inference vs ONNX Runtime vs dygraph, and whether they agree.
 
-    python scripts/bench_export.py                         # se_resnet50, batch 1, 224 px, all cores
-    python scripts/bench_export.py --arch resnet50 --batch 8 --iters 20 --bf16
+    .venv/bin/python scripts/bench_export.py                         # se_resnet50, batch 1, 224 px, all cores
+    .venv/bin/python scripts/bench_export.py --arch resnet50 --batch 8 --iters 20 --bf16
 
 Exports the model (random weights, seed 0) to a temporary folder with senet.export, then times
 `Predictor.predict` on each engine and the dygraph forward (model.eval(), paddle.no_grad()) on the

@@ -1,7 +1,7 @@
 """How much the SE blocks cost on this machine: the SE block alone, and SE-ResNet-50 vs ResNet-50.
 
-    python scripts/bench_se_block.py                 # block + both model ratios, all cores
-    python scripts/bench_se_block.py --skip-block --iters 30 --impl linear
+    .venv/bin/python scripts/bench_se_block.py                 # block + both model ratios, all cores
+    .venv/bin/python scripts/bench_se_block.py --skip-block --iters 30 --impl linear
 
 Prints two ratios (issue 2's targets): training step (forward, cross-entropy, backward, Momentum
 step; batch 8) se_resnet50 / resnet50, and batch-1 eval inference under no_grad. The two models

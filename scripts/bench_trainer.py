@@ -1,6 +1,7 @@
 """Trainer overhead: images/s of tools/train.py's loop against a bare loop of the same model and batch.
 
-    python scripts/bench_trainer.py [--arch se_resnet20] [--batch 128] [--size 32] [--images 2048] [--epochs 3]
+    .venv/bin/python scripts/bench_trainer.py [--arch se_resnet20] [--batch 128] [--size 32] [--images 2048] \\
+        [--epochs 3]
 
 The bare loop is forward, cross-entropy, backward, optimizer step on one pre-made float batch: no
 data loading, no metrics, no logging. The trainer is `senet.train.fit` on in-memory synthetic

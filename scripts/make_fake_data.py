@@ -1,8 +1,8 @@
 """Write a tiny fake ImageNet-layout folder and CIFAR-10/100 tarballs, to try the tools without real data.
 
-    python scripts/make_fake_data.py --out data/fake
-    python tools/check_data.py -o data.root=data/fake/imagenet model.num_classes=4 --decode
-    python tools/check_data.py -o data.name=cifar10 data.root=data/fake/cifar model.num_classes=10
+    .venv/bin/python scripts/make_fake_data.py --out data/fake
+    .venv/bin/python tools/check_data.py -o data.root=data/fake/imagenet model.num_classes=4 --decode
+    .venv/bin/python tools/check_data.py -o data.name=cifar10 data.root=data/fake/cifar model.num_classes=10
 
 Images mix JPEG and PNG, RGB, grayscale, CMYK, alpha and 16-bit, with extensions in mixed case.
 The CIFAR tarballs carry the official names and layout but not the official MD5, so the loader

@@ -1,13 +1,13 @@
 """Lay out ILSVRC2012 as train/<wnid>/ and val/<wnid>/ folders, or sort a flat val folder, then verify.
 
     # from the official archives
-    python scripts/prepare_imagenet.py --out data/ILSVRC2012 \\
+    .venv/bin/python scripts/prepare_imagenet.py --out data/ILSVRC2012 \\
         --train-tar ILSVRC2012_img_train.tar --val-tar ILSVRC2012_img_val.tar \\
         --devkit ILSVRC2012_devkit_t12.tar.gz        # or --val-labels FILE
     # an already extracted flat val folder
-    python scripts/prepare_imagenet.py --sort-val data/ILSVRC2012/val --val-labels LOC_val_solution.csv
+    .venv/bin/python scripts/prepare_imagenet.py --sort-val data/ILSVRC2012/val --val-labels LOC_val_solution.csv
     # only count
-    python scripts/prepare_imagenet.py --verify data/ILSVRC2012
+    .venv/bin/python scripts/prepare_imagenet.py --verify data/ILSVRC2012
 
 Exit status 1 if the counts differ from the expected ones (1,281,167 train, 50,000 val, 1,000
 classes; change them with --expect-* for a subset), 2 on bad arguments or archives.

@@ -11,8 +11,9 @@ things for this implementation, on the machine it runs on:
   GPU) and ONNX Runtime (when installed), through senet.export / senet.inference;
 - the training data loader against plain decoding (senet.data.check.bench).
 
-Method: every model gets an untimed warm-up round, then the models take turns (A B C A B C ...)
-for `repeats` rounds, so drift in the machine's speed hits all alike. The device is synchronised
+Method: every model gets an untimed warm-up round, then the models take turns for `repeats` rounds,
+in reverse order every other round (A B C, C B A, ...), so drift in the machine's speed hits all
+alike and no model always runs right after the same other one. The device is synchronised
 before the clock is read (on a CPU by reading the result back to numpy). We report the median and
 the min-max over the samples, and each model's time ratio against the plain model of the same
 run, engine and mode, as the median of the per-round ratios (pairing rounds cancels slow drift).
@@ -40,7 +41,6 @@ import statistics
 import subprocess
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
@@ -48,8 +48,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from senet.config import load_config
-from senet.runtime import cpu_count
+from senet.config import DEFAULTS, load_config
+from senet.runtime import cpu_count, setup_cpu
 
 if TYPE_CHECKING:
     import paddle
@@ -103,7 +103,7 @@ class BenchOptions:
     data_formats: list[str] = field(default_factory=lambda: ["NCHW", "NHWC"])  # GPU only
     memory: bool = True  # peak memory probes (one child process per model, engine and variant)
     loader_images: int = 256  # images timed per loader repeat; 0 skips the loader benchmark
-    threads: int = 0  # CPU threads, 0 = all cores
+    threads: int = 0  # CPU threads for every engine and probe, 0 = all cores (senet.runtime.setup_cpu)
     out_root: str = "output/bench"
     keep_export: bool = False  # keep the exported models under <run>/export
     full: bool = False
@@ -251,6 +251,9 @@ def resolve_variants(opts: BenchOptions, gpu: bool, notices: list[str]) -> list[
         for level in opts.amp:
             variants += [Variant("none", "float32", fmt)] if level == "none" else \
                 [Variant(level, dt, fmt) for dt in dtypes]
+    if FP32 not in variants and any(e in EXPORTED for e in opts.engines):
+        notices.append("no fp32 NCHW dygraph run (--amp none --data-formats NCHW): the exported fp32 graphs "
+                       "get no speed-up over dygraph, which is only compared at the same precision")
     return variants
 
 
@@ -357,7 +360,11 @@ def time_round(run: Callable[[], Any], calls: int, per_call: bool) -> list[float
 
 def run_alternating(tasks: list[Task], calls: int, per_call: bool, warmup_rounds: int, repeats: int,
                     log: Callable[[str], None] = lambda s: None, interleave_calls: bool = False) -> None:
-    """Warm each task up, then time them in turns, A B C A B C ..., `repeats` rounds each.
+    """Warm each task up, then time them in turns, `repeats` rounds each: A B C, then C B A, and so on.
+
+    Odd rounds run in reverse order, as scripts/bench_se_block.py does: a model that always runs
+    right after the same other one inherits its state (a warm or cold cache, a thread pool still
+    spinning, memory to give back), and the alternation shares that out.
 
     With interleave_calls, per-call tasks also take turns call by call within a round: a batch-1
     call lasts a fraction of a second, and the machine's speed can change between one model's 10
@@ -369,15 +376,16 @@ def run_alternating(tasks: list[Task], calls: int, per_call: bool, warmup_rounds
         for _ in range(warmup_rounds):
             time_round(t.run, calls, per_call)
     for i in range(repeats):
+        order = tasks if i % 2 == 0 else tasks[::-1]
         if per_call and interleave_calls:
-            samples: list[list[float]] = [[] for _ in tasks]
+            samples: dict[int, list[float]] = {id(t): [] for t in tasks}
             for _ in range(calls):
-                for t, times in zip(tasks, samples):
-                    times += time_round(t.run, 1, True)
-            for t, times in zip(tasks, samples):
-                t.rounds.append(times)
-        else:
+                for t in order:
+                    samples[id(t)] += time_round(t.run, 1, True)
             for t in tasks:
+                t.rounds.append(samples[id(t)])
+        else:
+            for t in order:
                 t.rounds.append(time_round(t.run, calls, per_call))
         log(f"  round {i + 1}/{repeats}: " + ", ".join(
             f"{t.spec.name} {1e3 * statistics.median(t.rounds[-1]):.1f} ms" for t in tasks))
@@ -417,7 +425,7 @@ class Run:
         self.opts, self.log = opts, log
         self.gpu = on_gpu()
         self.device = "gpu" if self.gpu else "cpu"
-        self.threads = int(os.environ.get("OMP_NUM_THREADS") or cpu_count())
+        self.threads = setup_cpu(opts.threads)  # Paddle's math libraries, the predictors and the memory probes
         self.notices: list[str] = []
         self.specs = plan_models(opts.configs, opts.overrides, opts.reductions, opts.reference)
         self.variants = resolve_variants(opts, self.gpu, self.notices)
@@ -505,16 +513,16 @@ class Run:
         done = []
         for s in specs:
             folder = os.path.join(self.dir, "export", _slug(s.name))
-            cfg = copy.deepcopy(s.cfg)  # the graph takes image_size; a 1-image synthetic val split names the classes
-            cfg["data"].update(name="synthetic", synthetic_val_size=1, eval_crop=self.opts.image_size,
-                               eval_resize=self.opts.image_size)
+            # The graph takes image_size; a 1-image synthetic val split names the classes. Only the keys
+            # that matter are taken from the config, so the data source has nothing to ignore.
+            cfg = copy.deepcopy(s.cfg)
+            cfg["data"] = dict(DEFAULTS["data"], name="synthetic", synthetic_val_size=1, eval_crop=self.opts.image_size,
+                               mean=cfg["data"]["mean"], std=cfg["data"]["std"])
             self.log(f"exporting {s.name} ({', '.join(formats)})")
             try:
                 model = build(s, FP32, self.opts.seed)
                 model.eval()
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    export(cfg, folder, formats, model=model)
+                export(cfg, folder, formats, model=model)
             except Exception as e:  # noqa: BLE001 - one model that cannot be exported must not end the run
                 self.notice(f"{s.name} could not be exported ({str(e).splitlines()[0]}): exported engines skip it")
                 continue
@@ -834,6 +842,10 @@ def summary(records: list[dict]) -> dict:
     SE/plain time ratios per mode (each se_ config at its own r, not the sweep), our plain model
     against paddle.vision (time(vision) / time(ours), i.e. our images/s over theirs), speed-ups of
     the exported engines over dygraph, and the SE models' extra multiply-adds.
+
+    A speed-up compares two records of the same model, mode, precision and layout only, and its
+    key names both sides: the exported graphs are fp32 NCHW, so on a GPU they are set against the
+    fp32 dygraph run (`--amp none`), never against AMP dygraph.
     """
     out: dict[str, dict] = {"train_ratio": {}, "infer_ratio": {}, "latency_ratio": {}, "parity": {},
                             "engine_speedup": {}, "gmacs_increase": {}}
@@ -846,9 +858,12 @@ def summary(records: list[dict]) -> dict:
         if r["reference"] and r["overhead_vs_plain"] is not None:
             out["parity"][f"{r['mode']}, {r['plain_model']} / {_label(r)}"] = r["overhead_vs_plain"]
         if r["engine"] != "dygraph" and r["mode"] in ("latency", "infer") and not r["sweep"]:
-            base = _find(records, name=r["name"], mode=r["mode"], engine="dygraph")
+            base = _find(records, name=r["name"], mode=r["mode"], engine="dygraph", precision=r["precision"],
+                         data_format=r["data_format"])
             if base:
-                out["engine_speedup"][f"{r['mode']}, {_label(r)}"] = base[0]["latency_ms"] / r["latency_ms"]
+                side = f"{r['precision']} {r['data_format']}"
+                key = f"{r['mode']}, {r['name']}, {r['engine']} {side} over dygraph {side}"
+                out["engine_speedup"][key] = base[0]["latency_ms"] / r["latency_ms"]
     return out
 
 
@@ -888,7 +903,7 @@ def report_markdown(env: dict, records: list[dict], notices: list[str], loader: 
     rows += [(f"images/s, {k}", f"x{v:.3f}", f">= {TARGETS['parity']}", "-") for k, v in s["parity"].items()]
     rows += [(f"multiply-adds, {k}", f"+{100 * v:.2f}%", "-", "+0.26% (3.86 -> 3.87 GMACs)")
              for k, v in s["gmacs_increase"].items()]
-    rows += [(f"speed-up over dygraph, {k}", f"x{v:.2f}", "-", "-") for k, v in s["engine_speedup"].items()]
+    rows += [(f"speed-up, {k}", f"x{v:.2f}", "-", "-") for k, v in s["engine_speedup"].items()]
     lines += ["", "## Headline", "",
               "Time ratios of each SE model (at its config's r) against its plain model, from the same run, mode "
               "and engine: the median of the per-round ratios. Parity: our plain model's images/s over "
@@ -1028,7 +1043,7 @@ def format_summary(run_dir: str) -> str:
         s = json.load(f)["summary"]
     titles = {"train_ratio": "train step time ratio", "latency_ratio": "batch-1 latency ratio",
               "infer_ratio": "inference time ratio", "parity": "ours / paddle.vision images/s",
-              "engine_speedup": "speed-up over dygraph"}
+              "engine_speedup": "speed-up"}
     lines = [f"{title}, {label}: x{v:.3f}" for group, title in titles.items() for label, v in s[group].items()]
     lines += [f"multiply-adds, {k}: +{100 * v:.2f}% (paper: +0.26%)" for k, v in s["gmacs_increase"].items()]
     return "\n".join(lines)

@@ -6,26 +6,48 @@ RNG states of python, numpy and paddle, and the resolved config. It is written t
 in the same folder, fsynced, then renamed over the old one, so a crash or kill at any moment
 leaves either the old or the new checkpoint, never a half-written one.
 
+Integrity: after the pickle comes a 48-byte trailer, `senet:sha256:v1\n` and the SHA-256 of the
+pickle bytes (paddle.load and pickle stop at the pickle's end and ignore it). Loading checks it
+before unpickling, so a flipped bit anywhere is refused by name instead of resuming wrong weights.
+Checkpoints of version 1 (before the checksum) still load, with a one-line notice that they are
+unverified. `model.safetensors` carries the same kind of digest in its metadata (`senet_sha256`,
+over the tensor names, dtypes, shapes, bytes and the other metadata), checked at load when present.
+
 Loading never runs arbitrary pickled code: files are unpickled with an allow-list of plain
 types (numpy arrays, dicts, tuples). A `.pdparams` file that is not one of our checkpoints is
 refused unless the user says they trust it (`model.trust_pickle=true`), because a pickle from
-elsewhere could carry code. `.safetensors` files hold only tensors and are always safe.
+elsewhere could carry code. The unpickled data is also bounded (senet.limits.check_tree: object
+count as a tree, nesting depth), so a small pickle cannot expand to gigabytes or recurse without
+end. `.safetensors` files hold only tensors and are always safe; their header and offsets are
+checked before any tensor is read. Model weights of float16, bfloat16 or float64 are converted to
+float32 (the models' dtype); integer or bool weights, and tensors holding NaN or Inf, are refused
+with the tensor's name. Any failure to load is a CheckpointError, whatever raised it inside.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
 import pickle
 import random
+import sys
 from typing import Any
 
 import numpy as np
 import paddle
 
+from senet.limits import TreeTooLarge, check_tree, regular_file_problem
+
 MARKER = "senet_checkpoint"  # key present in every checkpoint this harness writes
-VERSION = 1
+VERSION = 2  # 2: SHA-256 trailer after the pickle; 1: no checksum (still loaded, with a notice)
+TRAILER_MAGIC = b"senet:sha256:v1\n"  # 16 bytes, then the 32-byte digest of everything before it
+TRAILER_SIZE = len(TRAILER_MAGIC) + 32
+SAFETENSORS_DIGEST_KEY = "senet_sha256"
+# Keys TrainState.restore reads, with the type each must have: a checkpoint without them cannot resume.
+_STATE_KEYS = {"model": dict, "optimizer": dict, "lr_scheduler": dict, "epoch": int, "batch_in_epoch": int,
+               "global_step": int, "rng": dict, "history": list}
 
 # (module, name) pairs a paddle.save pickle of tensors and plain python values needs.
 _SAFE_GLOBALS = {
@@ -45,9 +67,25 @@ class _ForbiddenGlobal(pickle.UnpicklingError):
     """The pickle names a class or function outside the allow-list."""
 
 
+def _empty_reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+    """numpy's _reconstruct as a pickle of an array calls it: an empty array, filled by __setstate__.
+
+    A hand-made pickle could call it with a huge shape and allocate that much; numpy itself only
+    ever pickles shape (0,).
+    """
+    if subtype is not np.ndarray or int(np.prod(shape)) != 0:
+        raise pickle.UnpicklingError("numpy _reconstruct called with a non-empty shape (not written by numpy)")
+    return np.ndarray.__new__(np.ndarray, shape, dtype)
+
+
 class _SafeUnpickler(pickle.Unpickler):
+    """Only the plain types of _SAFE_GLOBALS. Bound the result with senet.limits.check_tree before
+    walking it (read_pickle does)."""
+
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in _SAFE_GLOBALS:
+            if name == "_reconstruct":
+                return _empty_reconstruct
             return super().find_class(module, name)
         raise _ForbiddenGlobal(f"{module}.{name}")
 
@@ -63,35 +101,123 @@ def _to_arrays(obj: Any) -> Any:
     return obj
 
 
-def read_pickle(path: str, trust: bool = False) -> Any:
-    """Unpickle `path` allowing only plain data types; with `trust`, fall back to paddle.load."""
-    if not os.path.isfile(path):
+def _file_problem(path: str) -> None:
+    problem = regular_file_problem(path)
+    if problem == "does not exist":
         raise CheckpointError(f"weights file not found: {path}")
+    if problem:
+        raise CheckpointError(f"{path} {problem}: give the path of a checkpoint or weights file")
     if os.path.getsize(path) == 0:
         raise CheckpointError(f"{path} is empty (0 bytes): the write that made it did not finish")
+
+
+def _verify_trailer(path: str) -> bool:
+    """True if `path` ends in our checksum trailer and the digest matches; False if it has no trailer.
+
+    A trailer whose digest does not match is a CheckpointError. Reads the file once, in chunks.
+    """
+    size = os.path.getsize(path)
+    if size < TRAILER_SIZE:
+        return False
+    with open(path, "rb") as f:
+        f.seek(size - TRAILER_SIZE)
+        tail = f.read(TRAILER_SIZE)
+        if tail[:len(TRAILER_MAGIC)] != TRAILER_MAGIC:
+            return False
+        f.seek(0)
+        h, left = hashlib.sha256(), size - TRAILER_SIZE
+        while left > 0:
+            block = f.read(min(left, 1 << 22))
+            if not block:
+                break
+            h.update(block)
+            left -= len(block)
+    if h.digest() != tail[len(TRAILER_MAGIC):]:
+        raise CheckpointError(f"{path} fails its SHA-256 checksum: the file was damaged after it was written "
+                              f"(disk, copy or transfer error); use another checkpoint")
+    return True
+
+
+def _unpickle_checked(path: str, trust: bool) -> tuple[Any, bool]:
+    """(the unpickled data with tensors as arrays, whether a checksum trailer verified it)."""
+    _file_problem(path)
     try:
+        verified = _verify_trailer(path)
         with open(path, "rb") as f:
-            return _to_arrays(_SafeUnpickler(f).load())
+            obj = _SafeUnpickler(f).load()
+        check_tree(obj)
+        return _to_arrays(obj), verified
+    except CheckpointError:
+        raise
     except _ForbiddenGlobal as e:
         if trust:
-            return _to_arrays(paddle.load(path, return_numpy=True))
+            try:
+                obj = paddle.load(path, return_numpy=True)
+                check_tree(obj)
+                return _to_arrays(obj), False
+            except Exception as e2:  # noqa: BLE001  (any failure of a foreign file is "cannot load it")
+                raise CheckpointError(f"{path} could not be loaded even as a trusted pickle "
+                                      f"({type(e2).__name__}: {str(e2)[:200]}); use another file") from None
         raise CheckpointError(f"{path} contains a pickled {e}, which could run code when loaded. Load it only "
                               f"if you trust its source, with -o model.trust_pickle=true") from None
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(f"{path} is truncated or corrupt ({e}); use another checkpoint") from None
-    except (EOFError, ValueError, IndexError, TypeError, AttributeError, MemoryError) as e:
-        raise CheckpointError(f"{path} is truncated or corrupt ({type(e).__name__}: {e}); "
+    except TreeTooLarge as e:
+        raise CheckpointError(f"{path} is refused: its pickled data is {e}; use another checkpoint") from None
+    except Exception as e:  # noqa: BLE001  (truncated or corrupt pickles raise many types; all mean "unusable")
+        raise CheckpointError(f"{path} is truncated or corrupt ({type(e).__name__}: {str(e)[:200]}); "
                               f"use another checkpoint") from None
 
 
-def atomic_write(path: str, data: bytes) -> None:
-    """Write to a temporary file beside `path`, fsync it, rename it over `path`, fsync the folder."""
+def read_pickle(path: str, trust: bool = False) -> Any:
+    """Unpickle `path` allowing only plain data types; with `trust`, fall back to paddle.load.
+
+    A checksum trailer (our checkpoints) is verified first. Any failure is a CheckpointError.
+    """
+    return _unpickle_checked(path, trust)[0]
+
+
+def unpickle_restricted(file: Any, source: str, extra_globals: dict[tuple[str, str], Any] | None = None,
+                        persistent_load: Any = None) -> Any:
+    """Unpickle an open binary `file` with the allow-list of plain types, plus `extra_globals`: each
+    (module, name) a foreign format needs, mapped to our own stand-in (never the real object, so the
+    pickle's code never runs). `persistent_load` resolves persistent ids (torch's storages). The result
+    is bounded like read_pickle's. A name outside both lists is a CheckpointError naming it."""
+    extra = dict(extra_globals or {})
+
+    class Unpickler(_SafeUnpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            if (module, name) in extra:
+                return extra[(module, name)]
+            return super().find_class(module, name)
+
+    unpickler = Unpickler(file)
+    if persistent_load is not None:
+        unpickler.persistent_load = persistent_load
+    try:
+        obj = unpickler.load()
+        check_tree(obj)
+        return obj
+    except CheckpointError:
+        raise
+    except _ForbiddenGlobal as e:
+        raise CheckpointError(f"{source} is refused: its pickle names {e}, which is not on the list of names a "
+                              f"state dict needs (it could run code; nothing from it was run)") from None
+    except TreeTooLarge as e:
+        raise CheckpointError(f"{source} is refused: its pickled data is {e}") from None
+    except Exception as e:  # noqa: BLE001  (truncated or corrupt pickles raise many types; all mean "unusable")
+        raise CheckpointError(f"{source} is truncated or corrupt ({type(e).__name__}: {str(e)[:200]})") from None
+
+
+def atomic_write(path: str, data: bytes | list[bytes]) -> None:
+    """Write to a temporary file beside `path`, fsync it, rename it over `path`, fsync the folder.
+
+    `data` may be a list of byte strings, written in turn (no joined copy in memory)."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     tmp = f"{path}.tmp.{os.getpid()}"
     try:
         with open(tmp, "wb") as f:
-            f.write(data)
+            for part in data if isinstance(data, list) else [data]:
+                f.write(part)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -129,52 +255,212 @@ def _tuples(x: Any) -> Any:
 
 
 def save_checkpoint(path: str, state: dict) -> None:
-    """Atomically save a training state dict (see senet.train) with our marker and version."""
+    """Atomically save a training state dict (see senet.train) with our marker, version and checksum."""
     buf = io.BytesIO()
     paddle.save({MARKER: VERSION, **state}, buf)
-    atomic_write(path, buf.getvalue())
+    payload = buf.getbuffer()
+    atomic_write(path, [payload, TRAILER_MAGIC + hashlib.sha256(payload).digest()])
+
+
+_UNVERIFIED_NOTED: set[str] = set()
 
 
 def load_checkpoint(path: str, trust: bool = False) -> dict:
-    """Load a checkpoint written by save_checkpoint. Anything else is refused with a clear error."""
-    state = read_pickle(path, trust)
+    """Load a checkpoint written by save_checkpoint. Anything else, or any damage, is a CheckpointError."""
+    state, verified = _unpickle_checked(path, trust)
+    return _checked_checkpoint(path, state, verified)
+
+
+def _checked_checkpoint(path: str, state: Any, verified: bool) -> dict:
     if not isinstance(state, dict) or MARKER not in state:
         raise CheckpointError(f"{path} is not a senet checkpoint (no '{MARKER}' marker). To start from its "
                               f"weights, set model.weights to it; foreign .pdparams need model.trust_pickle=true")
+    version = state[MARKER]
+    if not isinstance(version, int) or version > VERSION:
+        raise CheckpointError(f"{path} has checkpoint version {version!r}; this code reads versions 1 to {VERSION} "
+                              f"(update senet, or use another checkpoint)")
+    if version >= 2 and not verified:
+        raise CheckpointError(f"{path} lacks the checksum every version-{version} checkpoint ends with "
+                              f"(truncated or damaged); use another checkpoint")
+    if not verified and path not in _UNVERIFIED_NOTED:
+        _UNVERIFIED_NOTED.add(path)
+        print(f"notice: {path} is a version-1 checkpoint, written before checkpoints carried a checksum: "
+              f"loaded unverified", file=sys.stderr)
+    bad = [f"{k} ({type(state.get(k)).__name__}, not {t.__name__})" for k, t in _STATE_KEYS.items()
+           if not isinstance(state.get(k), t)]
+    if bad:
+        raise CheckpointError(f"{path} is damaged or incomplete: {', '.join(bad)}; use another checkpoint")
+    check_finite(state["model"], path)
+    if isinstance(state.get("ema"), dict):
+        check_finite(state["ema"], f"{path} (EMA weights)")
     return state
 
 
-def extract_model_state(path: str, trust: bool = False, prefer_ema: bool = False) -> dict[str, np.ndarray]:
-    """The model weights in a `.safetensors` file, a senet checkpoint, or (trusted) a plain state_dict."""
-    if path.endswith(".safetensors"):
-        from safetensors import SafetensorError
-        from safetensors.numpy import load_file
+def check_finite(weights: dict, source: str) -> None:
+    """Refuse weights holding NaN or Inf, naming the first such tensor (a diverged or damaged run)."""
+    for name, value in weights.items():
+        if not isinstance(value, np.ndarray):
+            raise CheckpointError(f"{source}: weight {name!r} is a {type(value).__name__}, not a tensor; "
+                                  f"the file is damaged or not a weights file")
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            bad = int(np.count_nonzero(~np.isfinite(value)))
+            raise CheckpointError(f"{source}: tensor {name!r} holds {bad:,} NaN/Inf values of {value.size:,} (a "
+                                  f"diverged run or a damaged file); use weights from an earlier checkpoint")
 
-        if not os.path.isfile(path):
-            raise CheckpointError(f"weights file not found: {path}")
+
+# safetensors dtype codes (https://github.com/huggingface/safetensors, "Format"); BF16 is decoded by hand.
+_ST_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16,
+              "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8,
+              "U64": np.uint64, "U32": np.uint32, "U16": np.uint16, "U8": np.uint8, "BOOL": np.bool_}
+_ST_CODES = {np.dtype(t): code for code, t in _ST_DTYPES.items() if code != "BF16"}  # what safetensors.numpy writes
+MAX_SAFETENSORS_HEADER = 4 << 20  # bytes; ours are ~100 KB (ResNet-152 with its config in the metadata)
+
+
+def _tensors_digest(tensors: dict[str, tuple[str, list[int], Any]], metadata: dict[str, str]) -> str:
+    """SHA-256 over (name, dtype code, shape, raw bytes) of every tensor in name order, then the metadata."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        code, shape, data = tensors[name]
+        h.update(json.dumps([name, code, list(shape)]).encode())
+        h.update(data)
+    h.update(json.dumps(sorted((k, v) for k, v in metadata.items() if k != SAFETENSORS_DIGEST_KEY)).encode())
+    return h.hexdigest()
+
+
+def read_safetensors(path: str, integer_ok: Any = None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """(float32 tensors, metadata) of a .safetensors file: header, offsets and digest checked first.
+
+    float16 / bfloat16 are widened exactly, float64 narrowed (refused if a value overflows float32);
+    integer and bool tensors are refused: a model's weights are floats. `integer_ok(name)` may let
+    named ones through as they are (torch's BN counter `num_batches_tracked`, for the converter).
+    """
+    _file_problem(path)
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        if size < 8 or n < 2 or n > min(size - 8, MAX_SAFETENSORS_HEADER):
+            raise CheckpointError(f"{path} is not a safetensors file: its header length ({n:,} bytes) does not fit "
+                                  f"the file ({size:,} bytes) or the {MAX_SAFETENSORS_HEADER:,}-byte limit")
         try:
-            return load_file(path)
-        except (SafetensorError, OSError, ValueError) as e:
-            raise CheckpointError(f"{path} is not a readable safetensors file ({e})") from None
-    state = read_pickle(path, trust)
+            header = json.loads(f.read(n))
+            check_tree(header, max_nodes=200_000, max_depth=8)
+        except (ValueError, RecursionError) as e:
+            raise CheckpointError(f"{path} is not a safetensors file: unreadable header ({e})") from None
+        if not isinstance(header, dict):
+            raise CheckpointError(f"{path} is not a safetensors file: its header is not a JSON object")
+        meta = header.pop("__metadata__", None) or {}
+        if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+            raise CheckpointError(f"{path}: the safetensors metadata must map strings to strings")
+        data_len, raw = size - 8 - n, {}
+        for name, spec in header.items():
+            try:
+                code, shape, (begin, end) = spec["dtype"], spec["shape"], spec["data_offsets"]
+                dtype = np.dtype(_ST_DTYPES[code])
+                ok = (all(isinstance(d, int) and d >= 0 for d in shape) and isinstance(begin, int)
+                      and isinstance(end, int) and 0 <= begin <= end <= data_len
+                      and end - begin == int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
+            except (KeyError, TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise CheckpointError(f"{path}: tensor {name!r} has a malformed entry {json.dumps(spec)[:200]} "
+                                      f"(dtype, shape and offsets must agree and fit the file); re-save the file")
+            buf = bytearray(end - begin)
+            f.seek(8 + n + begin)
+            if f.readinto(buf) != len(buf):
+                raise CheckpointError(f"{path} is truncated (tensor {name!r}); re-save or copy it again")
+            raw[name] = (code, shape, buf)
+    digest = meta.get(SAFETENSORS_DIGEST_KEY)
+    if digest is not None and digest != _tensors_digest(raw, meta):
+        raise CheckpointError(f"{path} fails its SHA-256 checksum (metadata {SAFETENSORS_DIGEST_KEY}): the file "
+                              f"was damaged after it was written; export or copy it again")
+    tensors = {}
+    for name, (code, shape, buf) in raw.items():
+        a = np.frombuffer(buf, dtype=_ST_DTYPES[code]).reshape(shape)
+        if code == "BF16":  # the top half of a float32
+            a = (a.astype(np.uint32) << 16).view(np.float32)
+        elif code in ("F16", "F64"):
+            with np.errstate(over="ignore", invalid="ignore"):
+                wide = a.astype(np.float32)
+            if code == "F64" and np.isfinite(a).all() and not np.isfinite(wide).all():
+                raise CheckpointError(f"{path}: float64 tensor {name!r} has values beyond the float32 range; "
+                                      f"the model is float32: rescale or re-save the weights")
+            a = wide
+        elif code != "F32" and not (integer_ok and integer_ok(name)):
+            raise CheckpointError(f"{path}: tensor {name!r} is {code} ({np.dtype(_ST_DTYPES[code]).name}); model "
+                                  f"weights are floats (F32, F16, BF16 or F64): re-save the weights as floats")
+        tensors[name] = a
+    return tensors, meta
+
+
+def extract_model_state(path: str, trust: bool = False, prefer_ema: bool = False) -> dict[str, np.ndarray]:
+    """The model weights in a `.safetensors` file, a senet checkpoint, or (trusted) a plain state_dict.
+
+    Checked: checksums where the file has one, dtypes (floats, as float32), no NaN or Inf.
+    """
+    return _weights_and_config(path, trust, prefer_ema)[0]
+
+
+def _weights_and_config(path: str, trust: bool, prefer_ema: bool) -> tuple[dict[str, np.ndarray], Any]:
+    """The checked weights, and the resolved config the file records (None if it records none)."""
+    recorded = None
+    if path.endswith(".safetensors"):
+        weights, metadata = read_safetensors(path)
+        try:
+            recorded = json.loads(metadata.get("config", "null"))
+        except ValueError:
+            recorded = None
+    else:
+        weights, recorded = _pickled_weights(path, trust, prefer_ema)
+    check_finite(weights, path)
+    return weights, recorded
+
+
+def check_stem_era(model: paddle.nn.Layer, recorded_cfg: Any, source: str) -> None:
+    """Refuse weights written before `model.stem_pool` existed into a model with Caffe's stem pool.
+
+    Until then every ImageNet-stem model padded its stem max-pool by 1 (the `pytorch` pool); ResNets
+    now default to the SENet release's unpadded `caffe` pool. Such weights still fit every tensor
+    shape, so without this check they would load and silently give other outputs. A file that
+    records no config (a plain state_dict) cannot be dated and is not checked."""
+    model_cfg = recorded_cfg.get("model") if isinstance(recorded_cfg, dict) else None
+    if not isinstance(model_cfg, dict) or "stem_pool" in model_cfg:
+        return
+    if getattr(model, "stem_pool", None) == "caffe":
+        raise CheckpointError(
+            f"{source} was written before model.stem_pool existed, when every ImageNet model padded its stem "
+            f"max-pool by 1; model.arch={model_cfg.get('arch')} now defaults to Caffe's unpadded pool, which "
+            f"gives other outputs with the same weights. Add -o model.stem_pool=pytorch (and keep it when "
+            f"resuming or fine-tuning)")
+
+
+def _pickled_weights(path: str, trust: bool, prefer_ema: bool) -> tuple[dict[str, np.ndarray], Any]:
+    state, verified = _unpickle_checked(path, trust)
     if isinstance(state, dict) and MARKER in state:
+        state = _checked_checkpoint(path, state, verified)  # version, checksum and structure
         if prefer_ema and state.get("ema") is not None:
-            return state["ema"]
-        return state["model"]
+            return state["ema"], state.get("config")
+        return state["model"], state.get("config")
     if not trust:
         raise CheckpointError(f"{path} is a pickle from outside this project (not a senet checkpoint). Unpickling "
                               f"can run code: convert it to .safetensors, or if you trust it pass "
                               f"-o model.trust_pickle=true")
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} holds a {type(state).__name__}, not a state_dict")
-    return state
+    out = {}
+    for name, value in state.items():
+        value = np.asarray(value) if isinstance(value, np.ndarray) else value
+        if isinstance(value, np.ndarray) and value.dtype in (np.float16, np.float64):
+            value = value.astype(np.float32)
+        out[name] = value
+    return out, None
 
 
 def load_weights(model: paddle.nn.Layer, path: str, trust: bool = False, prefer_ema: bool = False,
                  expected_arch: str | None = None) -> None:
     """Load weights into `model`, refusing any missing, unexpected or mis-shaped tensor by name."""
-    weights = extract_model_state(path, trust, prefer_ema)
+    weights, recorded_cfg = _weights_and_config(path, trust, prefer_ema)
     check_compatible(model, weights, path, expected_arch)
+    check_stem_era(model, recorded_cfg, path)
     model.set_state_dict({k: paddle.to_tensor(v) for k, v in weights.items()})
 
 
@@ -197,9 +483,13 @@ def check_compatible(model: paddle.nn.Layer, weights: dict, source: str, expecte
 
 
 def save_safetensors(model: paddle.nn.Layer, path: str, metadata: dict | None = None) -> None:
-    """Weights only, no pickle: safe to share. Metadata values are stored as JSON strings."""
+    """Weights only, no pickle: safe to share. Metadata values are stored as JSON strings, plus the
+    SHA-256 digest (`senet_sha256`) that read_safetensors checks."""
     from safetensors.numpy import save
 
     tensors = {k: np.ascontiguousarray(v.numpy()) for k, v in model.state_dict().items()}
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
+    meta.pop(SAFETENSORS_DIGEST_KEY, None)
+    meta[SAFETENSORS_DIGEST_KEY] = _tensors_digest(
+        {k: (_ST_CODES[v.dtype], list(v.shape), v.reshape(-1).view(np.uint8)) for k, v in tensors.items()}, meta)
     atomic_write(path, save(tensors, metadata=meta))

@@ -15,9 +15,8 @@ import math
 import os
 from typing import Any
 
-import yaml
-
-from senet.config import load_config
+from senet.config import load_config, safe_yaml
+from senet.limits import regular_file_problem
 
 # arch -> (top-1 err, top-5 err, GMACs or None); Hu et al. Table 2, "re-implementation" columns.
 PAPER_TABLE2: dict[str, tuple[float, float, float | None]] = {
@@ -35,7 +34,10 @@ PAPER_TABLE2: dict[str, tuple[float, float, float | None]] = {
 
 
 # The SE settings Table 2 was measured with; any other setting has no Table 2 counterpart.
-PAPER_SE = {"reduction": 16, "squeeze": "avg", "gate": "sigmoid", "placement": "standard", "stages": None}
+PAPER_SE = {"reduction": 16, "squeeze": "avg", "gate": "sigmoid", "placement": "standard", "stages": None,
+            "divisor": 1}
+# Network options whose default is the paper's network (timm / PaddleClas variants otherwise).
+PAPER_MODEL = {"branch_relu": False, "first_block_projection": False}
 
 
 def paper_reference(cfg: dict) -> tuple[float, float, float | None] | None:
@@ -51,7 +53,9 @@ def paper_reference(cfg: dict) -> tuple[float, float, float | None] | None:
     ref = PAPER_TABLE2.get(arch)
     if ref is None or m["num_classes"] != 1000:
         return None
-    if arch.startswith("se_") and any(m["se"][k] != v for k, v in PAPER_SE.items()):
+    if arch.startswith("se_") and any(m["se"].get(k, v) != v for k, v in PAPER_SE.items()):
+        return None
+    if any(m.get(k, v) != v for k, v in PAPER_MODEL.items()):
         return None
     original = MODELS[arch.removeprefix("se_")].stride_in_1x1
     return ref if m["stride_in_1x1"] in (None, original) else None
@@ -89,27 +93,62 @@ def profile_row(cfg: dict, input_size: int) -> dict[str, Any]:
             "params": p.params, "params_total": p.params_total, "gmacs": round(p.gmacs, 4),
             "gflops": round(p.gflops, 4), "se_params_share": round(p.se_params_share, 5),
             "se_gmacs_share": round(p.se_macs_share, 5), "input_size": input_size,
-            "top1": None, "top1_std": None, "top5": None, "top5_std": None, "runs": 0, "images_per_s": None}
+            "top1": None, "top1_std": None, "top5": None, "top5_std": None, "runs": 0, "images_per_s": None,
+            "notes": []}
 
 
 def read_run(run_dir: str) -> tuple[dict, dict]:
     """(resolved config, metrics) of a finished or unfinished training run."""
     cfg_path, metrics_path = os.path.join(run_dir, "config.yaml"), os.path.join(run_dir, "metrics.json")
-    if not os.path.isfile(cfg_path):
+    problem = regular_file_problem(cfg_path)
+    if problem == "does not exist":
         raise FileNotFoundError(f"{run_dir} is not a run directory: no config.yaml in it")
+    if problem:
+        raise ValueError(f"{cfg_path} {problem}")
     with open(cfg_path) as f:
-        cfg = yaml.safe_load(f)
+        cfg = safe_yaml(f, cfg_path)  # bounded like any config: a run folder may come from anywhere
     metrics = {}
-    if os.path.isfile(metrics_path):
+    problem = regular_file_problem(metrics_path)
+    if problem and problem != "does not exist":
+        raise ValueError(f"{metrics_path} {problem}")
+    if not problem:
         with open(metrics_path) as f:
-            metrics = json.load(f)
+            try:
+                metrics = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{metrics_path} is not valid JSON ({e})") from None
     return cfg, metrics
+
+
+def run_note(run_dir: str, cfg: dict, metrics: dict) -> str | None:
+    """Why a run's accuracy is missing or partial (for a footnote), or None for a finished, evaluated run.
+
+    A run writes metrics.json when it ends, also when train.max_steps or a signal stopped it; `best`
+    is null until its first evaluation.
+    """
+    if not metrics:
+        return f"{run_dir}: no metrics.json (still running, or killed before it could write one): no accuracy"
+    stopped_by = metrics.get("stopped_by")
+    how = ("finished" if metrics.get("finished") else "stopped by train.max_steps" if stopped_by == "max_steps"
+           else f"stopped by {stopped_by}" if stopped_by else "stopped")
+    how += f" at step {metrics.get('global_step')}"
+    if not metrics.get("best"):
+        when = "without an evaluation (train.eval_every: 0)" if metrics.get("finished") \
+            else "before its first evaluation"
+        return f"{run_dir}: {how}, {when}: no accuracy"
+    if not metrics.get("finished"):
+        epochs = (cfg.get("train") or {}).get("epochs", "?")
+        return (f"{run_dir}: {how}, after {metrics.get('epochs_done')} of {epochs} epochs: its best top-1 so far "
+                f"is counted")
+    return None
 
 
 def _bench_throughput(run_dir: str) -> float | None:
     """Training images/s from the newest `make bench` results.json inside the run dir, if any."""
     paths = sorted(glob.glob(os.path.join(run_dir, "**", "results.json"), recursive=True))
     for path in reversed(paths):
+        if regular_file_problem(path):  # a FIFO named results.json would block open()
+            continue
         with open(path) as f:
             results = json.load(f).get("results", [])
         train = [r["images_per_s"] for r in results if r.get("mode") == "train" and r.get("images_per_s")]
@@ -136,8 +175,10 @@ def build_rows(config_paths: list[str], overrides: list[str], run_dirs: list[str
         rows[name] = profile_row(cfg, size)
     for name, group in runs.items():
         row = rows[name]
-        top1 = [m["best"]["top1"] for _, m, _ in group if m.get("best", {}).get("top1") is not None]
-        top5 = [m["best"]["top5"] for _, m, _ in group if m.get("best", {}).get("top5") is not None]
+        best = [m["best"] for _, m, _ in group if m.get("best")]  # null before a run's first evaluation
+        top1 = [b["top1"] for b in best if b.get("top1") is not None]
+        top5 = [b["top5"] for b in best if b.get("top5") is not None]
+        row["notes"] = [note for c, m, d in group if (note := run_note(d, c, m))]
         row["top1"], row["top1_std"] = _mean_std(top1)
         row["top5"], row["top5_std"] = _mean_std(top5)
         row["runs"] = len(top1)
@@ -201,10 +242,20 @@ def format_rows(rows: list[dict], fmt: str = "table", columns: list[tuple[str, s
         return buf.getvalue()
     header = [title for _, title in cols]
     body = [[_cell(row, k) for k, _ in cols] for row in rows]
+    # Runs without an accuracy, or with a partial one, get a numbered footnote on the accuracy cell.
+    keys = [k for k, _ in cols]
+    marked = next((keys.index(k) for k in ("top1", "top1_err") if k in keys), 0)
+    footnotes = []
+    for row, cells in zip(rows, body):
+        if row.get("notes"):
+            footnotes.append(f"[{len(footnotes) + 1}] " + "; ".join(row["notes"]))
+            cells[marked] += f" [{len(footnotes)}]"
     if fmt == "md":
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in body])
-    widths = [max(len(x) for x in col) for col in zip(header, *body)]
-    fmt_line = "  ".join(f"{{:<{w}}}" for w in widths)
-    return "\n".join([fmt_line.format(*header), fmt_line.format(*("-" * w for w in widths))]
-                     + [fmt_line.format(*r) for r in body])
+        table = "\n".join(lines + ["| " + " | ".join(r) + " |" for r in body])
+    else:
+        widths = [max(len(x) for x in col) for col in zip(header, *body)]
+        fmt_line = "  ".join(f"{{:<{w}}}" for w in widths)
+        table = "\n".join([fmt_line.format(*header), fmt_line.format(*("-" * w for w in widths))]
+                          + [fmt_line.format(*r) for r in body])
+    return "\n".join([table, "", *footnotes]) if footnotes else table

@@ -10,12 +10,15 @@ from __future__ import annotations
 import argparse
 import copy
 import difflib
+import math
 import os
 import re
 import sys
 from typing import Any
 
 import yaml
+
+from senet.limits import regular_file_problem
 
 # One commented dict of every setting. Units are in the comments.
 DEFAULTS: dict[str, Any] = {
@@ -25,12 +28,18 @@ DEFAULTS: dict[str, Any] = {
         "arch": "resnet50",  # see senet.resnet.MODELS; prefix se_ for SE; ppim.<name> for ppim
         "num_classes": 1000,
         "stride_in_1x1": None,  # null: each arch's original (true for ResNet, false for ResNeXt)
-        "zero_init_residual": False,  # zero the last BN gamma of every residual branch
+        "stem_pool": None,  # caffe (3x3/2, no pad, ceil) | pytorch (3x3/2, pad 1); null: each arch's original
+        # a ReLU after each residual branch's last BN, before SE and the sum (timm's legacy_seresnet18/34)
+        "branch_relu": False,
+        # a 1x1 conv + BN shortcut on stage 1's first block, not an identity (PaddleClas's ResNet18/34)
+        "first_block_projection": False,
+        "zero_init_residual": False,  # every residual branch starts at 0: its last BN gamma (pre-activation: last conv)
         "sync_bn": False,  # synchronised BatchNorm across devices (multi-device training)
-        "weights": None,  # a checkpoint (.pdparams) or .safetensors file to start from
+        "weights": None,  # a checkpoint (.pdparams), a .safetensors file, or a run folder (its model.safetensors)
         "trust_pickle": False,  # allow .pdparams pickles from outside this project (unpickling can run code)
         "se": {
             "reduction": 16,  # r: hidden width is exactly C // r
+            "divisor": 1,  # 1: C // r; d > 1: C / r rounded to a multiple of d, at least d (timm: 8)
             "impl": "conv",  # conv: 1x1 convs on the pooled map; linear: Linear on the vector
             "squeeze": "avg",  # avg | max | none (the paper's NoSqueeze ablation)
             "gate": "sigmoid",  # sigmoid | tanh | relu
@@ -96,7 +105,9 @@ DEFAULTS: dict[str, Any] = {
         "threads": 0,  # CPU threads; 0 = all cores
         "keep_last": 3,  # numbered checkpoints kept
         "nan_policy": "stop",  # stop | skip
-        "nan_skip_limit": 10,  # with skip: non-finite steps tolerated before stopping
+        # with skip and no loss scaler: non-finite steps tolerated in the run before stopping;
+        # with a loss scaler (fp16 AMP on a GPU): overflow-skipped steps tolerated in a row
+        "nan_skip_limit": 10,
         "log_se_every": 0,  # iterations: SE gate histograms to VisualDL, 0 = off
         "max_steps": 0,  # stop after this many iterations in total, 0 = no limit (smoke runs)
     },
@@ -105,6 +116,7 @@ DEFAULTS: dict[str, Any] = {
 # Keys whose default is null, with the type a set value must have.
 NULLABLE: dict[str, tuple[type, ...]] = {
     "model.stride_in_1x1": (bool,),
+    "model.stem_pool": (str,),
     "model.weights": (str,),
     "model.se.stages": (list,),
     "data.train_list": (str,),
@@ -113,6 +125,7 @@ NULLABLE: dict[str, tuple[type, ...]] = {
 
 # Keys whose value must be one of a fixed set.
 CHOICES: dict[str, tuple[str, ...]] = {
+    "model.stem_pool": ("caffe", "pytorch"),  # null (each arch's original) is also allowed
     "model.se.impl": ("conv", "linear"),
     "model.se.squeeze": ("avg", "max", "none"),
     "model.se.gate": ("sigmoid", "tanh", "relu"),
@@ -128,11 +141,190 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
+class Range:
+    """Allowed values of a number: lo..hi, inclusive unless `lo_open`/`hi_open`; None means unbounded."""
+
+    def __init__(self, lo: float | None = None, hi: float | None = None, lo_open: bool = False,
+                 hi_open: bool = False) -> None:
+        self.lo, self.hi, self.lo_open, self.hi_open = lo, hi, lo_open, hi_open
+
+    def __contains__(self, x: float) -> bool:
+        if self.lo is not None and (x <= self.lo if self.lo_open else x < self.lo):
+            return False
+        return self.hi is None or (x < self.hi if self.hi_open else x <= self.hi)
+
+    def __str__(self) -> str:
+        if self.hi is None:
+            return f"{'>' if self.lo_open else '>='} {self.lo}"
+        return f"in {'(' if self.lo_open else '['}{self.lo}, {self.hi}{')' if self.hi_open else ']'}"
+
+
+ANY_COUNT, POSITIVE, FRACTION = Range(0), Range(1), Range(0.0, 1.0)
+BELOW_ONE, ABOVE_ZERO = Range(0.0, 1.0, hi_open=True), Range(0.0, lo_open=True)
+PIXELS = Range(8, 4096)  # an image side: below 8 pixels nothing is left to learn; above 4096 a batch needs GBs
+
+# The range of every numeric setting (a test checks that none is missing). For a list, the range
+# holds for each item. Values outside are refused by name, so a typo such as epochs -1 or std 0 stops
+# the run at once instead of giving an untrained "finished" model or a framework traceback.
+RANGES: dict[str, Range] = {
+    "model.num_classes": Range(1, 1_000_000),
+    "model.se.reduction": POSITIVE,  # too large for a stage is refused by the model (zero-width SE)
+    "model.se.divisor": Range(1, 1024),  # above the widest stage (2048 // 2) it only sets every width to d
+    "model.se.stages": POSITIVE,  # beyond the arch's stage count is refused by the model
+    "data.batch_size": Range(1, 65536),
+    "data.num_workers": Range(0, 256),
+    "data.image_size": PIXELS,
+    "data.eval_resize": PIXELS,
+    "data.eval_crop": PIXELS,
+    "data.mean": FRACTION,  # on the 0..1 scale: 123.7 means the 0..255 scale was meant
+    "data.std": Range(0.0, 1.0, lo_open=True),  # divides the image
+    "data.rrc_scale": Range(0.0, 1.0, lo_open=True),
+    "data.rrc_ratio": Range(0.0, 100.0, lo_open=True),
+    "data.hflip": FRACTION,
+    "data.color_jitter": FRACTION,
+    "data.pad_crop": Range(0, 256),
+    "data.synthetic_train_size": Range(1, 1_000_000),
+    "data.synthetic_val_size": Range(1, 1_000_000),
+    "optimizer.lr": ABOVE_ZERO,
+    "optimizer.momentum": BELOW_ONE,
+    "optimizer.weight_decay": BELOW_ONE,
+    "lr_scheduler.warmup_epochs": Range(0.0),
+    "lr_scheduler.step_size": POSITIVE,
+    "lr_scheduler.milestones": ANY_COUNT,
+    "lr_scheduler.gamma": Range(0.0, 1.0, lo_open=True),
+    "train.epochs": Range(1, 1_000_000),
+    "train.label_smoothing": BELOW_ONE,
+    "train.amp.init_loss_scaling": ABOVE_ZERO,
+    "train.ema.decay": BELOW_ONE,
+    "train.eval_every": ANY_COUNT,  # 0: never (but the last epoch is always evaluated)
+    "train.log_every": POSITIVE,
+    "train.save_every": ANY_COUNT,  # 0: no numbered checkpoints
+    "train.save_every_steps": ANY_COUNT,
+    "train.seed": Range(0, 2**32 - 1),  # numpy's seed range
+    "train.threads": Range(0, 1024),
+    "train.keep_last": ANY_COUNT,  # 0: keep every numbered checkpoint
+    "train.nan_skip_limit": ANY_COUNT,
+    "train.log_se_every": ANY_COUNT,
+    "train.max_steps": ANY_COUNT,
+}
+# Lists with a fixed length, and the type of their items (other lists hold ints).
+LIST_SHAPES: dict[str, tuple[type, int | None]] = {
+    "model.se.stages": (int, None), "lr_scheduler.milestones": (int, None),
+    "data.mean": (float, 3), "data.std": (float, 3), "data.rrc_scale": (float, 2), "data.rrc_ratio": (float, 2),
+}
+
+# Settings a resumed run may change: how the run is executed, evaluated or recorded, not what it
+# trains. Changing any other one (the model, the training data and its augmentation, the optimizer,
+# the LR schedule, the batch size or device count, the loss, EMA, AMP, the seed) makes another
+# experiment, and resuming with it needs --allow-config-change. A key is listed whole or by section.
+RESUME_MAY_CHANGE = (
+    "name", "output_dir", "model.weights", "model.trust_pickle",  # weights: the checkpoint replaces them
+    "data.num_workers", "data.on_bad_image",  # augmentation is seeded per sample, not per worker
+    "data.val_list", "data.synthetic_val_size", "data.eval_resize", "data.eval_crop",  # eval only
+    "train.epochs", "train.eval_every", "train.log_every", "train.save_every", "train.save_every_steps",
+    "train.threads", "train.keep_last", "train.nan_policy", "train.nan_skip_limit", "train.log_se_every",
+    "train.max_steps", "train.data_format", "train.amp.eval",
+)
+
+
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 class ConfigError(ValueError):
     """A config that cannot be used; the message says what is wrong and how to fix it."""
+
+
+# Bounds on one YAML document. A config is a few KB with about 100 values; without a bound, nested
+# aliases (a "billion laughs" file of a few hundred bytes) expand into 10^9 values when the config is
+# copied or saved, which never ends. Counted before anything is built from the file.
+MAX_YAML_SIZE = 1_000_000  # characters, counting every alias expanded (and each value as at least 1)
+MAX_YAML_DEPTH = 50  # nested lists and mappings
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader that also bounds nesting and alias expansion, and refuses duplicate keys
+    (plain YAML lets the last one win silently) and keys that are not strings (`yes:` is a bool)."""
+
+    depth = 0
+
+    def compose_node(self, parent, index):
+        self.depth += 1
+        try:
+            if self.depth > MAX_YAML_DEPTH:
+                mark = self.peek_event().start_mark
+                raise ConfigError(f"{mark.name}:{mark.line + 1}: nested more than {MAX_YAML_DEPTH} levels deep; "
+                                  f"a config needs a few")
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def get_single_node(self):
+        node = super().get_single_node()
+        if node is not None:
+            _check_expanded_size(node)
+        return node
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[str, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` merges, then keys may override
+                continue
+            key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
+            where = f"{key_node.start_mark.name}:{line}"
+            if not isinstance(key, str):
+                raise ConfigError(f"{where}: the key {key!r} ({type(key).__name__}) is not a string "
+                                  f"(YAML reads yes/no/on/off/null and numbers that way); quote it or rename it")
+            if key in seen:
+                raise ConfigError(f"{where}: duplicate key '{key}' (first on line {seen[key]}); keep only one")
+            seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def _check_expanded_size(root: yaml.Node) -> None:
+    """Refuse a document whose aliases expand beyond MAX_YAML_SIZE, or refer to themselves. Each node
+    is measured once (memoised), so this takes time linear in the file however far it would expand."""
+    sizes: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        else:
+            children = node.value if isinstance(node, yaml.SequenceNode) else []
+        if children_done:
+            on_path.discard(id(node))
+            size = max(1, len(node.value)) if isinstance(node, yaml.ScalarNode) else 1
+            sizes[id(node)] = size + sum(sizes[id(c)] for c in children)
+            if sizes[id(node)] > MAX_YAML_SIZE:
+                raise ConfigError(f"{root.start_mark.name}: its aliases (*name) expand to more than "
+                                  f"{MAX_YAML_SIZE:,} characters, far beyond any config (an alias bomb?); "
+                                  f"write the values out instead of nesting aliases")
+        elif id(node) not in sizes:
+            if id(node) in on_path:
+                mark = node.start_mark
+                raise ConfigError(f"{mark.name}:{mark.line + 1}: an alias refers to the list or mapping that "
+                                  f"contains it (a recursive YAML structure); a config cannot use one")
+            on_path.add(id(node))
+            stack.append((node, True))
+            stack += [(c, False) for c in children if id(c) not in sizes]
+
+
+def safe_yaml(source: str | Any, name: str | None = None) -> Any:
+    """Parse YAML text or an open text file with plain types only and the bounds above. Every error
+    is a ConfigError naming `name` (or the file) and, where it helps, the line."""
+    name = name or getattr(source, "name", "<yaml>")
+    text = source if isinstance(source, str) else source.read(MAX_YAML_SIZE + 1)
+    if len(text) > MAX_YAML_SIZE:
+        raise ConfigError(f"{name} is larger than {MAX_YAML_SIZE:,} characters; a config is a few thousand")
+    loader = _ConfigLoader(text)
+    loader.name = name
+    try:
+        return loader.get_single_data()
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{name} is not valid YAML: {e}") from None
+    finally:
+        loader.dispose()
 
 
 def _flat_keys(d: dict, prefix: str = "") -> list[str]:
@@ -159,14 +351,20 @@ def _load_yaml(path: str, chain: tuple[str, ...] = ()) -> dict:
     path = os.path.abspath(path)
     if path in chain:
         raise ConfigError(f"circular _base_: {' -> '.join(chain + (path,))}")
-    if not os.path.isfile(path):
-        where = f" (the _base_ of {chain[-1]})" if chain else ""
+    where = f" (the _base_ of {chain[-1]})" if chain else ""
+    if os.path.isdir(path):
+        saved = os.path.join(path, "config.yaml")  # a run folder holds its resolved config
+        hint = f"; its resolved config is {saved}" if os.path.isfile(saved) else ""
+        raise ConfigError(f"{path} is a folder, not a config file{where}: give a YAML file{hint}")
+    problem = regular_file_problem(path)  # a FIFO or device would block open() or never end
+    if problem == "does not exist":
         raise ConfigError(f"config file not found: {path}{where}")
+    if problem:
+        raise ConfigError(f"config file {path}{where} {problem}: give a YAML file")
     with open(path) as f:
-        try:
-            cfg = yaml.safe_load(f) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path} is not valid YAML: {e}") from None
+        cfg = safe_yaml(f, path)  # raises ConfigError naming the file (and line)
+    if cfg is None:  # an empty file (or only comments) is a mistake, not a request for every default
+        raise ConfigError(f"config file is empty: {path}{where}; write at least one setting, e.g. model.arch")
     if not isinstance(cfg, dict):
         raise ConfigError(f"{path} must hold a mapping of settings, not {type(cfg).__name__}")
     base = cfg.pop("_base_", None)
@@ -191,7 +389,7 @@ def deep_merge(base: dict, over: dict) -> dict:
 
 def _check_value(key: str, value: Any, default: Any) -> Any:
     """Return `value` if it fits the type of `default` (ints widen to floats); else raise."""
-    if key in CHOICES and value not in CHOICES[key]:
+    if key in CHOICES and value not in CHOICES[key] and not (default is None and value is None):
         raise ConfigError(f"{key}: {value!r} is not one of {', '.join(CHOICES[key])}")
     if default is None:
         allowed = NULLABLE.get(key)
@@ -227,8 +425,70 @@ def validate(cfg: dict, defaults: dict = DEFAULTS, prefix: str = "") -> dict:
                 raise ConfigError(f"{key} must be a section (mapping), got {v!r}")
             out[k] = validate(v, defaults[k], key + ".")
         else:
-            out[k] = _check_value(key, v, defaults[k])
+            out[k] = _check_range(key, _check_value(key, v, defaults[k]))
+    if not prefix:
+        _check_relations(out)
     return out
+
+
+def _check_range(key: str, value: Any) -> Any:
+    """`value` if it (or, for a list, each item) is finite and within RANGES[key]; list items are typed."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    items = value if isinstance(value, list) else [value]
+    if isinstance(value, list) and key in LIST_SHAPES:
+        item_type, length = LIST_SHAPES[key]
+        if length is not None and len(value) != length:
+            raise ConfigError(f"{key} must be a list of {length} numbers, got {value!r}")
+        for x in items:
+            if not (isinstance(x, int) or (item_type is float and isinstance(x, float))) or isinstance(x, bool):
+                raise ConfigError(f"{key} must be a list of {item_type.__name__}s, got {value!r}")
+        items = [float(x) for x in items] if item_type is float else items
+        value = items
+    for x in items:
+        if isinstance(x, float) and not math.isfinite(x):
+            raise ConfigError(f"{key}={value!r} must be a finite number")
+        if key in RANGES and x not in RANGES[key]:
+            which = f" (item {x!r})" if isinstance(value, list) else ""
+            raise ConfigError(f"{key}={value!r} is out of range{which}: it must be {RANGES[key]}")
+    return value
+
+
+def _check_relations(cfg: dict) -> None:
+    """Checks between settings, once every one is in its own range."""
+    d = cfg["data"]
+    if d["eval_crop"] > d["eval_resize"]:
+        raise ConfigError(f"data.eval_crop ({d['eval_crop']}) must not exceed data.eval_resize ({d['eval_resize']})")
+    for key in ("rrc_scale", "rrc_ratio"):
+        lo, hi = d[key]
+        if lo > hi:
+            raise ConfigError(f"data.{key}={d[key]!r}: the first (lowest) value must not exceed the second")
+
+
+def _leaves(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_leaves(v, prefix + k + "."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def config_changes(old: dict, new: dict) -> tuple[list[str], list[str]]:
+    """What differs from `old` (a checkpoint's config) to `new`, as "key old -> new" lines: (changes
+    RESUME_MAY_CHANGE allows, changes that make another experiment). A setting missing from `old`
+    (a checkpoint older than the setting) counts as its default; settings since removed are ignored."""
+    before, after, defaults = _leaves(old), _leaves(new), _leaves(DEFAULTS)
+    harmless, different = [], []
+    for key, value in after.items():
+        was = before.get(key, defaults.get(key))
+        if was == value:
+            continue
+        line = f"{key} {was!r} -> {value!r}"
+        allowed = any(key == k or key.startswith(k + ".") for k in RESUME_MAY_CHANGE)
+        (harmless if allowed else different).append(line)
+    return harmless, different
 
 
 def parse_overrides(overrides: list[str]) -> dict:
@@ -241,10 +501,7 @@ def parse_overrides(overrides: list[str]) -> dict:
         key = key.strip()
         if not key:
             raise ConfigError(f"override '{item}' has no key before '='")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError as e:
-            raise ConfigError(f"override '{item}': cannot parse the value: {e}") from None
+        value = safe_yaml(raw, f"override '{item}'") if raw.strip() else ""
         node = nested
         parts = key.split(".")
         for p in parts[:-1]:
@@ -260,11 +517,34 @@ def load_config(path: str | None, overrides: list[str] | None = None) -> dict:
     raw = _load_yaml(path) if path else {}
     raw = deep_merge(raw, parse_overrides(overrides or []))
     cfg = validate(raw)
+    if cfg["model"]["weights"]:
+        cfg["model"]["weights"] = weights_file(cfg["model"]["weights"])
     if not cfg["name"]:
         cfg["name"] = os.path.splitext(os.path.basename(path))[0] if path else cfg["model"]["arch"]
     if not cfg["output_dir"]:
         cfg["output_dir"] = os.path.join("output", cfg["name"])
     return cfg
+
+
+def weights_file(path: str) -> str:
+    """`model.weights` as a file: a run folder (or an export folder) means its model.safetensors."""
+    if not os.path.isdir(path):
+        return path  # a file, or a missing path that the loader reports by name
+    final = os.path.join(path, "model.safetensors")
+    if os.path.isfile(final):
+        return final
+    found = sorted(os.path.relpath(os.path.join(d, f), path) for d, _, files in os.walk(path)
+                   for f in files if f.endswith((".safetensors", ".pdparams")))
+    if found:  # an unfinished run: it has checkpoints but no final weights yet
+        pick = "checkpoints/last.pdparams" if "checkpoints/last.pdparams" in found else found[0]
+        raise ConfigError(f"model.weights={path} is a folder without model.safetensors (a run writes it when "
+                          f"training finishes); it holds {', '.join(found[:8])}"
+                          f"{' ...' if len(found) > 8 else ''}: give one, e.g. -o model.weights="
+                          f"{os.path.join(path, pick)}")
+    held = sorted(os.listdir(path))
+    holds = f"it holds only {', '.join(held[:8])}{' ...' if len(held) > 8 else ''}" if held else "it is empty"
+    raise ConfigError(f"model.weights={path} is a folder without model.safetensors or checkpoints ({holds}): "
+                      f"give a .safetensors file or a .pdparams checkpoint")
 
 
 def dump_config(cfg: dict, path: str) -> None:

@@ -33,7 +33,10 @@ import paddle.nn.functional as F
 import yaml
 
 from senet.checkpoint import atomic_write, load_weights, save_safetensors
+from senet.imagenet_classes import imagenet_names_for
+from senet.limits import sha256_file
 from senet.resnet import build_model
+from senet.runtime import PADDLE_PIR_OUT, filter_stderr
 
 FORMATS = ("paddle", "onnx", "safetensors")
 ONNX_OPSET = 13  # the lowest opset asked for; paddle2onnx may raise it if an op needs a newer one
@@ -115,7 +118,7 @@ def eval_geometry(cfg: dict) -> tuple[int, int, list[str] | None]:
 def save_static(model: paddle.nn.Layer, prefix: str, size: int) -> dict:
     """`paddle.jit.save` with a dynamic batch and pooled SE squeezes; returns inference.yml's entry."""
     spec = paddle.static.InputSpec([None, 3, size, size], "float32", INPUT_NAME)
-    with pooled_squeezes(model):
+    with pooled_squeezes(model), filter_stderr(PADDLE_PIR_OUT):  # a known, harmless glog line (runtime.py)
         paddle.jit.save(model, prefix, input_spec=[spec])
     name = os.path.basename(prefix)
     entry: dict[str, Any] = {"model": name + ".json", "params": name + ".pdiparams"}
@@ -173,9 +176,7 @@ def save_onnx(prefix: str, path: str) -> int:
     polygraphy then pip-installs packages: "None" skips that step (the converter's own C++ graph
     optimisation still runs). With save_file=None it returns the bytes, which we write atomically.
     """
-    with warnings.catch_warnings():  # its import pulls in Paddle's cpp_extension, which warns about ccache
-        warnings.simplefilter("ignore")
-        import paddle2onnx
+    import paddle2onnx  # its ccache warning (from Paddle's cpp_extension) is filtered by senet.runtime.quiet_paddle
     try:
         with _stdout_to_stderr():
             data = paddle2onnx.export(prefix + ".json", prefix + ".pdiparams", save_file=None,
@@ -210,12 +211,21 @@ def onnx_opset(path: str) -> int:
     return max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
+def file_digests(output: str, files: dict) -> dict[str, str]:
+    """{file name: SHA-256} of every file inference.yml lists: the Predictor checks them before loading."""
+    names = [v for entry in files.values() for v in (entry.values() if isinstance(entry, dict) else [entry])
+             if isinstance(v, str)]
+    return {name: sha256_file(os.path.join(output, name)) for name in names}
+
+
 def inference_info(cfg: dict, resize: int, crop: int, classes: list[str] | None, files: dict) -> dict:
     """The contents of inference.yml (see docs/export.md)."""
     m, d = cfg["model"], cfg["data"]
     num_classes = m["num_classes"]
     if classes is not None and len(classes) != num_classes:  # fewer classes than outputs: pad with indices
         classes = classes + [str(i) for i in range(len(classes), num_classes)]
+    # ImageNet-1k models (trained here or converted, tools/convert_weights.py) get readable class names.
+    names = imagenet_names_for(classes, num_classes) if d["name"] == "imagenet" else None
     return {
         "arch": m["arch"],
         "num_classes": num_classes,
@@ -227,8 +237,8 @@ def inference_info(cfg: dict, resize: int, crop: int, classes: list[str] | None,
             "std": [float(v) for v in d["std"]],
         },
         "input": {"name": INPUT_NAME, "layout": "NCHW", "dtype": "float32", "shape": [-1, 3, crop, crop]},
-        "class_names": classes if classes is not None else [str(i) for i in range(num_classes)],
-        "class_names_from": "dataset" if classes is not None else "indices",
+        "class_names": names or classes or [str(i) for i in range(num_classes)],
+        "class_names_from": "imagenet" if names else "dataset" if classes is not None else "indices",
         "files": files,
         "source": {"config": cfg["name"], "weights": m["weights"]},
     }
@@ -265,6 +275,7 @@ def export(cfg: dict, output: str, formats: list[str] | tuple[str, ...] = FORMAT
         save_safetensors(model, os.path.join(output, SAFETENSORS_FILE), metadata=meta)
         files["safetensors"] = SAFETENSORS_FILE
     info = inference_info(cfg, resize, crop, classes, files)
+    info["sha256"] = file_digests(output, files)
     atomic_write(os.path.join(output, INFO_FILE), yaml.safe_dump(info, sort_keys=False).encode())
     return info
 

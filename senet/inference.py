@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import os
 import sys
-import warnings
 from typing import Any
 
 import numpy as np
-import yaml
 
 from senet.runtime import cpu_count, restore_threads
 
@@ -40,17 +38,163 @@ def notice(message: str) -> None:
     print(f"notice: {message}", file=sys.stderr)
 
 
-def read_info(model_dir: str) -> dict:
-    """inference.yml of an exported model, checked for the fields the Predictor needs."""
-    path = os.path.join(model_dir, INFO_FILE)
-    if not os.path.isfile(path):
-        raise ModelDirError(f"{path} not found: is {model_dir} a folder written by tools/export.py?")
-    with open(path) as f:
-        info = yaml.safe_load(f) or {}
+# Bounds of inference.yml's numbers. A crop beyond MAX_CROP (8.8 GB for a crop of 3000 at batch 16)
+# is no model this project exports; resize at most 2x the crop (ImageNet: 256 / 224 = 1.14).
+MAX_CROP = 1024
+MAX_RESIZE_RATIO = 2
+MAX_CLASSES = 1_000_000
+MAX_MODEL_JSON_BYTES = 256 << 20  # an SE-ResNet-152 graph is ~1 MB of JSON
+
+
+def _bad(path: str, key: str, problem: str) -> ModelDirError:
+    return ModelDirError(f"{path}: {key} {problem}; re-export the model with tools/export.py (or fix the file)")
+
+
+def _number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x)
+
+
+def _int_in(x: Any, lo: int, hi: int) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and lo <= x <= hi
+
+
+def _plain_name(x: Any) -> bool:
+    """A file name inside the model folder: no folder part, so inference.yml cannot point elsewhere."""
+    return isinstance(x, str) and x not in ("", ".", "..") and os.path.basename(x) == x
+
+
+def validate_info(info: Any, path: str) -> dict:
+    """inference.yml's fields, with their types and ranges; the first problem is a ModelDirError naming the key."""
+    if not isinstance(info, dict):
+        raise ModelDirError(f"{path} must hold a mapping (arch, num_classes, preprocess, ...), not "
+                            f"{type(info).__name__}; re-export the model with tools/export.py")
     missing = [k for k in ("num_classes", "preprocess", "input", "class_names", "files") if k not in info]
     if missing:
         raise ModelDirError(f"{path} lacks {', '.join(missing)}; re-export the model with tools/export.py")
+    if not _int_in(info["num_classes"], 1, MAX_CLASSES):
+        raise _bad(path, "num_classes", f"must be an integer in 1..{MAX_CLASSES:,}, not {info['num_classes']!r}")
+    pre = info["preprocess"]
+    if not isinstance(pre, dict):
+        raise _bad(path, "preprocess", "must be a mapping (resize, crop, mean, std)")
+    for key in ("resize", "crop", "mean", "std"):
+        if key not in pre:
+            raise _bad(path, f"preprocess.{key}", "is missing")
+    if not _int_in(pre["crop"], 1, MAX_CROP):
+        raise _bad(path, "preprocess.crop", f"must be an integer in 1..{MAX_CROP}, not {pre['crop']!r}")
+    if not _int_in(pre["resize"], pre["crop"], MAX_RESIZE_RATIO * pre["crop"]):
+        raise _bad(path, "preprocess.resize", f"must be an integer from crop ({pre['crop']}) to "
+                                              f"{MAX_RESIZE_RATIO}x crop, not {pre['resize']!r}")
+    if pre.get("color", "RGB") != "RGB":
+        raise _bad(path, "preprocess.color", f"must be RGB (the only order senet exports), not {pre['color']!r}")
+    for key, lo in (("mean", -1e3), ("std", 1e-6)):
+        v = pre[key]
+        if not (isinstance(v, list) and len(v) == 3 and all(_number(x) and lo <= x <= 1e3 for x in v)):
+            raise _bad(path, f"preprocess.{key}", f"must be 3 numbers in {lo:g}..1000 (one per RGB channel; "
+                                                  f"std divides), not {v!r}")
+    inp = info["input"]
+    if not isinstance(inp, dict) or not isinstance(inp.get("name"), str):
+        raise _bad(path, "input", "must be a mapping with the input tensor's name")
+    if inp.get("shape", [-1, 3, pre["crop"], pre["crop"]])[1:] != [3, pre["crop"], pre["crop"]]:
+        raise _bad(path, "input.shape", f"{inp.get('shape')!r} does not match preprocess.crop {pre['crop']}")
+    names = info["class_names"]
+    if not (isinstance(names, list) and len(names) == info["num_classes"]
+            and all(isinstance(n, (str, int, float)) and not isinstance(n, bool) for n in names)):
+        raise _bad(path, "class_names", f"must be a list of {info['num_classes']} names (num_classes)")
+    files = info["files"]
+    if not isinstance(files, dict) or not files:
+        raise _bad(path, "files", "must map formats (paddle, onnx, safetensors) to their files")
+    for fmt, keys in (("paddle", ("model", "params")), ("onnx", ("model",))):
+        if fmt in files:
+            entry = files[fmt]
+            if not isinstance(entry, dict) or not all(_plain_name(entry.get(k)) for k in keys):
+                raise _bad(path, f"files.{fmt}", f"must give {' and '.join(keys)} as file names inside the folder")
+    if "safetensors" in files and not _plain_name(files["safetensors"]):
+        raise _bad(path, "files.safetensors", "must be a file name inside the folder")
+    digests = info.get("sha256")
+    if digests is not None and not (isinstance(digests, dict) and all(
+            _plain_name(k) and isinstance(v, str) and len(v) == 64 for k, v in digests.items())):
+        raise _bad(path, "sha256", "must map file names to 64-digit SHA-256 digests")
     return info
+
+
+def read_info(model_dir: str) -> dict:
+    """inference.yml of an exported model, checked for the fields the Predictor needs, their types and ranges."""
+    from senet.config import ConfigError, safe_yaml
+    from senet.limits import regular_file_problem
+
+    path = os.path.join(model_dir, INFO_FILE)
+    problem = regular_file_problem(path)
+    if problem == "does not exist":
+        raise ModelDirError(f"{path} not found: is {model_dir} a folder written by tools/export.py?")
+    if problem:
+        raise ModelDirError(f"{path} {problem}: give a folder written by tools/export.py")
+    try:
+        with open(path, encoding="utf-8") as f:
+            info = safe_yaml(f, path)
+    except (ConfigError, UnicodeDecodeError) as e:
+        raise ModelDirError(f"{path} is not a valid inference.yml ({str(e).splitlines()[0]}); re-export the model "
+                            f"with tools/export.py") from None
+    return validate_info(info, path)
+
+
+# Loads a Paddle Inference model in a child process: a file that crashes the engine (a garbage
+# .pdmodel segfaults Paddle 3.3.1) then costs the child, and the parent reports the file by name.
+_PROBE = """import sys
+from paddle import inference
+config = inference.Config(sys.argv[1], sys.argv[2])
+config.disable_glog_info()
+config.disable_gpu()
+inference.create_predictor(config)
+"""
+
+
+def probe_paddle_model(model: str, params: str) -> None:
+    """Load a Paddle Inference model once in a subprocess; a crash or error there is a ModelDirError naming it."""
+    import signal
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-c", _PROBE, model, params], capture_output=True, text=True,
+                          timeout=600)
+    if proc.returncode == 0:
+        return
+    code = proc.returncode
+    signum = -code if code < 0 else code - 128 if code > 128 else 0
+    if signum:
+        name = signal.Signals(signum).name if signum in signal.Signals._value2member_map_ else f"signal {signum}"
+        raise ModelDirError(f"{model} crashed Paddle Inference while loading ({name}): it is not a valid Paddle "
+                            f"model (or {os.path.basename(params)} does not belong to it); re-export the model")
+    last = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()][-1:] or ["no message"]
+    raise ModelDirError(f"{model} (with {os.path.basename(params)}) could not be loaded by Paddle Inference "
+                        f"({last[0].strip()[:300]}); re-export the model with tools/export.py")
+
+
+def check_model_json(path: str) -> list | None:
+    """A PIR graph (model.json) must be a JSON object with the PIR magic before Paddle Inference sees it.
+
+    Returns the shape of its first `data` (input) op, e.g. [-1, 3, 224, 224], or None if not found.
+    """
+    import json
+
+    size = os.path.getsize(path)
+    if size > MAX_MODEL_JSON_BYTES:
+        raise ModelDirError(f"{path} is {size:,} bytes, more than the {MAX_MODEL_JSON_BYTES:,} of any graph we "
+                            f"export; re-export the model")
+    try:
+        with open(path, encoding="utf-8") as f:
+            graph = json.load(f)
+        magic = graph.get("base_code", {}).get("magic") if isinstance(graph, dict) else None
+    except (ValueError, RecursionError, AttributeError) as e:
+        raise ModelDirError(f"{path} is not a Paddle model graph (unreadable JSON: {type(e).__name__}: "
+                            f"{str(e)[:200]}); re-export the model with tools/export.py") from None
+    if magic != "pir" or not isinstance(graph.get("program"), dict):
+        raise ModelDirError(f"{path} is JSON but not a Paddle (PIR) model graph; re-export the model with "
+                            f"tools/export.py")
+    try:
+        ops = graph["program"]["regions"][0]["blocks"][0]["ops"]
+        data = next(op for op in ops if isinstance(op, dict) and op.get("#") == "1.data")
+        return next(a["AT"]["D"] for a in data["A"] if a.get("N") == "shape")
+    except (KeyError, IndexError, TypeError, StopIteration, AttributeError):
+        return None
 
 
 class Predictor:
@@ -65,6 +209,7 @@ class Predictor:
         if bf16 and engine != "paddle":
             raise ValueError("bf16 is a Paddle Inference option (oneDNN); use engine 'paddle'")
         self.model_dir, self.engine = model_dir, engine
+        self._unverified_noted = False
         self.info = read_info(model_dir)
         pre = self.info["preprocess"]
         self.resize, self.crop = int(pre["resize"]), int(pre["crop"])
@@ -85,18 +230,43 @@ class Predictor:
             self._run = self._onnxruntime(files["onnx"]["model"], device)
 
     def _file(self, name: str) -> str:
+        """The path of a file inference.yml lists: a regular file whose SHA-256 matches, where recorded."""
+        from senet.limits import regular_file_problem, sha256_file
+
         path = os.path.join(self.model_dir, name)
-        if not os.path.isfile(path):
+        problem = regular_file_problem(path)
+        if problem == "does not exist":
             raise ModelDirError(f"{path} is missing (inference.yml lists it); re-export the model with tools/export.py")
+        if problem:
+            raise ModelDirError(f"{path} {problem}; re-export the model with tools/export.py")
+        digests = self.info.get("sha256")
+        if digests is None:
+            if not self._unverified_noted:
+                notice(f"{os.path.join(self.model_dir, INFO_FILE)} has no sha256 digests (exported before they "
+                       f"were recorded): model files are loaded unverified; re-export to add them")
+                self._unverified_noted = True
+        elif name not in digests:
+            raise ModelDirError(f"{path} has no sha256 digest in inference.yml; re-export the model with "
+                                f"tools/export.py")
+        elif sha256_file(path) != digests[name]:
+            raise ModelDirError(f"{path} fails its SHA-256 check (inference.yml sha256): the file was changed or "
+                                f"damaged after export; export or copy the model again")
         return path
 
     def _paddle(self, files: dict, bf16: bool, device: str) -> Any:
-        with warnings.catch_warnings():  # paddle.inference pulls in cpp_extension, which warns about ccache
-            warnings.simplefilter("ignore")
-            import paddle
-            from paddle import inference
+        import paddle  # its ccache warning at import: dropped by senet.runtime.quiet_paddle
+        from paddle import inference
 
-        config = inference.Config(self._file(files["model"]), self._file(files["params"]))
+        model_file, params_file = self._file(files["model"]), self._file(files["params"])
+        if model_file.endswith(".json"):
+            shape = check_model_json(model_file)
+            if shape is not None:
+                self._check_input_shape(model_file, shape)
+        if not model_file.endswith(".json") or "sha256" not in self.info:
+            # Not a graph we wrote (a .pdmodel program, or no digest proves it is ours): load it once
+            # in a child process first, so a file that crashes the engine is an error, not a segfault.
+            probe_paddle_model(model_file, params_file)
+        config = inference.Config(model_file, params_file)
         config.disable_glog_info()
         config.switch_ir_optim(True)  # conv+BN folding, conv+bias+activation fusion
         # Not enable_memory_optim(): with the PIR graphs of Paddle 3.3.1 it fails ("Not find
@@ -161,13 +331,27 @@ class Predictor:
                 providers.insert(0, "CUDAExecutionProvider")
             else:
                 notice("onnxruntime has no CUDA provider here; running ONNX Runtime on the CPU")
-        session = ort.InferenceSession(self._file(filename), options, providers=providers)
+        path = self._file(filename)
+        try:
+            session = ort.InferenceSession(path, options, providers=providers)
+        except Exception as e:  # noqa: BLE001  (onnxruntime raises its own types for a bad model)
+            raise ModelDirError(f"{path} could not be loaded by ONNX Runtime ({type(e).__name__}: "
+                                f"{str(e).strip().splitlines()[0][:300]}); re-export the model") from None
         name = session.get_inputs()[0].name
+        self._check_input_shape(path, list(session.get_inputs()[0].shape))
 
         def run(batch: np.ndarray) -> np.ndarray:
             return session.run(None, {name: batch})[0]
 
         return run
+
+    def _check_input_shape(self, path: str, shape: list) -> None:
+        """The graph's own input size must be inference.yml's crop: a hand-edited crop cannot grow the batch."""
+        want = [3, self.crop, self.crop]
+        if not isinstance(shape, list) or len(shape) != 4 or [d if isinstance(d, int) and d > 0 else None
+                                                              for d in shape[1:]] not in (want, [3, None, None]):
+            raise ModelDirError(f"{path} takes input {shape} but inference.yml says [N, {', '.join(map(str, want))}] "
+                                f"(preprocess.crop {self.crop}); re-export the model with tools/export.py")
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Logits float32 [N, num_classes] of uint8 RGB images [N, crop, crop, 3] (or one [crop, crop, 3])."""

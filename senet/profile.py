@@ -138,7 +138,8 @@ def profile_model(model: nn.Layer, input_size: int = 224) -> Profile:
 
 
 def se_param_formula(model: nn.Layer) -> int:
-    """The parameters SE adds by the paper's formula: sum over blocks of 2*C*(C//r), plus biases."""
+    """The parameters SE adds by the paper's formula: sum over blocks of 2*C*h, plus biases, with h
+    each block's real hidden width: C // r, or C / r rounded to a multiple of model.se.divisor."""
     total = 0
     for layer in model.sublayers():
         if isinstance(layer, SEBlock):

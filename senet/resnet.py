@@ -40,6 +40,11 @@ class _Residual(nn.Layer):
     """
 
     placement = "standard"
+    # branch_relu: a ReLU ends the residual branch, after its last BN and before SE and the sum. Not
+    # the paper's block, nor the SENet release's (which has no basic-block models): timm's
+    # legacy_seresnet18/34 (its SEResNetBlock, trained by timm) have it, and their weights need it.
+    # He et al. 2016 ("Identity Mappings", Fig. 4c, "ReLU before addition") found it worse.
+    branch_relu = False
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         shortcut = x if self.shortcut is None else self.shortcut(x)
@@ -49,6 +54,8 @@ class _Residual(nn.Layer):
         if self.placement == "after_3x3":
             out = self.se(out)
         out = self.branch_tail(out)
+        if self.branch_relu:
+            out = F.relu(out)
         if self.placement == "standard":
             out = self.se(out)
         elif self.placement == "identity":
@@ -90,13 +97,13 @@ class BasicBlock(_Residual):
 
     def __init__(self, in_ch: int, planes: int, stride: int, attn: AttnHook, name: str, stage: int,
                  placement: str = "standard", pad_shortcut: bool = False, data_format: str = "NCHW",
-                 **_: object) -> None:
+                 branch_relu: bool = False, projection: bool = False, **_: object) -> None:
         super().__init__()
         out_ch = planes
         self.conv1 = ConvBN(in_ch, planes, 3, stride, data_format=data_format)
         self.conv2 = ConvBN(planes, planes, 3, act=False, data_format=data_format)
-        self.shortcut = _make_shortcut(in_ch, out_ch, stride, pad_shortcut, data_format)
-        self.placement = placement
+        self.shortcut = _make_shortcut(in_ch, out_ch, stride, pad_shortcut, data_format, projection)
+        self.placement, self.branch_relu = placement, branch_relu
         # For a basic block "after the 3x3" means after the first 3x3; the second is the last conv.
         self.se = attn(_se_channels(placement, in_ch, planes, out_ch), name + ".se", stage)
 
@@ -106,8 +113,9 @@ class BasicBlock(_Residual):
     def branch_tail(self, x: paddle.Tensor) -> paddle.Tensor:
         return self.conv2(x)
 
-    def last_bn(self) -> nn.Layer:
-        return self.conv2[1]
+    def zero_init_last(self) -> None:
+        """Zero the last BN's gamma: the branch then outputs 0 and the block starts as its shortcut."""
+        nn.initializer.Constant(0.0)(self.conv2[1].weight)
 
 
 class Bottleneck(_Residual):
@@ -123,7 +131,8 @@ class Bottleneck(_Residual):
 
     def __init__(self, in_ch: int, planes: int, stride: int, attn: AttnHook, name: str, stage: int,
                  placement: str = "standard", groups: int = 1, width_per_group: int = 64,
-                 stride_in_1x1: bool = True, data_format: str = "NCHW", **_: object) -> None:
+                 stride_in_1x1: bool = True, data_format: str = "NCHW", branch_relu: bool = False,
+                 **_: object) -> None:
         super().__init__()
         width = int(planes * width_per_group / 64) * groups
         out_ch = planes * self.expansion
@@ -132,7 +141,7 @@ class Bottleneck(_Residual):
         self.conv2 = ConvBN(width, width, 3, s3, groups=groups, data_format=data_format)
         self.conv3 = ConvBN(width, out_ch, 1, act=False, data_format=data_format)
         self.shortcut = _make_shortcut(in_ch, out_ch, stride, False, data_format)
-        self.placement = placement
+        self.placement, self.branch_relu = placement, branch_relu
         self.se = attn(_se_channels(placement, in_ch, width, out_ch), name + ".se", stage)
 
     def branch_head(self, x: paddle.Tensor) -> paddle.Tensor:
@@ -141,8 +150,9 @@ class Bottleneck(_Residual):
     def branch_tail(self, x: paddle.Tensor) -> paddle.Tensor:
         return self.conv3(x)
 
-    def last_bn(self) -> nn.Layer:
-        return self.conv3[1]
+    def zero_init_last(self) -> None:
+        """Zero the last BN's gamma: the branch then outputs 0 and the block starts as its shortcut."""
+        nn.initializer.Constant(0.0)(self.conv3[1].weight)
 
 
 class PreActBottleneck(nn.Layer):
@@ -150,7 +160,9 @@ class PreActBottleneck(nn.Layer):
 
     There is no BN after the last conv, so "after the last BN" becomes "after the last conv";
     nothing follows the sum, so SE-POST acts on the sum itself. A projection shortcut reads the
-    pre-activated input, as in the authors' code.
+    pre-activated input, as in the authors' code. SE-PRE sits at the head of the branch, after the
+    block's BN-ReLU and before the first conv: as in the other blocks, the shortcut is not scaled,
+    and the BN-ReLU that a projection shortcut shares with the branch runs once.
     """
 
     expansion = 4
@@ -170,11 +182,9 @@ class PreActBottleneck(nn.Layer):
         self.se = attn(_se_channels(placement, in_ch, planes, out_ch), name + ".se", stage)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        if self.placement == "pre":
-            x = self.se(x)
         pre = self.preact(x)
         shortcut = x if self.shortcut is None else self.shortcut(pre)
-        out = self.conv2(self.conv1(pre))
+        out = self.conv2(self.conv1(self.se(pre) if self.placement == "pre" else pre))
         if self.placement == "after_3x3":
             out = self.se(out)
         out = self.conv3(out)
@@ -187,9 +197,21 @@ class PreActBottleneck(nn.Layer):
             out = self.se(out)
         return out
 
+    def zero_init_last(self) -> None:
+        """Zero the last conv's weight: the branch then outputs 0 and the block starts as its shortcut.
 
-def _make_shortcut(in_ch: int, out_ch: int, stride: int, pad: bool, data_format: str) -> nn.Layer | None:
-    if stride == 1 and in_ch == out_ch:
+        Here the branch ends in BN -> ReLU -> conv, with no BN after the conv. Zeroing that inner
+        BN's gamma instead would also give 0, but its ReLU would then see 0 and pass no gradient, to
+        gamma or to the conv, so the branch would stay dead. A zero conv weight still gets a gradient
+        (its input is not 0) and the branch learns from the first step, as in Goyal et al.
+        """
+        nn.initializer.Constant(0.0)(self.conv3[2].weight)
+
+
+def _make_shortcut(in_ch: int, out_ch: int, stride: int, pad: bool, data_format: str,
+                   projection: bool = False) -> nn.Layer | None:
+    """Identity where the shapes match (unless `projection`), else a parameter-free pad or a 1x1 conv + BN."""
+    if stride == 1 and in_ch == out_ch and not projection:
         return None
     if pad:
         return PadShortcut(in_ch, out_ch, stride, data_format)
@@ -199,34 +221,48 @@ def _make_shortcut(in_ch: int, out_ch: int, stride: int, pad: bool, data_format:
 class ResNet(nn.Layer):
     """Stem, stages `layer1..layerN`, global average pool, `fc`.
 
-    stem="imagenet": 7x7/2 conv, BN, ReLU, 3x3/2 max pool, widths 64-128-256-512.
+    stem="imagenet": 7x7/2 conv, BN, ReLU, 3x3/2 max pool, widths 64-128-256-512. The pool
+      (stem_pool) is "caffe": no padding, output size rounded up, as in Caffe and so in the original
+      ResNet and the SENet authors' release (timm's legacy_se* weights); or "pytorch": padding 1,
+      as in Torch's ResNeXt, torchvision, timm and PaddleClas. At even sizes both give the same
+      output size but different windows: the caffe pool never sees the zero-padded border.
     stem="cifar":    3x3 conv (with BN-ReLU unless pre-activation), widths 16-32-64.
     """
 
     def __init__(self, block: type, layers: Sequence[int], num_classes: int = 1000, stem: str = "imagenet",
                  attn: AttnHook | None = None, placement: str = "standard", groups: int = 1,
                  width_per_group: int = 64, stride_in_1x1: bool = True, zero_init_residual: bool = False,
-                 data_format: str = "NCHW") -> None:
+                 data_format: str = "NCHW", stem_pool: str = "caffe", branch_relu: bool = False,
+                 first_block_projection: bool = False) -> None:
         super().__init__()
         attn = attn or se_factory(None)
         preact = block is PreActBottleneck
         self.data_format = data_format
+        self.stem_pool = stem_pool if stem == "imagenet" else None  # read by checkpoint.check_stem_era
         if stem == "imagenet":
             widths, in_ch = (64, 128, 256, 512), 64
-            self.stem = nn.Sequential(ConvBN(3, 64, 7, 2, data_format=data_format),
-                                      nn.MaxPool2D(3, 2, 1, data_format=data_format))
+            pool = (nn.MaxPool2D(3, 2, 0, ceil_mode=True, data_format=data_format) if stem_pool == "caffe"
+                    else nn.MaxPool2D(3, 2, 1, data_format=data_format))
+            self.stem = nn.Sequential(ConvBN(3, 64, 7, 2, data_format=data_format), pool)
         else:
             widths, in_ch = (16, 32, 64), 16
             self.stem = (conv2d(3, 16, 3, data_format=data_format) if preact
                          else ConvBN(3, 16, 3, data_format=data_format))
         block_kw = dict(placement=placement, groups=groups, width_per_group=width_per_group,
-                        stride_in_1x1=stride_in_1x1, pad_shortcut=stem == "cifar", data_format=data_format)
+                        stride_in_1x1=stride_in_1x1, pad_shortcut=stem == "cifar", data_format=data_format,
+                        branch_relu=branch_relu)
         self.stages = []
         for i, (planes, n) in enumerate(zip(widths, layers)):
             blocks = []
             for j in range(n):
                 stride = 2 if (j == 0 and i > 0) else 1
-                blocks.append(block(in_ch, planes, stride, attn, f"layer{i + 1}.{j}", i + 1, **block_kw))
+                # first_block_projection: a 1x1 conv + BN shortcut on the first block of stage 1 even
+                # though its shapes match. The original ResNet has an identity there; PaddleClas's
+                # ResNet18/34 have this projection (its use_first_short_conv, on by default), and
+                # their weights need it. Bottleneck nets have a projection there anyway (64 -> 256).
+                projection = first_block_projection and i == 0 and j == 0
+                blocks.append(block(in_ch, planes, stride, attn, f"layer{i + 1}.{j}", i + 1, projection=projection,
+                                    **block_kw))
                 in_ch = planes * block.expansion
             stage = nn.Sequential(*blocks)
             setattr(self, f"layer{i + 1}", stage)
@@ -261,10 +297,10 @@ def _init_weights(model: nn.Layer, zero_init_residual: bool) -> None:
     bound = 1.0 / math.sqrt(model.fc.weight.shape[0])
     nn.initializer.Uniform(-bound, bound)(model.fc.weight)
     nn.initializer.Uniform(-bound, bound)(model.fc.bias)
-    if zero_init_residual:  # Goyal et al.: each block starts as the identity. Not for pre-activation.
+    if zero_init_residual:  # Goyal et al.: every block's residual branch starts at 0, the block as its shortcut
         for layer in model.sublayers():
-            if isinstance(layer, (BasicBlock, Bottleneck)):
-                nn.initializer.Constant(0.0)(layer.last_bn().weight)
+            if isinstance(layer, (BasicBlock, Bottleneck, PreActBottleneck)):
+                layer.zero_init_last()
 
 
 @dataclass(frozen=True)
@@ -275,6 +311,9 @@ class Arch:
     groups: int = 1
     width_per_group: int = 64
     stride_in_1x1: bool = True  # each architecture's original placement; see Bottleneck
+    # The original's stem pool (see ResNet): Caffe's for ResNet (He et al.'s release, and the SENet
+    # release for SE-ResNet and SE-ResNeXt alike), Torch's padded one for ResNeXt (Xie et al.'s release).
+    stem_pool: str = "caffe"
 
 
 # The one table of architectures. `se_<name>` is the same network with SE blocks.
@@ -284,8 +323,10 @@ MODELS: dict[str, Arch] = {
     "resnet50": Arch(Bottleneck, (3, 4, 6, 3)),
     "resnet101": Arch(Bottleneck, (3, 4, 23, 3)),
     "resnet152": Arch(Bottleneck, (3, 8, 36, 3)),
-    "resnext50_32x4d": Arch(Bottleneck, (3, 4, 6, 3), groups=32, width_per_group=4, stride_in_1x1=False),
-    "resnext101_32x4d": Arch(Bottleneck, (3, 4, 23, 3), groups=32, width_per_group=4, stride_in_1x1=False),
+    "resnext50_32x4d": Arch(Bottleneck, (3, 4, 6, 3), groups=32, width_per_group=4, stride_in_1x1=False,
+                            stem_pool="pytorch"),
+    "resnext101_32x4d": Arch(Bottleneck, (3, 4, 23, 3), groups=32, width_per_group=4, stride_in_1x1=False,
+                             stem_pool="pytorch"),
     # CIFAR: 6n+2 layers of basic blocks (He et al. 2015, Section 4.2), 9n+2 pre-activation bottlenecks.
     "resnet20": Arch(BasicBlock, (3, 3, 3), stem="cifar"),
     "resnet32": Arch(BasicBlock, (5, 5, 5), stem="cifar"),
@@ -311,16 +352,28 @@ def known_arch(name: str) -> str:
 
 def create_model(arch: str, num_classes: int = 1000, se: SEOptions | None = None,
                  stride_in_1x1: bool | None = None, zero_init_residual: bool = False,
-                 data_format: str = "NCHW") -> nn.Layer:
+                 data_format: str = "NCHW", stem_pool: str | None = None, branch_relu: bool = False,
+                 first_block_projection: bool = False) -> nn.Layer:
     """Build `arch` (a MODELS key, optionally prefixed `se_`, or `ppim.<name>`).
 
     `se` tunes the SE blocks of an `se_` model and is ignored (must be None or default) otherwise.
+    `stride_in_1x1` and `stem_pool` left None follow the architecture's original (MODELS); they
+    depend on the base architecture only, so a model and its se_ twin always get the same ones.
     """
     known_arch(arch)
     if arch.startswith("ppim."):
         return _create_ppim(arch[5:], num_classes)
     use_se = arch.startswith("se_")
     spec = MODELS[arch[3:] if use_se else arch]
+    if stem_pool is not None and spec.stem != "imagenet":
+        raise ValueError(f"model.stem_pool={stem_pool}: {arch} has a CIFAR stem without a pool; leave it unset")
+    if stem_pool not in (None, "caffe", "pytorch"):
+        raise ValueError(f"model.stem_pool: {stem_pool!r} is not one of caffe, pytorch")
+    if first_block_projection and spec.stem != "imagenet":
+        raise ValueError(f"model.first_block_projection: {arch} has a CIFAR stem with parameter-free shortcuts; "
+                         f"leave it false")
+    if branch_relu and spec.block is PreActBottleneck:
+        raise ValueError(f"model.branch_relu: {arch}'s pre-activation blocks end in a bare conv; leave it false")
     options = (se or SEOptions()) if use_se else None
     if options is not None and options.stages is not None:
         bad = [s for s in options.stages if not 1 <= s <= len(spec.layers)]
@@ -331,15 +384,13 @@ def create_model(arch: str, num_classes: int = 1000, se: SEOptions | None = None
                   placement=options.placement if options else "standard",
                   groups=spec.groups, width_per_group=spec.width_per_group,
                   stride_in_1x1=spec.stride_in_1x1 if stride_in_1x1 is None else stride_in_1x1,
-                  zero_init_residual=zero_init_residual, data_format=data_format)
+                  zero_init_residual=zero_init_residual, data_format=data_format,
+                  stem_pool=spec.stem_pool if stem_pool is None else stem_pool, branch_relu=branch_relu,
+                  first_block_projection=first_block_projection)
 
 
 def _create_ppim(name: str, num_classes: int) -> nn.Layer:
-    import warnings
-
-    with warnings.catch_warnings():  # ppim's import pulls in Paddle's cpp_extension, which warns about ccache
-        warnings.simplefilter("ignore")
-        import ppim
+    import ppim  # it pulls in Paddle's cpp_extension, whose ccache warning senet.runtime.quiet_paddle drops
     factory = getattr(ppim, name, None)
     names = [n for group in ppim.models_dict.values() for n in group] if hasattr(ppim, "models_dict") else []
     if not callable(factory) or (names and name not in names):
@@ -369,4 +420,7 @@ def build_model(cfg: dict) -> nn.Layer:
         se_cfg["stages"] = tuple(se_cfg["stages"])
     return create_model(m["arch"], num_classes=m["num_classes"], se=SEOptions(**se_cfg),
                         stride_in_1x1=m["stride_in_1x1"], zero_init_residual=m["zero_init_residual"],
-                        data_format=cfg.get("train", {}).get("data_format", "NCHW"))
+                        data_format=cfg.get("train", {}).get("data_format", "NCHW"),
+                        # absent from configs saved before they existed: today's network
+                        stem_pool=m.get("stem_pool"), branch_relu=m.get("branch_relu", False),
+                        first_block_projection=m.get("first_block_projection", False))

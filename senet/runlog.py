@@ -6,11 +6,63 @@ terminal; under CI or nohup they fall back to one log line every `train.log_ever
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import time
 
 from senet import checkpoint as ckpt
+
+
+class RunFolderError(RuntimeError):
+    """The run folder cannot take the run's files; the message says why and what to do."""
+
+
+def os_error_fix(e: OSError, elsewhere: bool = True) -> str:
+    """The fix for a failed write, by what really happened: a full disk is not a permission problem.
+    With `elsewhere`, it also offers another output_dir (not for files that must go beside `last`)."""
+    writable = "Make the folder writable for this user"
+    fixes = {errno.ENOSPC: "Free disk space", errno.EDQUOT: "Free disk space (you are over quota)",
+             errno.EACCES: writable, errno.EPERM: writable,
+             errno.EROFS: "The file system is read-only: remount it read-write",
+             errno.EISDIR: "A folder stands where the file goes: move it away",
+             errno.ENOTDIR: "A file stands where a folder goes: move it away",
+             errno.EEXIST: "A file stands where a folder goes: move it away",
+             errno.EIO: "The disk reported an I/O error: check it (dmesg)",
+             errno.ENAMETOOLONG: "Shorten the path"}
+    fix = fixes.get(e.errno, "Fix the path")
+    return f"{fix} or set -o output_dir=PATH" if elsewhere else fix
+
+
+def check_run_folder(output_dir: str) -> None:
+    """Before anything is built: output_dir exists (or is created) and takes new files, so does its
+    checkpoints/ folder if there is one (a new one made by the first save is ours, hence writable; not
+    making it here keeps a refused run's folder as it was), and no folder stands where the run writes
+    a file at start or at a checkpoint.
+
+    metrics.json and model.safetensors, written once at the end, are not checked here: a failed final
+    write keeps the trained state in `last`, and its message says how to write them again.
+    """
+    checkpoints = os.path.join(output_dir, "checkpoints")
+    for folder, what in ((output_dir, "output_dir"), (checkpoints, "the checkpoint folder")):
+        if folder == checkpoints and not os.path.lexists(checkpoints):
+            break
+        probe = os.path.join(folder, f".write_test.{os.getpid()}")
+        try:
+            os.makedirs(folder, exist_ok=True)
+            with open(probe, "w") as f:
+                f.write("ok")
+            os.remove(probe)
+        except OSError as e:
+            raise RunFolderError(f"{what} '{folder}' is not writable ({e.strerror or e}). {os_error_fix(e)}") from None
+    written = [os.path.join(output_dir, n) for n in ("train.log", "config.yaml")]
+    if os.path.isdir(checkpoints):
+        written += [os.path.join(checkpoints, n) for n in sorted(os.listdir(checkpoints)) if n.endswith(".pdparams")]
+    for path in written:
+        if os.path.lexists(path) and not os.path.isfile(path):
+            kind = "a folder" if os.path.isdir(path) else "not a regular file"
+            raise RunFolderError(f"{path} is {kind}, where the run writes its file; move it away "
+                                 f"or set -o output_dir=PATH")
 
 
 class RunLogger:
@@ -104,9 +156,9 @@ class RunLogger:
         try:
             ckpt.save_checkpoint(path, state.to_checkpoint())
         except OSError as e:
-            kept = f"the previous {path} is intact" if os.path.exists(path) else "no earlier checkpoint exists"
+            kept = f"the previous {path} is intact" if os.path.isfile(path) else "no earlier checkpoint exists"
             raise ckpt.CheckpointError(f"could not write checkpoint {path} ({e.strerror or e}); {kept}. "
-                                       f"Free disk space or set -o output_dir=PATH") from e
+                                       f"{os_error_fix(e)}") from e
         self.last_saved = path
         if keep_last:
             self._prune(keep_last)

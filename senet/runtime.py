@@ -12,18 +12,113 @@ Call `setup_cpu(threads)` before the first Paddle op, ideally before `import pad
   step (batch 8) takes ~5.7k page faults and 0.03 s of kernel time instead of ~33k and 0.15 s
   (~2% of the step; below the noise of wall-clock timing on a shared machine), and batch-1
   inference has no page faults either way. The cost: freed memory stays in the process.
+
+It also keeps four known Paddle start-up messages out of every tool's output (`quiet_paddle`,
+`filter_stderr`); each is filtered where it is made, and everything else Paddle prints still shows.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import importlib.abc
+import importlib.machinery
+import importlib.util
 import os
 import sys
+import threading
+import types
+import warnings
+from collections.abc import Iterator
 
 _configured_threads: int | None = None  # what setup_cpu chose, for restore_threads
 
 _M_TRIM_THRESHOLD = -1  # glibc mallopt parameter numbers (malloc.h)
 _M_MMAP_THRESHOLD = -3
+
+
+# Paddle 3.3.1's Python warnings that tell a user of this project nothing:
+# - cpp_extension looks for ccache at import, for building custom C++ ops, which we never do;
+# - every BatchNorm forward in training mode says it tracks global statistics (its only mode).
+PADDLE_WARNINGS = ("No ccache found", "When training, we now always track global mean and variance")
+# Lines Paddle writes straight to stderr (a print, or glog from C++), matched as substrings:
+# - `import paddle` with OMP_NUM_THREADS > 1 warns about data parallel and OpenBlas, but setup_cpu
+#   sets the thread count on purpose (Paddle's wheel uses MKL, not OpenBlas; one process per rank
+#   gets its share of the cores);
+PADDLE_OMP_NOTICE = ("OMP_NUM_THREADS set to", "PLEASE USE OMP_NUM_THREADS WISELY.")
+# - paddle.jit.save logs from C++ (glog), once per process, that PIR takes no `out=` tensor: seen
+#   when it traces a `+` or a `mean`, which our code calls without one; the saved graph is whole
+#   (tests/test_export.py checks its outputs against dygraph).
+PADDLE_PIR_OUT = ("Paddle static graph(PIR) not support input out tensor",)
+
+
+def quiet_paddle() -> None:
+    """Ignore PADDLE_WARNINGS, raised from Paddle's own modules only. Run by `import senet`."""
+    for message in PADDLE_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=UserWarning, module=r"paddle\.")
+
+
+@contextlib.contextmanager
+def filter_stderr(drop: tuple[str, ...]) -> Iterator[None]:
+    """Drop the lines that contain one of `drop` from file descriptor 2 for the `with` body; keep all others.
+
+    At the descriptor, not sys.stderr, so C++ (glog) lines are caught too: fd 2 goes into a pipe
+    whose lines a thread copies to the real stderr, in order; the body's end waits for the last one.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    read_end, write_end = os.pipe()
+
+    def copy_lines() -> None:
+        with os.fdopen(read_end, "rb") as pipe:
+            for line in pipe:  # a last line without "\n" arrives at the end too
+                if not any(d.encode() in line for d in drop):
+                    os.write(saved, line)
+
+    copier = threading.Thread(target=copy_lines, name="filter_stderr", daemon=True)
+    copier.start()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)  # closes the pipe's last write end: the copier reads to the end and stops
+        copier.join()
+        os.close(saved)
+
+
+class _QuietPaddleLoader(importlib.abc.Loader):
+    """Runs paddle's own loader with PADDLE_OMP_NOTICE dropped from stderr; the module keeps the real loader."""
+
+    def __init__(self, loader: importlib.abc.Loader) -> None:
+        self.loader = loader
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType | None:
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        module.__loader__ = module.__spec__.loader = self.loader
+        with filter_stderr(PADDLE_OMP_NOTICE):
+            self.loader.exec_module(module)
+
+
+class _QuietPaddleImport(importlib.abc.MetaPathFinder):
+    """The first `import paddle` after setup_cpu, wherever it happens, goes through _QuietPaddleLoader.
+
+    A finder rather than importing paddle in setup_cpu: some processes that set the threads never
+    import paddle (tools/infer.py --engine onnxruntime, the ONNX Runtime memory probe of make bench),
+    and must not carry its start-up time and resident memory.
+    """
+
+    def find_spec(self, name: str, path: object = None, target: object = None) -> importlib.machinery.ModuleSpec | None:
+        if name != "paddle":
+            return None
+        sys.meta_path.remove(self)  # one import only; the real finders answer from here on
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _QuietPaddleLoader(spec.loader)
+        return spec
 
 
 def cpu_count() -> int:
@@ -49,7 +144,8 @@ def tune_malloc() -> bool:
 
 def setup_cpu(threads: int = 0) -> int:
     """Use `threads` CPU threads (0 = all cores, shared out among the ranks that
-    paddle.distributed.launch started on this machine) and tune the allocator. Returns the count."""
+    paddle.distributed.launch started on this machine), tune the allocator, then import paddle
+    without its OMP_NUM_THREADS notice (when it is imported, see _QuietPaddleImport). Returns the count."""
     local_ranks = int(os.environ.get("PADDLE_LOCAL_SIZE", "1") or 1)
     n = threads if threads > 0 else max(1, cpu_count() // local_ranks)
     global _configured_threads
@@ -61,6 +157,8 @@ def setup_cpu(threads: int = 0) -> int:
         import paddle
 
         paddle.base.core.set_num_threads(n)
+    elif not any(isinstance(f, _QuietPaddleImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _QuietPaddleImport())  # the notice OMP_NUM_THREADS > 1 causes, at import
     return n
 
 

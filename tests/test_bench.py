@@ -153,7 +153,8 @@ def test_models_alternate_and_ratios_pair_rounds():
     tasks = [Task(ModelSpec(n, "resnet20", {}), "infer", "dygraph", FP32, 4,
                   (lambda n=n: order.append(n) or np.zeros(1))) for n in "ABC"]
     run_alternating(tasks, calls=2, per_call=False, warmup_rounds=1, repeats=3)
-    assert order == list("AABBCC") + list("AABBCC") * 3  # warm-up, then A B C in turns
+    # warm-up, then A B C in turns, reversed every other round
+    assert order == list("AABBCC") + list("AABBCC") + list("CCBBAA") + list("AABBCC")
     assert all(len(t.rounds) == 3 and len(t.rounds[0]) == 1 for t in tasks)
     plain = Task(spec, "infer", "dygraph", FP32, 4, rounds=[[1.0], [2.0], [1.0]])
     se = Task(ModelSpec("b", "se_resnet20", {}, reduction=16, plain="a"), "infer", "dygraph", FP32, 4,
@@ -164,6 +165,85 @@ def test_models_alternate_and_ratios_pair_rounds():
     assert r["latency_ms"] == pytest.approx(1300)
     latency = Task(spec, "latency", "dygraph", FP32, 1, rounds=[[0.1, 0.3, 0.2]])
     assert task_record(latency, latency, 32, default_options(), "cpu", 2, 3)["latency_ms"] == pytest.approx(200)
+
+
+def test_interleaved_latency_takes_turns_call_by_call_and_reverses_rounds():
+    """Dygraph latency (per_call with interleave_calls): A B C per call, C B A per call in odd rounds."""
+    order: list[str] = []
+    tasks = [Task(ModelSpec(n, "resnet20", {}), "latency", "dygraph", FP32, 1,
+                  (lambda n=n: order.append(n) or np.zeros(1))) for n in "ABC"]
+    run_alternating(tasks, calls=2, per_call=True, warmup_rounds=1, repeats=3, interleave_calls=True)
+    warmup = list("AABBCC")  # each model's warm-up round on its own
+    assert order == warmup + list("ABCABC") + list("CBACBA") + list("ABCABC")
+    assert all(len(t.rounds) == 3 and all(len(r) == 2 for r in t.rounds) for t in tasks)
+    order.clear()  # the exported engines keep a model's calls together, in the same alternating order
+    run_alternating(tasks, calls=2, per_call=True, warmup_rounds=0, repeats=2, interleave_calls=False)
+    assert order == list("AABBCC") + list("CCBBAA")
+
+
+def test_interleaved_rounds_keep_each_models_own_samples(monkeypatch):
+    """Samples land on the task that made them, also in the reversed rounds: A's calls take 1 s, B's 2 s."""
+    import senet.bench as bench
+
+    now = [0.0]
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: now[0])  # a clock that only the calls move
+
+    def call(seconds):
+        now[0] += seconds
+        return np.zeros(1)
+
+    tasks = [Task(ModelSpec(n, "resnet20", {}), "latency", "dygraph", FP32, 1, (lambda s=s: call(s)))
+             for n, s in (("A", 1.0), ("B", 2.0))]
+    run_alternating(tasks, calls=3, per_call=True, warmup_rounds=0, repeats=2, interleave_calls=True)
+    assert tasks[0].rounds == [[1.0] * 3, [1.0] * 3] and tasks[1].rounds == [[2.0] * 3, [2.0] * 3]
+
+
+def test_speedup_compares_the_same_precision_only():
+    """On a GPU: exported fp32 NCHW is set against fp32 dygraph, never AMP dygraph; no fp32 dygraph, no figure."""
+    base = {"sweep": False, "reference": False, "gmacs": None, "reduction": None, "overhead_vs_plain": 1.0,
+            "plain_model": None, "name": "resnet50", "mode": "latency"}
+    amp = dict(base, engine="dygraph", precision="amp-O1-float16", data_format="NCHW", latency_ms=5.0)
+    amp_nhwc = dict(amp, data_format="NHWC", latency_ms=4.0)
+    exported = dict(base, engine="paddle_inference", precision="fp32", data_format="NCHW", latency_ms=10.0)
+    assert summary([amp, amp_nhwc, exported])["engine_speedup"] == {}  # the AMP records come first
+    fp32 = dict(amp, precision="fp32", latency_ms=30.0)
+    fp32_nhwc = dict(fp32, data_format="NHWC", latency_ms=20.0)
+    s = summary([amp, fp32_nhwc, amp_nhwc, fp32, exported])["engine_speedup"]
+    assert s == {"latency, resnet50, paddle_inference fp32 NCHW over dygraph fp32 NCHW": 3.0}
+
+
+def test_gpu_run_without_fp32_dygraph_says_there_is_no_speedup():
+    from senet.bench import resolve_variants
+
+    notices: list[str] = []
+    opts = default_options()
+    opts.dtypes = ["float16"]  # bfloat16 would ask the (absent) GPU whether it supports it
+    variants = resolve_variants(opts, True, notices)
+    assert FP32 not in variants and any("no speed-up over dygraph" in n for n in notices)
+    notices.clear()
+    opts.amp = ["none", "O1"]
+    assert FP32 in resolve_variants(opts, True, notices) and notices == []
+
+
+def test_bench_options_threads_sets_the_run(monkeypatch, tmp_path):
+    """BenchOptions.threads decides Paddle's thread count and what the run records."""
+    import paddle
+
+    import senet.bench as bench
+    from senet.runtime import cpu_count, setup_cpu
+
+    calls: list[int] = []
+    real = paddle.base.core.set_num_threads
+    monkeypatch.setattr(paddle.base.core, "set_num_threads", lambda n: calls.append(n) or real(n))
+    monkeypatch.setattr(bench, "on_gpu", lambda: False)
+    try:
+        run = bench.Run(bench.BenchOptions(configs=["resnet18"], reference=False, reductions=[], threads=1,
+                                           out_root=str(tmp_path)), lambda s: None)
+        assert run.threads == 1 and run.env["threads"] == 1 and os.environ["OMP_NUM_THREADS"] == "1"
+        assert calls == [1] and "with 1 threads" in run.notices[0]
+    finally:
+        setup_cpu(0)  # back to the test process's setting
+    assert calls[-1] == cpu_count()
 
 
 def test_summary_figures():
@@ -185,5 +265,5 @@ def test_summary_figures():
     s = summary(records)
     assert s["train_ratio"] == {"se_resnet50 r=16, dygraph": 1.04}  # not the sweep's r=2
     assert s["parity"] == {"train, resnet50 / paddle.vision resnet50, dygraph": 1.01}
-    assert s["engine_speedup"] == {"latency, resnet50, paddle_inference": 2.5}
+    assert s["engine_speedup"] == {"latency, resnet50, paddle_inference fp32 NCHW over dygraph fp32 NCHW": 2.5}
     assert s["gmacs_increase"]["se_resnet50 r=16"] == pytest.approx(3.87 / 3.86 - 1)

@@ -71,3 +71,49 @@ def test_compare_errors_are_clear(tmp_path):
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"model": {"archh": "resnet50"}}))
     proc = run_compare("-c", str(tmp_path / "bad.yaml"))
     assert proc.returncode == 2 and "Did you mean 'model.arch'" in proc.stderr
+
+
+def test_runs_that_stopped_before_their_first_evaluation_get_a_dash_and_a_footnote(tmp_path):
+    from senet.config import dump_config, load_config
+
+    stopped = tmp_path / "stopped"  # a real run that train.max_steps stopped before its first evaluation
+    train = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "train.py"), "-c",
+                            "configs/demo/se_resnet20_digits.yaml", "-o", "name=early", "data.name=synthetic",
+                            "data.image_size=16", "data.eval_crop=16", "data.synthetic_train_size=64",
+                            "data.synthetic_val_size=16", "data.batch_size=16", "model.num_classes=4",
+                            "train.max_steps=2", f"output_dir={stopped}"], cwd=ROOT, capture_output=True, text=True,
+                           timeout=300)
+    assert train.returncode == 0, train.stderr
+    assert json.loads((stopped / "metrics.json").read_text())["best"] is None
+    killed = tmp_path / "killed"  # killed before it wrote metrics.json: a config and nothing else
+    good = tmp_path / "good"
+    for run, name in ((killed, "early"), (good, "good")):
+        cfg = load_config(os.path.join(ROOT, "configs", "resnet50.yaml"),
+                          ["model.arch=se_resnet20", "model.num_classes=10", f"name={name}", "data.eval_crop=32"])
+        dump_config(cfg, str(run / "config.yaml"))
+    (good / "metrics.json").write_text(json.dumps({"best": {"top1": 93.5, "top5": 99.0, "epoch": 3}, "finished": True,
+                                                   "global_step": 30, "train_images_per_s": 100.0}))
+    runs = [str(stopped), str(killed), str(good)]
+    rows = {r["name"]: r for r in json.loads(run_compare("--runs", *runs, "--format", "json").stdout)}
+    assert rows["good"]["top1"] == 93.5 and rows["good"]["notes"] == []
+    assert rows["early"]["top1"] is None and rows["early"]["runs"] == 0
+    assert rows["early"]["notes"] == [f"{stopped}: stopped by train.max_steps at step 2, before its first evaluation: "
+                                      f"no accuracy", f"{killed}: no metrics.json (still running, or killed before "
+                                      f"it could write one): no accuracy"]
+    for fmt in ("table", "md"):
+        proc = run_compare("--runs", *runs, "--format", fmt)
+        assert proc.returncode == 0, proc.stderr
+        lines = {line.strip("| ").split()[0]: line for line in proc.stdout.splitlines() if line.strip("| ")}
+        assert "- [1]" in lines["early"] and "93.50" in lines["good"] and "[" not in lines["good"]
+        assert f"[1] {stopped}: stopped by train.max_steps at step 2" in proc.stdout
+
+
+def test_paper_figures_only_beside_the_papers_network():
+    from senet.compare import paper_reference
+    from senet.config import validate
+
+    base = {"model": {"arch": "se_resnet50", "num_classes": 1000}}
+    assert paper_reference(validate(base)) is not None
+    for extra in ({"se": {"divisor": 8}}, {"branch_relu": True}, {"se": {"reduction": 8}}):
+        cfg = validate({"model": {**base["model"], **extra}})
+        assert paper_reference(cfg) is None, extra

@@ -1,4 +1,5 @@
-"""The trainer end to end through tools/train.py and tools/eval.py, as a user runs them."""
+"""The trainer end to end through tools/train.py and tools/eval.py, as a user runs them; the non-finite-loss
+policies in-process, where a NaN and a loss scaler's overflow can be injected on a CPU."""
 
 import json
 import math
@@ -9,6 +10,7 @@ import sys
 import time
 
 import numpy as np
+import paddle
 import pytest
 
 from senet.config import load_config
@@ -44,11 +46,14 @@ def test_training_run_writes_everything_and_lowers_the_loss(tmp_path):
     out = tmp_path / "run"
     proc = train(out, "train.epochs=6", "data.name=digits", "data.image_size=32", "data.eval_crop=32",
                  "data.batch_size=64", "train.log_every=5", "train.max_steps=30", "model.num_classes=10")
-    assert "best val top-1" not in proc.stderr
+    # An unfinished run says where train.max_steps stopped it and what it wrote, not a finished run's summary.
+    assert not [line for line in proc.stdout.splitlines() if line.startswith("best val top-1")]
+    assert "stopped at train.max_steps=30 (step 30, epoch 2/6, batch 8; best val top-1 so far" in proc.stdout
+    assert f"{out} holds checkpoints/last.pdparams, checkpoints/best.pdparams and metrics.json" in proc.stdout
     names = set(os.listdir(out))
     assert {"config.yaml", "train.log", "metrics.json", "vdl", "checkpoints"} <= names
     metrics = read_json(out / "metrics.json")
-    assert metrics["finished"] is False and metrics["global_step"] == 30  # stopped by train.max_steps
+    assert metrics["finished"] is False and metrics["global_step"] == 30 and metrics["stopped_by"] == "max_steps"
     losses = [float(line.split("loss ")[1].split()[0]) for line in proc.stdout.splitlines() if ": loss " in line]
     assert len(losses) >= 5 and losses[-1] < 0.8 * losses[0], losses
     log = (out / "train.log").read_text()
@@ -77,7 +82,7 @@ def test_full_run_checkpoints_metrics_safetensors_and_eval(tmp_path):
     assert "ema_eval_top1" in metrics["history"][-1]
     final = metrics["final"]
     # tools/eval.py on the checkpoint and on the safetensors export gives the trainer's own final numbers.
-    common = ["-c", "configs/demo/se_resnet20_digits.yaml", "-o", *TINY]
+    common = ["-c", "configs/demo/se_resnet20_digits.yaml", "-o", *TINY, f"output_dir={out}"]  # --json writes there
     for weights in (out / "checkpoints" / "last.pdparams", out / "model.safetensors"):
         result = json.loads(run_tool("eval.py", *common, f"model.weights={weights}", "--json").stdout)
         assert result["images"] == 24
@@ -141,6 +146,9 @@ def test_resume_into_another_model_names_the_mismatch(tmp_path):
     out = tmp_path / "run"
     train(out, "train.epochs=1")
     proc = train(out, "model.arch=resnet20", "--resume", "auto", check=False)
+    assert proc.returncode == 1  # another model is another experiment (issue 16)
+    assert "with a changed experiment: model.arch 'se_resnet20' -> 'resnet20'" in proc.stderr
+    proc = train(out, "model.arch=resnet20", "--resume", "auto", "--allow-config-change", check=False)
     assert proc.returncode == 1
     assert "does not fit the model for model.arch=resnet20" in proc.stderr and "unexpected" in proc.stderr
     assert "layer1.0.se.fc1.weight" in proc.stderr
@@ -173,8 +181,26 @@ def test_config_errors_from_the_command_line(tmp_path):
 def test_demo_configs_run_when_shortened(tmp_path, config):
     proc = run_tool("train.py", "-c", config, "-o", "train.max_steps=3", "train.epochs=1", "data.batch_size=16",
                     f"output_dir={tmp_path}")
-    assert "step 3" in proc.stdout or "resumed" not in proc.stdout
+    assert "stopped at train.max_steps=3 (step 3, epoch 1/1, batch 3)" in proc.stdout
     assert read_json(tmp_path / "metrics.json")["global_step"] == 3
+
+
+def test_max_steps_on_an_epoch_boundary_trains_no_extra_step(tmp_path):
+    out = tmp_path / "run"
+    proc = train(out, "train.epochs=3", "train.max_steps=4", "train.log_every=1")  # 4 steps per epoch
+    logged = [int(line.split("step ")[1].split(":")[0]) for line in proc.stdout.splitlines() if "] step " in line]
+    assert logged == [1, 2, 3, 4]
+    assert "stopped at train.max_steps=4 (step 4, after epoch 1/3;" in proc.stdout
+    metrics = read_json(out / "metrics.json")
+    assert (metrics["global_step"], metrics["epochs_done"], metrics["stopped_by"]) == (4, 1, "max_steps")
+    assert len(metrics["history"]) == 1 and "eval_top1" in metrics["history"][0]  # epoch 1 was evaluated
+    from senet.checkpoint import load_checkpoint
+
+    state = load_checkpoint(str(out / "checkpoints" / "last.pdparams"))
+    assert (state["global_step"], state["epoch"], state["batch_in_epoch"]) == (4, 1, 0)
+    assert not (out / "model.safetensors").exists()
+    again = train(out, "train.epochs=3", "train.max_steps=4", "train.log_every=1", "--resume", "auto")
+    assert "] step " not in again.stdout and read_json(out / "metrics.json")["global_step"] == 4
 
 
 def test_lr_schedules_are_per_iteration_and_scaled_per_256_images():
@@ -189,3 +215,154 @@ def test_lr_schedules_are_per_iteration_and_scaled_per_256_images():
     assert lr_factor(cfg, 0, 10) == pytest.approx(0.1) and lr_factor(cfg, 9, 10) == pytest.approx(1.0)
     assert lr_factor(cfg, 20, 10) == pytest.approx(0.5) and lr_factor(cfg, 29, 10) == pytest.approx(
         0.5 * (1 + math.cos(math.pi * 1.9 / 2)))
+
+
+# ---------------------------------------------------------------- non-finite losses and the loss scaler, in-process
+
+def tiny_cfg(out, *extra):
+    return load_config(os.path.join(ROOT, "configs", "demo", "se_resnet20_digits.yaml"),
+                       [*TINY, "train.log_every=1", f"output_dir={out}", *extra])
+
+
+def fit_here(cfg):
+    """fit() as in a fresh process: Paddle's parameter-name counter restarts (checkpoints are keyed by it)."""
+    from senet.train import fit
+
+    with paddle.utils.unique_name.guard():
+        return fit(cfg)
+
+
+def nan_loss_at(monkeypatch, steps):
+    """Make the training loss NaN at the given (1-based) global steps, before any loss scaling."""
+    from senet import train as train_mod
+
+    real = train_mod._forward_loss
+
+    def forward_loss(state, images, labels, train):
+        logits, loss = real(state, images, labels, train)
+        if train and state.global_step + 1 in steps:
+            loss = loss * float("nan")
+        return logits, loss
+
+    monkeypatch.setattr(train_mod, "_forward_loss", forward_loss)
+
+
+class FakeScaler:
+    """What train_one_epoch uses of paddle.amp.GradScaler, for a CPU, where the real one disables itself.
+
+    Like dynamic loss scaling, it skips the optimizer step when a gradient is not finite, and also at
+    the steps in `overflow_at`, standing in for gradients that overflow fp16 (which fp32 never does).
+    """
+
+    def __init__(self, model, overflow_at=()):
+        self.model, self.overflow_at, self.steps = model, set(overflow_at), 0
+        self._scale = paddle.to_tensor(1.0)  # 1: the gradients need no unscaling
+        self._cache_found_inf = None
+        self.updates_skipped = []
+
+    def scale(self, loss):
+        return loss * self._scale
+
+    def step(self, optimizer):
+        self.steps += 1
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        self._cache_found_inf = self.steps in self.overflow_at or not all(bool(paddle.isfinite(g).all())
+                                                                          for g in grads)
+        if self._cache_found_inf:
+            self.updates_skipped.append(self.steps)
+        else:
+            optimizer.step()
+
+    def update(self):
+        pass
+
+    def state_dict(self):
+        return {"scale": float(self._scale)}
+
+    def load_state_dict(self, state):
+        self._scale = paddle.to_tensor(state["scale"])
+
+
+def with_fake_scaler(monkeypatch, overflow_at=()):
+    """Give the trainer a FakeScaler, as setup() gives a GradScaler to fp16 AMP on a GPU."""
+    from senet import train as train_mod
+
+    real_setup, made = train_mod.setup, []
+
+    def setup(cfg):
+        state, train_loader, val_loader, env = real_setup(cfg)
+        state.scaler = FakeScaler(state.model, overflow_at)
+        made.append(state.scaler)
+        return state, train_loader, val_loader, env
+
+    monkeypatch.setattr(train_mod, "setup", setup)
+    return made
+
+
+@pytest.mark.parametrize("policy", ["stop", "skip"])
+def test_nan_policy_follows_the_resolved_amp_state_on_a_cpu(tmp_path, monkeypatch, policy):
+    """ImageNet and CIFAR configs enable AMP; on a CPU that is fp32 without a scaler, so nan_policy applies."""
+    from senet.train import TrainingError
+
+    nan_loss_at(monkeypatch, {2})
+    cfg = tiny_cfg(tmp_path / "run", "train.amp.enabled=true", f"train.nan_policy={policy}", "train.nan_skip_limit=1")
+    if policy == "stop":
+        with pytest.raises(TrainingError, match=r"^non-finite loss at step 2; training stopped\. .*nan_policy=skip"):
+            fit_here(cfg)
+        return
+    metrics = fit_here(cfg)
+    assert metrics["finished"] and metrics["skipped_steps"] == 1 and metrics["global_step"] == 8
+    from safetensors.numpy import load_file
+
+    assert all(np.isfinite(v).all() for v in load_file(str(tmp_path / "run" / "model.safetensors")).values())
+
+
+@pytest.mark.parametrize("policy", ["stop", "skip"])
+def test_loss_scale_overflows_are_skipped_up_to_the_limit_in_a_row(tmp_path, monkeypatch, policy):
+    from senet.train import TrainingError
+
+    made = with_fake_scaler(monkeypatch, overflow_at={2, 3, 5, 6})  # never more than 2 in a row
+    metrics = fit_here(tiny_cfg(tmp_path / "a", f"train.nan_policy={policy}", "train.nan_skip_limit=2"))
+    assert made[0].updates_skipped == [2, 3, 5, 6]
+    assert metrics["finished"] and metrics["skipped_steps"] == 4 and metrics["global_step"] == 8
+    made = with_fake_scaler(monkeypatch, overflow_at={2, 3, 4})
+    with pytest.raises(TrainingError) as e:
+        fit_here(tiny_cfg(tmp_path / "b", f"train.nan_policy={policy}", "train.nan_skip_limit=2"))
+    assert str(e.value).startswith("more than 2 steps in a row skipped for gradient overflow (last at step 4, "
+                                   "loss scale now 1); No checkpoint was saved before this step.")
+    assert made[0].steps == 4
+
+
+@pytest.mark.parametrize("policy", ["stop", "skip"])
+def test_a_loss_non_finite_before_scaling_stops_the_run_under_a_scaler(tmp_path, monkeypatch, policy):
+    """The scaler would skip that step as an overflow; but lowering the loss scale cannot cure a forward pass
+    that is already non-finite, so it stops the run with the usual message, whatever nan_policy says."""
+    from senet.train import TrainingError
+
+    with_fake_scaler(monkeypatch)
+    nan_loss_at(monkeypatch, {6})
+    out = tmp_path / "run"
+    with pytest.raises(TrainingError) as e:
+        fit_here(tiny_cfg(out, f"train.nan_policy={policy}", "train.nan_skip_limit=10"))
+    last = out / "checkpoints" / "last.pdparams"
+    assert str(e.value).startswith(f"non-finite loss at step 6; training stopped. Last good checkpoint: {last}.")
+    assert "train.amp.dtype=bfloat16" in str(e.value) and "nan_policy=skip" not in str(e.value)
+    from senet.checkpoint import load_checkpoint
+
+    assert load_checkpoint(str(last))["global_step"] == 4  # the end of epoch 1; nothing was saved after step 6
+
+
+def test_nan_policy_skip_in_a_two_rank_job_skips_on_every_rank(tmp_path):
+    """A NaN on one rank only: both ranks must skip that step, or the other one would wait forever in the
+    gradient all-reduce (or pair it with the next step's) and the ranks' weights would drift apart."""
+    out = tmp_path / "run"
+    out.mkdir()
+    cmd = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir",
+           str(tmp_path / "logs"), "tests/dist_nan_worker.py", str(out), *TINY, "train.epochs=1", "data.batch_size=8",
+           "train.nan_policy=skip", "model.sync_bn=true", f"output_dir={out}"]  # 64 images / (8 x 2): 4 steps
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "NAN_STEPS": "2"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rank0, rank1 = np.load(out / "rank0.npz"), np.load(out / "rank1.npz")
+    for k in rank0:
+        assert np.isfinite(rank0[k]).all() and np.array_equal(rank0[k], rank1[k]), k

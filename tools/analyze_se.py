@@ -1,13 +1,18 @@
-"""Look inside the SE gates: excitation statistics and plots (Hu et al., Section 7.2, Figures 6 and 7).
+"""Look inside the SE gates: excitation statistics and plots (Hu et al., Section 7.2).
 
-    python tools/analyze_se.py -c configs/se_resnet50.yaml -o model.weights=output/se_resnet50/model.safetensors
-    python tools/analyze_se.py -c configs/demo/se_resnet20_digits.yaml \\
-        -o model.weights=output/se_resnet20_digits/model.safetensors --classes 0 3 7 --out output/se_digits
-    python tools/analyze_se.py -c configs/se_resnet50.yaml -o model.weights=W --classes n01443537 n09246464 \\
-        --blocks SE_2_3 SE_3_4 SE_4_6 SE_5_1 SE_5_2 SE_5_3
+    .venv/bin/python tools/analyze_se.py -c configs/demo/se_resnet20_digits.yaml \\
+        -o model.weights=output/demo/se_resnet20_digits
+    .venv/bin/python tools/analyze_se.py -c configs/demo/se_resnet20_digits.yaml \\
+        -o model.weights=output/demo/se_resnet20_digits/model.safetensors --classes 0 3 7 --out /tmp/se_digits
+    .venv/bin/python tools/analyze_se.py -c configs/se_resnet50.yaml -o model.weights=output/se_resnet50 \\
+        --classes n01443537 n09246464 --blocks SE_2_3 SE_3_4 SE_4_6 SE_5_1 SE_5_2 SE_5_3
 
-Writes fig6_class_excitations.png, fig7_depth_distribution.png, se_stats.json, se_stats.npz and
-summary.txt to --out (default <output_dir>/se_analysis), and prints the summary. See docs/analysis.md.
+The demo paths are what `make demo` writes; output/se_resnet50 is the run folder of
+`tools/train.py -c configs/se_resnet50.yaml` (ImageNet, see docs/data.md). A run folder as
+model.weights means its model.safetensors. Writes fig6_class_excitations.png (the paper's
+Figure 6), fig7_depth_distribution.png (our depth summary; the paper's Figure 7 is class_std in
+se_stats.npz), se_stats.json, se_stats.npz and summary.txt to --out (default the run folder:
+<output_dir>/se_analysis), and prints the summary. See docs/analysis.md.
 """
 
 import argparse

@@ -1,9 +1,9 @@
 """Throughput, latency, memory and cost of ResNet against SE-ResNet, side by side in one run.
 
-    python tools/bench.py                   # the default run: ResNet-50, SE-ResNet-50 at r = 2..32,
-                                            # paddle.vision's ResNet-50; fits 10 min on 2 CPU cores
-    python tools/bench.py --full            # the paper's sizes (training batch 256, 224 px), for a GPU
-    python tools/bench.py -c resnet18 se_resnet18 -o model.num_classes=10 --reductions 4 16 --image-size 64
+    .venv/bin/python tools/bench.py         # the default run (make bench): ResNet-50, SE-ResNet-50 at
+                                            # r = 2..32, paddle.vision's ResNet-50; fits 10 min on 2 CPU cores
+    .venv/bin/python tools/bench.py --full  # the paper's sizes (training batch 256, 224 px), for a GPU
+    .venv/bin/python tools/bench.py -c resnet18 se_resnet18 -o model.num_classes=10 --reductions 4 16 --image-size 64
 
 Writes output/bench/<timestamp>/: results.json, results.csv, report.md and two plots. See docs/bench.md.
 """

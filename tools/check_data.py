@@ -1,6 +1,7 @@
 """Check a dataset before training: counts per split, bad files, and loader speed.
 
-    python tools/check_data.py -c CONFIG [-o data.root=...] [--decode] [--bench N [--repeats R]] [--json]
+    .venv/bin/python tools/check_data.py [-c CONFIG] [-o data.root=...] [--decode] [--bench N [--repeats R]] [--json]
+    .venv/bin/python tools/check_data.py -c configs/demo/se_resnet20_digits.yaml --decode
 
 For each split: image count, class count, the smallest and largest class, and the files that do
 not decode (with --decode every file is decoded). --bench N times the training loader over about
@@ -19,8 +20,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from senet.config import ConfigError, load_config, split_override_args  # noqa: E402
-from senet.data import DatasetError  # noqa: E402
-from senet.data.check import bench, split_report  # noqa: E402
+from senet.runtime import setup_cpu  # noqa: E402
 
 
 def _print_split(split: str, r: dict) -> None:
@@ -33,7 +33,7 @@ def _print_split(split: str, r: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-c", "--config", help="YAML config; without it, the defaults")
     p.add_argument("-o", "--override", nargs="+", action="append", metavar="KEY=VALUE",
                    help="override config keys, e.g. -o data.root=/data/imagenet data.num_workers=8")
@@ -44,9 +44,17 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         cfg = load_config(args.config, split_override_args(args.override))
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    setup_cpu(cfg["train"]["threads"])  # before senet.data imports paddle, which would pin OpenMP to one thread
+    from senet.data import DatasetError
+    from senet.data.check import bench, split_report
+
+    try:
         report = {split: split_report(cfg, split, args.decode) for split in ("train", "val")}
         report["bench"] = bench(cfg, args.bench, args.repeats) if args.bench > 0 else None
-    except (ConfigError, DatasetError, ValueError) as e:
+    except (DatasetError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.json:

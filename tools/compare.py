@@ -1,7 +1,7 @@
 """Compare models side by side: parameters, GMACs, SE share, and accuracy from training runs.
 
-    python tools/compare.py -c configs/resnet50.yaml configs/se_resnet50.yaml --paper
-    python tools/compare.py -c configs/demo/*.yaml --runs output/demo/* --format md
+    .venv/bin/python tools/compare.py -c configs/resnet50.yaml configs/se_resnet50.yaml --paper
+    .venv/bin/python tools/compare.py -c configs/demo/*.yaml --runs output/demo/* --format md   # after make demo
 """
 
 import argparse

@@ -1,8 +1,18 @@
 """Evaluate weights on the val split: top-1 / top-5 / loss.
 
-    python tools/eval.py -c configs/se_resnet50.yaml -o model.weights=output/se_resnet50/model.safetensors
-    python tools/eval.py -c CONFIG -o model.weights=output/run/checkpoints/best.pdparams --ema --json
-    python tools/eval.py -c CONFIG --model output/export/se_resnet50 --engine onnxruntime
+    .venv/bin/python tools/eval.py -c configs/demo/se_resnet20_digits.yaml \\
+        -o model.weights=output/demo/se_resnet20_digits/model.safetensors
+    .venv/bin/python tools/eval.py -c configs/demo/se_resnet20_digits.yaml \\
+        -o model.weights=output/demo/se_resnet20_digits/checkpoints/best.pdparams --json
+    .venv/bin/python tools/eval.py -c configs/demo/se_resnet20_digits.yaml \\
+        --model output/demo/se_resnet20_digits/export --engine onnxruntime
+
+model.weights is a .safetensors file, one of our .pdparams checkpoints, or a run folder (its
+model.safetensors); --ema takes a checkpoint's EMA weights (train.ema.enabled). --model takes a
+folder that tools/export.py wrote (by default it writes <output_dir>/export).
+--json prints the result as JSON and also writes it into the run folder, <output_dir>/eval.json
+(eval_ema.json with --ema, eval_export_<engine>.json with --model), or to --out PATH.
+The paths above are what `make demo` writes; tools/export.py writes the export folder.
 """
 
 import argparse
@@ -23,8 +33,12 @@ def main() -> int:
     parser.add_argument("--model", default=None, help="an exported model folder (tools/export.py) instead of weights")
     parser.add_argument("--engine", default="paddle", choices=["paddle", "onnxruntime"],
                         help="inference engine for --model")
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--json", action="store_true",
+                        help="print JSON and write it to --out (default <output_dir>/eval*.json, see above)")
+    parser.add_argument("--out", default=None, metavar="PATH", help="where --json writes the result")
     args = parser.parse_args()
+    if args.out and not args.json:
+        parser.error("--out is where --json writes its result: add --json")
     cfg = config_from_args(args)
     if not args.model and not cfg["model"]["weights"]:
         print("error: give the weights to evaluate with -o model.weights=PATH (a checkpoint or .safetensors), "
@@ -61,7 +75,20 @@ def main() -> int:
     if rank != 0:
         return 0
     if args.json:
+        from senet.checkpoint import atomic_write
+
+        result["source"] = ({"model": args.model, "engine": args.engine} if args.model else
+                            {"weights": cfg["model"]["weights"], "ema": args.ema})
+        name = f"eval_export_{args.engine}.json" if args.model else ("eval_ema.json" if args.ema else "eval.json")
+        out = args.out or os.path.join(cfg["output_dir"], name)
+        try:
+            atomic_write(out, (json.dumps(result, indent=1) + "\n").encode())
+        except OSError as e:
+            print(f"error: could not write {out} ({e.strerror or e}); choose another file with --out PATH",
+                  file=sys.stderr)
+            return 1
         print(json.dumps(result))
+        print(f"wrote {out}", file=sys.stderr)  # stderr: stdout stays one JSON line
     else:
         print(f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  loss {result['loss']:.4f}  "
               f"({result['images']} images)")

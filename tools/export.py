@@ -1,10 +1,17 @@
 """Export trained weights for deployment: Paddle Inference, ONNX, safetensors, plus inference.yml.
 
-    python tools/export.py -c configs/se_resnet50.yaml -o model.weights=output/se_resnet50/checkpoints/best.pdparams
-    python tools/export.py -c configs/demo/se_resnet20_digits.yaml -o model.weights=w.safetensors --format onnx
+    .venv/bin/python tools/export.py -c configs/demo/se_resnet20_digits.yaml \\
+        -o model.weights=output/demo/se_resnet20_digits
+    .venv/bin/python tools/export.py -c configs/demo/se_resnet20_digits.yaml \\
+        -o model.weights=output/demo/se_resnet20_digits/checkpoints/best.pdparams --format onnx --output /tmp/digits
+    .venv/bin/python tools/export.py -c configs/se_resnet50.yaml -o model.weights=output/se_resnet50
 
-Formats: paddle (model.json + model.pdiparams), onnx (model.onnx), safetensors (model.safetensors),
-all (default). Output: --output DIR, default <output_dir>/export. See docs/export.md.
+The demo paths are what `make demo` writes; output/se_resnet50 is the run folder of
+`tools/train.py -c configs/se_resnet50.yaml` (ImageNet, see docs/data.md). A run folder as
+model.weights means its model.safetensors. Formats: paddle (model.json + model.pdiparams), onnx
+(model.onnx), safetensors (model.safetensors), all (default). Output: --output DIR, default the
+run folder's export/ (<output_dir>/export, e.g. output/demo/se_resnet20_digits/export), which
+tools/infer.py --model and tools/eval.py --model take. See docs/export.md.
 """
 
 import argparse

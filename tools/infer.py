@@ -1,7 +1,13 @@
 """Classify image files with an exported model (tools/export.py), in batches.
 
-    python tools/infer.py --model output/se_resnet50/export --images cat.jpg photos/
-    python tools/infer.py --model DIR --images photos/ --engine onnxruntime --topk 1 --json
+    .venv/bin/python tools/infer.py --model output/demo/se_resnet20_digits/export \\
+        --images data/fake/imagenet/val/n00000000 data/fake/imagenet/val/n00000001/n00000001_0000.JPEG
+    .venv/bin/python tools/infer.py --model DIR --images PHOTOS_DIR --engine onnxruntime --topk 1 --json
+
+--model is a folder that tools/export.py wrote (by default <output_dir>/export; the path above
+after `make demo` and tools/export.py -c configs/demo/se_resnet20_digits.yaml
+-o model.weights=output/demo/se_resnet20_digits). scripts/make_fake_data.py --out data/fake writes
+the images above.
 
 A folder means the image files directly inside it. A file that cannot be read or decoded is
 reported by name on stderr and the others are still predicted; the exit code is 1 if any
@@ -29,6 +35,9 @@ def main() -> int:
     parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu", help="gpu falls back to cpu with a notice")
     parser.add_argument("--bf16", action="store_true", help="bf16 oneDNN kernels (paddle engine, CPUs with bf16)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--imagenet-names", action="store_true",
+                        help="label a 1000-class model with the ImageNet class names (exports of ImageNet "
+                             "configs, converted weights included, carry them already)")
     args = parser.parse_args()
     if args.topk < 1 or args.batch_size < 1:
         parser.error("--topk and --batch-size must be at least 1")
@@ -40,6 +49,14 @@ def main() -> int:
     except (OSError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.imagenet_names:
+        from senet.imagenet_classes import imagenet_classes
+
+        if len(predictor.class_names) != 1000:
+            print(f"error: --imagenet-names needs a 1000-class model; {args.model} has "
+                  f"{len(predictor.class_names)} classes", file=sys.stderr)
+            return 2
+        predictor.class_names = imagenet_classes()
     files, failures = list_images(args.images)
     results, bad = predict_files(predictor, files, args.batch_size, args.topk)
     failures += bad

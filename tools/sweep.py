@@ -1,9 +1,13 @@
 """Train a list of configs x seeds into one folder, then print and write the table in the paper's shape.
 
-    python tools/sweep.py -c configs/ablation/se_resnet50_reduction_*.yaml --seeds 0 1 2 \\
+    .venv/bin/python tools/sweep.py -c configs/ablation/se_resnet50_reduction_*.yaml --seeds 0 1 2 \\
         --out output/sweeps/reduction -o data.root=/data/ILSVRC2012
-    python tools/sweep.py -c configs/resnet50.yaml configs/se_resnet50.yaml --nproc 8 --out output/sweeps/table2
-    python tools/sweep.py -c CFG1 CFG2 --out DIR --table-only     # just (re)build the table
+    .venv/bin/python tools/sweep.py -c configs/resnet50.yaml configs/se_resnet50.yaml --nproc 8 \\
+        --out output/sweeps/table2
+    .venv/bin/python tools/sweep.py -c CFG1 CFG2 --out DIR --table-only     # just (re)build the table
+    .venv/bin/python tools/sweep.py -c configs/demo/*.yaml --seeds 0 1 --out output/sweeps/demo   # no dataset needed
+
+The ImageNet ones need the dataset first (docs/data.md).
 
 Runs go to <out>/<config name>/seed<S>. Rerun the same command after an interruption: finished runs
 are skipped and unfinished ones resume from their last checkpoint. The table (error = 100 - accuracy,

@@ -27,6 +27,7 @@ from senet.data.decode import DECODE_FLAGS, RGB_DECODE, decode_image
 from senet.data.errors import BadImageError
 from senet.data.loader import build_loader
 from senet.data.transforms import hflip, random_resized_crop
+from senet.limits import regular_file_problem
 
 WARMUP_BATCHES = 4  # per repeat: worker start-up and the first prefetches are not timed
 
@@ -81,7 +82,11 @@ _BENCH_DS: ImageFileDataset | None = None  # set before the Pool forks, read by 
 def _plain_one(key: tuple[int, int]) -> int:
     """Read, decode, crop and flip one file as the training transform does, with bare OpenCV calls."""
     ds, (index, epoch) = _BENCH_DS, key
+    if regular_file_problem(ds.path(index)):  # a FIFO would block np.fromfile; the loader skips or names it
+        return 0
     img = cv2.imdecode(np.fromfile(ds.path(index), dtype=np.uint8), DECODE_FLAGS)  # the loader's flags
+    if img is None:  # a bad file: the loader names it (on_bad_image)
+        return 0
     if not RGB_DECODE:
         img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
     rng = random.Random(f"{ds.seed}/{epoch}/{index}")

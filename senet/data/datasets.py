@@ -20,6 +20,7 @@ import pickle
 import random
 import tarfile
 import warnings
+import zlib
 
 import cv2
 import numpy as np
@@ -27,8 +28,10 @@ import paddle
 
 from senet.data.decode import decode_image
 from senet.data.errors import SMOKE_HINT, DatasetError
+from senet.data.ignored import print_ignored_notice
 from senet.data.index import imagenet_index
 from senet.data.transforms import color_jitter, hflip, pad_crop, random_resized_crop, resize_center_crop
+from senet.limits import TreeTooLarge, check_tree, regular_file_problem
 
 SPLITS = ("train", "val")
 
@@ -41,6 +44,21 @@ CIFAR = {
                  "folder": "cifar-100-python", "train": ["train"], "val": ["test"], "meta": "meta",
                  "labels": b"fine_labels", "names": b"fine_label_names"},
 }
+
+# Images in each member of the official files: a member is read only if its size fits that count
+# (3,072 bytes of pixels per image, plus labels and file names, plus pickle framing), so a tarball
+# cannot make us hold more than the format needs (a 9 MB .tar.gz can hold a 2 GiB member).
+CIFAR_MEMBER_IMAGES = {"data_batch_1": 10_000, "data_batch_2": 10_000, "data_batch_3": 10_000,
+                       "data_batch_4": 10_000, "data_batch_5": 10_000, "test_batch": 10_000, "train": 50_000,
+                       "test": 10_000, "batches.meta": 0, "meta": 0}
+MAX_TAR_MEMBERS = 100  # the official tarballs hold 8 (CIFAR-10) and 5 (CIFAR-100) entries
+
+
+def cifar_member_limit(member: str) -> int:
+    """The most bytes a CIFAR python-version member can need: 3,072 pixels + 256 bytes of label and name per
+    image, plus 1 MiB for the pickle's own structure (the meta files are a few KB)."""
+    return CIFAR_MEMBER_IMAGES.get(member, 0) * (3072 + 256) + (1 << 20)
+
 
 DIGITS_SPLIT_SEED = 0  # fixed: the demo's train/val split never changes
 SYNTHETIC_SEEDS = {"train": 0, "val": 1}  # fixed, independent of train.seed: every run sees the same data
@@ -138,7 +156,9 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
 
 
 def _unpickle(data: bytes) -> dict:
-    return _NumpyOnlyUnpickler(io.BytesIO(data), encoding="bytes").load()
+    obj = _NumpyOnlyUnpickler(io.BytesIO(data), encoding="bytes").load()
+    check_tree(obj)  # shared references or deep nesting: bounded before np.asarray walks it
+    return obj
 
 
 _MD5_SEEN: dict[tuple[str, int, int], str] = {}
@@ -163,13 +183,22 @@ def _read_cifar_members(spec: dict, root: str, members: list[str]) -> dict[str, 
         out = {}
         for m in members:
             p = os.path.join(folder, m)
-            if not os.path.isfile(p):
+            problem = regular_file_problem(p)
+            if problem == "does not exist":
                 raise DatasetError(f"{p} is missing from the extracted CIFAR folder {folder}")
+            if problem:
+                raise DatasetError(f"{p} {problem}: replace it with the file from the official tarball")
+            if os.path.getsize(p) > cifar_member_limit(m):
+                raise DatasetError(f"{p} is {os.path.getsize(p):,} bytes, more than a CIFAR {m} file needs "
+                                   f"({cifar_member_limit(m):,}): not the official file; extract it again")
             with open(p, "rb") as f:
                 out[m] = f.read()
         return out
     tar = os.path.join(root, spec["tar"]) if os.path.isdir(root) else root
-    if not os.path.isfile(tar):
+    problem = regular_file_problem(tar)
+    if problem and problem != "does not exist":
+        raise DatasetError(f"{tar} {problem}: point data.root at the official CIFAR tarball or its folder")
+    if problem:
         files = ", ".join([spec["meta"], *spec["train"], *spec["val"]])
         raise DatasetError(f"no CIFAR data under {os.path.abspath(root)} (data.root = {root!r}). Expected the official "
                            f"python-version tarball {os.path.join(root, spec['tar'])} or its extracted folder "
@@ -181,11 +210,20 @@ def _read_cifar_members(spec: dict, root: str, members: list[str]) -> dict[str, 
     out = {}
     try:
         with tarfile.open(tar, "r:*") as tf:
-            for m in tf:  # one sequential pass: seeking back in a .gz would decompress again
+            for count, m in enumerate(tf, 1):  # one sequential pass: seeking back in a .gz would decompress again
+                if count > MAX_TAR_MEMBERS:
+                    raise DatasetError(f"{tar} has more than {MAX_TAR_MEMBERS} entries; the official CIFAR tarball "
+                                       f"has under 10. {md5_note or 'Download it again.'}")
                 name = m.name.split("/", 1)[-1]
                 if m.isfile() and name in members and m.name.startswith(spec["folder"] + "/"):
+                    limit = cifar_member_limit(name)
+                    if m.size > limit:  # the size in the member's header, checked before any byte is read
+                        raise DatasetError(f"{tar}: member {m.name} is {m.size:,} bytes, more than a CIFAR {name} "
+                                           f"file needs ({limit:,}). {md5_note or 'Download it again.'}")
                     out[name] = tf.extractfile(m).read()
-    except (tarfile.TarError, OSError, EOFError) as e:
+                    if len(out) == len(members):
+                        break  # everything needed is read: the rest of the archive is not decompressed
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
         raise DatasetError(f"cannot read {tar}: {e}. {md5_note or 'Download it again.'}") from None
     missing = [m for m in members if m not in out]
     if missing:
@@ -206,8 +244,13 @@ def load_cifar(name: str, root: str, split: str) -> tuple[np.ndarray, np.ndarray
         data = np.concatenate([np.asarray(b[b"data"], dtype=np.uint8) for b in batches])
         labels = np.concatenate([np.asarray(b[spec["labels"]], dtype=np.int64) for b in batches])
         images = np.ascontiguousarray(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))  # CHW planes -> HWC
-    except (pickle.UnpicklingError, KeyError, ValueError, EOFError, TypeError) as e:
-        raise DatasetError(f"{name} data under {root} is not in the official python-version format: {e}") from None
+    except TreeTooLarge as e:
+        raise DatasetError(f"{name} data under {root} is refused: its pickled data is {e}. Use the official "
+                           "python-version files") from None
+    except (pickle.UnpicklingError, KeyError, ValueError, EOFError, TypeError, AttributeError, IndexError,
+            MemoryError, RecursionError) as e:
+        raise DatasetError(f"{name} data under {root} is not in the official python-version format: "
+                           f"{type(e).__name__}: {str(e)[:200]}") from None
     if len(images) != len(labels) or labels.min() < 0 or labels.max() >= len(classes):
         raise DatasetError(f"{name} data under {root}: {len(images)} images, {len(labels)} labels, "
                            f"{len(classes)} class names do not fit together")
@@ -252,6 +295,7 @@ def build_dataset(cfg: dict, split: str) -> paddle.io.Dataset:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     d = cfg["data"]
     name, train, seed = d["name"], split == "train", cfg["train"]["seed"]
+    print_ignored_notice(cfg)  # e.g. data.image_size on CIFAR: set, but this source never reads it
     if name == "imagenet":
         cache_dir = os.path.join(cfg["output_dir"], "cache")
         paths, labels, classes = imagenet_index(d["root"], split, d[f"{split}_list"], cfg["model"]["num_classes"],

@@ -20,6 +20,9 @@ import numpy as np
 
 from senet.data.decode import IMAGE_EXTENSIONS
 from senet.data.errors import IMAGENET_LAYOUT, SMOKE_HINT, DatasetError
+from senet.limits import regular_file_problem
+
+MAX_LIST_LINE = 4096  # characters; a path is at most 4096 bytes on Linux (PATH_MAX)
 
 Index = tuple[np.ndarray, np.ndarray, list[str]]
 
@@ -43,7 +46,7 @@ def scan_folders(root: str, split: str, classes: list[str] | None = None) -> Ind
         with os.scandir(split_dir) as it:
             flat = sum(1 for e in it if e.is_file() and _is_image(e.name))
         what = f"holds {flat} images directly but no class folders" if flat else "has no class folders"
-        fix = ("; sort a flat val folder with: python scripts/prepare_imagenet.py --sort-val "
+        fix = ("; sort a flat val folder with: .venv/bin/python scripts/prepare_imagenet.py --sort-val "
                f"{split_dir} --val-labels LABELS" if flat and split == "val" else "")
         raise DatasetError(f"{split_dir} {what}{fix}. Expected layout:\n{IMAGENET_LAYOUT.format(root=root)}")
     names = [d.name for d in dirs]
@@ -72,8 +75,28 @@ def read_list(root: str, list_path: str, num_classes: int) -> Index:
     """Index a list file of `relative/path.jpg label` lines; check every line and that the files exist."""
     paths: list[str] = []
     labels: list[int] = []
+    try:
+        _read_list_lines(list_path, paths, labels, num_classes)
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{list_path} is not UTF-8 text ({e.reason} at byte {e.start} of a line); a list file "
+                           "holds 'relative/path.jpg label' lines") from None
+    if not paths:
+        raise DatasetError(f"{list_path} lists no images")
+    missing = _missing_files(root, paths)
+    if missing:
+        shown = "\n  ".join(os.path.join(root, p) for p in missing[:5])
+        raise DatasetError(f"{list_path} names {len(missing)} files that do not exist under {root}, e.g.:\n  {shown}\n"
+                           "Paths in a list file are relative to data.root.")
+    return _path_array(paths), np.array(labels, dtype=np.int64), [str(i) for i in range(num_classes)]
+
+
+def _read_list_lines(list_path: str, paths: list[str], labels: list[int], num_classes: int) -> None:
     with open(list_path, encoding="utf-8-sig") as f:  # -sig: a BOM from a Windows editor is not part of a path
-        for lineno, line in enumerate(f, 1):
+        # readline with a limit: a file of one endless line must not be read into memory whole
+        for lineno, line in enumerate(iter(lambda: f.readline(MAX_LIST_LINE + 1), ""), 1):
+            if len(line) > MAX_LIST_LINE:
+                raise DatasetError(f"{list_path}:{lineno}: line longer than {MAX_LIST_LINE} characters; each line "
+                                   "must be 'relative/path.jpg label' (is this a list file?)")
             if not line.strip():
                 continue
             parts = line.rsplit(maxsplit=1)  # a path may contain spaces; the label is the last field
@@ -86,14 +109,6 @@ def read_list(root: str, list_path: str, num_classes: int) -> Index:
                                    f"(model.num_classes = {num_classes})")
             paths.append(parts[0])
             labels.append(int(label))
-    if not paths:
-        raise DatasetError(f"{list_path} lists no images")
-    missing = _missing_files(root, paths)
-    if missing:
-        shown = "\n  ".join(os.path.join(root, p) for p in missing[:5])
-        raise DatasetError(f"{list_path} names {len(missing)} files that do not exist under {root}, e.g.:\n  {shown}\n"
-                           "Paths in a list file are relative to data.root.")
-    return _path_array(paths), np.array(labels, dtype=np.int64), [str(i) for i in range(num_classes)]
 
 
 def _path_array(paths: list[str]) -> np.ndarray:
@@ -140,12 +155,14 @@ def list_key(root: str, list_path: str, num_classes: int) -> str:
 def load_cached(cache_dir: str, name: str, key: str) -> Index | None:
     """The cached index `name` if its key matches, else None."""
     path = os.path.join(cache_dir, f"index-{name}.npz")
+    if regular_file_problem(path):  # absent, or a FIFO that would block np.load: rebuild the index
+        return None
     try:
         with np.load(path, allow_pickle=False) as z:
             if str(z["key"]) != key:
                 return None
             return z["paths"], z["labels"].astype(np.int64), [str(c) for c in z["classes"]]
-    except (OSError, KeyError, ValueError):
+    except Exception:  # noqa: BLE001  (a torn or damaged cache of any kind is rebuilt, never fatal)
         return None
 
 
@@ -166,10 +183,13 @@ def imagenet_index(root: str, split: str, list_path: str | None, num_classes: in
         raise DatasetError(f"{where} (data.root = {root!r}). "
                            f"Expected layout:\n{IMAGENET_LAYOUT.format(root=root)}\n{SMOKE_HINT}")
     if list_path is not None:
-        if not os.path.isfile(list_path) and os.path.isfile(os.path.join(root, list_path)):
+        if not os.path.lexists(list_path) and os.path.lexists(os.path.join(root, list_path)):
             list_path = os.path.join(root, list_path)  # list paths may be given relative to the root
-        if not os.path.isfile(list_path):
+        problem = regular_file_problem(list_path)
+        if problem == "does not exist":
             raise DatasetError(f"data.{split}_list file {list_path} does not exist (nor under {root})")
+        if problem:  # a FIFO or device would block the reader: refused without opening it
+            raise DatasetError(f"data.{split}_list file {list_path} {problem}; give a list file")
         key = list_key(root, list_path, num_classes)
         build = lambda: read_list(root, list_path, num_classes)  # noqa: E731
     else:

@@ -12,7 +12,9 @@
 from __future__ import annotations
 
 import ctypes
+import multiprocessing.util
 import os
+import signal
 import tempfile
 import traceback
 import weakref
@@ -91,9 +93,9 @@ class _Guarded(paddle.io.Dataset):
     def __getitem__(self, key: Key) -> tuple[np.ndarray, int] | _Failure | None:
         if os.getpid() == self.main_pid:
             # With workers, the main process reads a sample only when Paddle probes dataset[0] for
-            # its field count (to size the shared-memory cache): answer without decoding anything,
-            # and without logging a bad first image as skipped.
-            return np.zeros((1, 1, 3), dtype=np.uint8), 0
+            # its field count, to size its shared-memory caches: answer without decoding anything
+            # (and without logging a bad first image as skipped). See _ShmCacheProbe.
+            return _SHM_CACHE_PROBE
         try:
             return self.dataset[key]
         except BadImageError as e:
@@ -107,54 +109,91 @@ class _Guarded(paddle.io.Dataset):
             return _Failure(e)
 
 
-def _note(kind: str, text: str = "") -> np.ndarray:
-    return np.frombuffer(f"{kind}:{text}".encode("utf-8", "surrogateescape"), dtype=np.uint8)
+class _ShmCacheProbe:
+    """The answer to Paddle's dataset[0] probe: a "sample" whose length makes its shm caches unbounded.
+
+    With FLAGS_use_shm_cache, each worker keeps the shared-memory blocks it made and reuses one by
+    name once the main process has dropped it; the main process keeps its own mapping of each name,
+    so a reused block needs no new open. Paddle 3.3 bounds both caches (3 x fields per worker,
+    2 x that x workers in the main process, one pool shared by every loader in it), and when the
+    main's pool is full it unlinks a block after one use, though the worker that made it still
+    reuses it: the next batch in that block fails with "File descriptor /paddle_... open failed".
+    With a train and a val loader, the val workers (forked later) inherit the main's pool as
+    already full, so every val batch takes fresh blocks, which fill the main's pool; the next train
+    worker block that is new to the main then dies. So training crashed at the first step after an
+    eval, at random. With no bound, nothing is unlinked before exit and every block a worker makes
+    is reused: the blocks are those of the batches in flight at the busiest moment, per size, and
+    batch shapes are fixed (a batch that lost images to on_bad_image=skip travels pickled, see
+    _Partial), so this is bounded by the prefetch depth, as the loader's memory is anyway.
+    """
+
+    def __len__(self) -> int:
+        # Paddle sizes the worker cache as 3 x this and the main's as 6 x this x num_workers (C ints).
+        return 2**16
+
+
+_SHM_CACHE_PROBE = _ShmCacheProbe()
 
 
 class _Failure:
-    """An exception from a sample, as text that can travel in a uint8 array."""
+    """An exception from a sample, as text; it travels pickled in the batch's structure, not in shared memory."""
 
     def __init__(self, e: Exception) -> None:
-        kind = "bad" if isinstance(e, BadImageError) else "dataset" if isinstance(e, DatasetError) else "other"
-        self.note = _note(kind, str(e) if kind != "other" else "".join(traceback.format_exception(e)))
+        self.kind = "bad" if isinstance(e, BadImageError) else "dataset" if isinstance(e, DatasetError) else "other"
+        self.text = str(e) if self.kind != "other" else "".join(traceback.format_exception(e))
+
+    def reraise(self) -> None:
+        if self.kind == "bad":
+            raise BadImageError(self.text)
+        if self.kind == "dataset":
+            raise DatasetError(self.text)
+        raise RuntimeError(f"a data loader worker failed:\n{self.text}")
 
 
-def _read_note(note: paddle.Tensor) -> None:
-    """Act on a note batch: return for a batch of only skipped images, raise a worker's error in this process."""
-    kind, text = bytes(note.numpy()).decode("utf-8", "surrogateescape").split(":", 1)
-    if kind == "skipped":
-        return
-    if kind == "bad":
-        raise BadImageError(text)
-    if kind == "dataset":
-        raise DatasetError(text)
-    raise RuntimeError(f"a data loader worker failed:\n{text}")
+class _Partial:
+    """A batch that lost images to on_bad_image=skip (possibly all of them), pickled through the worker's
+    result pipe rather than in shared memory: every shared-memory block then has one of a few fixed
+    shapes, so the worker's block cache (see _ShmCacheProbe) does not grow with each new batch size."""
+
+    def __init__(self, images: np.ndarray | None, labels: np.ndarray | None) -> None:
+        self.images, self.labels = images, labels
 
 
 class _Collate:
     """Stacks a batch into uint8 [N, H, W, 3] and int64 [N]; drops skipped samples (None).
 
-    A batch with a failed sample, or with only skipped ones, becomes a note batch (placeholder
-    images, placeholder labels, a note as uint8 text): three elements only on that rare path, so
-    normal batches need no check that reads device memory. The placeholders are not empty because
-    Paddle's shared memory cannot carry zero-size arrays.
+    A batch with a failed sample, or with skipped ones, becomes (placeholder images, placeholder
+    labels, a _Failure or _Partial object): three elements only on that rare path, so normal
+    batches need no check that reads device memory. The placeholders keep the batch's shared-memory
+    part non-empty and of fixed shape (Paddle's shared memory cannot carry zero-size arrays).
     """
 
     PLACEHOLDER = (np.zeros((1, 1, 1, 3), dtype=np.uint8), np.zeros(1, dtype=np.int64))
 
-    def __call__(self, samples: list) -> tuple[np.ndarray, ...]:
+    def __call__(self, samples: list) -> tuple:
         failure = next((s for s in samples if isinstance(s, _Failure)), None)
         if failure is not None:
-            return (*self.PLACEHOLDER, failure.note)
+            return (*self.PLACEHOLDER, failure)
         kept = [s for s in samples if s is not None]
-        if not kept:
-            return (*self.PLACEHOLDER, _note("skipped"))
-        images = np.stack([s[0] for s in kept])
-        labels = np.fromiter((s[1] for s in kept), dtype=np.int64, count=len(kept))
+        images = np.stack([s[0] for s in kept]) if kept else None
+        labels = np.fromiter((s[1] for s in kept), dtype=np.int64, count=len(kept)) if kept else None
+        if len(kept) < len(samples):
+            return (*self.PLACEHOLDER, _Partial(images, labels))
         return images, labels
 
 
+# The stop signals of schedulers and terminals. Slurm, systemd and Kubernetes-style tooling, and a
+# terminal's Ctrl-C, send them to every process of the job, loader workers included; a worker that
+# died of one would crash the main process ("DataLoader process ... killed by signal") before it
+# could save. Workers ignore them: the main process handles the signal (senet.train saves and
+# stops) and ends the workers itself. A worker whose main process is gone exits on its own
+# (Paddle's parent watchdog).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
+
 def _worker_init(worker_id: int) -> None:
+    for s in STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
     # OpenCV is already at one thread: senet/data/__init__.py sets it before any worker is forked.
     # A bad file surfaces as our own error naming it; OpenCV's warnings about it would only be noise.
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
@@ -172,6 +211,18 @@ def _reuse_freed_memory() -> None:
         libc.mallopt(-1, 128 << 20)  # M_TRIM_THRESHOLD, bytes of free heap kept rather than returned
     except (OSError, AttributeError):
         pass
+
+
+def _stop_workers(loader: paddle.io.DataLoader) -> None:
+    """End a loader's persistent workers: as Paddle does at exit, then SIGKILL any that did not stop."""
+    batches = getattr(loader, "_iterator", None)
+    if batches is None:  # never iterated: no workers
+        return
+    batches._try_shutdown_all(1)
+    for worker in batches._workers:
+        if worker.is_alive():
+            worker.kill()
+            worker.join()
 
 
 def _unlink(path: str) -> None:
@@ -211,6 +262,10 @@ class Loader:
             # thread competes with the compute threads, and OpenMP's barriers stall whenever one of
             # them is descheduled: convs ran 2x slower. Without workers, load batches in line instead.
             use_buffer_reader=num_workers > 0)
+        if num_workers > 0:
+            # Workers ignore SIGTERM (see STOP_SIGNALS), so the SIGTERM by which multiprocessing ends
+            # daemon processes at exit would leave it waiting for them forever: end them first.
+            multiprocessing.util.Finalize(self, _stop_workers, args=(self._loader,), exitpriority=10)
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Shuffle for `epoch` (from train.seed and epoch) and skip its first `start_batch` batches (exact resume)."""
@@ -220,6 +275,12 @@ class Loader:
         """Batches per epoch for this rank (including any skipped by start_batch)."""
         return len(self.sampler)
 
+    def batches_on_every_rank(self) -> int:
+        """Batches that every rank's loader yields this epoch: len() on all, except a val split whose
+        ranks' shares differ by one image (the smallest share is n // world_size)."""
+        s = self.sampler
+        return len(s) if s.shuffle else -(-(s.num_samples // s.world_size) // s.batch_size)
+
     def __iter__(self) -> Iterator[tuple[paddle.Tensor, paddle.Tensor]]:
         self.sampler.stop = False
         batches = iter(self._loader)
@@ -228,11 +289,13 @@ class Loader:
                 if len(batch) == 2:
                     yield batch[0], batch[1]
                     continue
-                try:
-                    _read_note(batch[2])  # every image of the batch was skipped as bad, or raise
-                except Exception:
-                    self._end_early(batches)
-                    raise
+                aside = batch[2]
+                if isinstance(aside, _Partial):
+                    if aside.labels is not None:  # else every image of the batch was skipped as bad
+                        yield paddle.to_tensor(aside.images), paddle.to_tensor(aside.labels)
+                    continue
+                self._end_early(batches)
+                aside.reraise()
         except GeneratorExit:  # the consumer stopped mid-epoch (max_steps, a benchmark)
             self._end_early(batches)
             raise

@@ -1,0 +1,147 @@
+"""Read a PyTorch `.pth` state dict (torch.save's zip format) without torch and without running its pickle.
+
+The zip holds `<name>/data.pkl` (the pickle of the dict) and `<name>/data/<key>` (one raw little-endian
+buffer per storage). The pickle is read by senet.checkpoint.unpickle_restricted with the three names
+a state dict needs, each replaced by our own code: `collections.OrderedDict` (plain data),
+`torch.<Type>Storage` (a dtype tag) and `torch._utils._rebuild_tensor_v2` (a view into a storage,
+checked against its bounds, copied out as a numpy array). Anything else the pickle names is refused.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+
+from senet.checkpoint import CheckpointError, unpickle_restricted
+from senet.limits import regular_file_problem
+
+# torch's storage type names and the numpy dtype of their elements ("bfloat16" is decoded by hand).
+STORAGE_DTYPES: dict[str, Any] = {
+    "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16, "BFloat16Storage": "bfloat16",
+    "LongStorage": np.int64, "IntStorage": np.int32, "ShortStorage": np.int16, "CharStorage": np.int8,
+    "ByteStorage": np.uint8, "BoolStorage": np.bool_,
+}
+
+
+class _StorageType:
+    """Stands in for torch.FloatStorage & co in the pickle: only its element type is used."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+class _Storage:
+    def __init__(self, array: np.ndarray, bf16: bool) -> None:
+        self.array, self.bf16 = array, bf16
+
+
+def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any = False,
+                    backward_hooks: Any = None, metadata: Any = None) -> np.ndarray:
+    """torch._utils._rebuild_tensor_v2, as numpy: a strided view of the storage, bounds-checked, copied."""
+    if not isinstance(storage, _Storage):
+        raise ValueError("a tensor whose storage is not a storage record")
+    dims = [size, stride]
+    if not all(isinstance(d, tuple) and all(isinstance(v, int) and not isinstance(v, bool) for v in d) for d in dims):
+        raise ValueError("a tensor size or stride that is not a tuple of integers")
+    if len(size) != len(stride) or not isinstance(offset, int) or offset < 0 or min(size + stride, default=0) < 0:
+        raise ValueError(f"a tensor with an invalid size {size}, stride {stride} or offset {offset}")
+    if backward_hooks:
+        raise ValueError("a tensor with backward hooks (a state dict has none)")
+    flat = storage.array
+    count = int(np.prod(size, dtype=np.int64))
+    if count:
+        last = offset + sum((n - 1) * s for n, s in zip(size, stride))
+        if last >= flat.size:
+            raise ValueError(f"a tensor of size {size}, stride {stride}, offset {offset} reaches past its storage "
+                             f"of {flat.size} elements")
+    item = flat.itemsize
+    view = np.lib.stride_tricks.as_strided(flat[offset:] if count else flat[:0], shape=size,
+                                           strides=[s * item for s in stride]) if count else np.zeros(size, flat.dtype)
+    out = np.array(view, copy=True)
+    if storage.bf16:  # the top half of a float32
+        out = (out.astype(np.uint32) << 16).view(np.float32)
+    return out
+
+
+def _rebuild_parameter(data: Any, requires_grad: Any = False, backward_hooks: Any = None) -> np.ndarray:
+    """torch._utils._rebuild_parameter: a Parameter is its data."""
+    if not isinstance(data, np.ndarray) or backward_hooks:
+        raise ValueError("a parameter that is not a plain tensor")
+    return data
+
+
+def read_torch_state_dict(path: str) -> dict[str, np.ndarray]:
+    """The tensors of a torch.save zip file, as numpy arrays (float16/bfloat16/float64 stay as stored)."""
+    problem = regular_file_problem(path)
+    if problem:
+        raise CheckpointError(f"{path} {problem}")
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes)")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head != b"PK\x03\x04":
+        what = ("the legacy (before torch 1.6) torch.save format, which is not supported: re-save it with "
+                "torch.save(torch.load(f), f2) to get the zip format" if head[:2] == b"\x80\x02"
+                else "not a torch .pth file (no zip header)")
+        raise CheckpointError(f"{path} is {what}")
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is truncated or not a torch .pth zip ({e})") from None
+    with archive:
+        pickles = [n for n in archive.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
+        if len(pickles) != 1:
+            raise CheckpointError(f"{path} is not a torch .pth zip: expected one <name>/data.pkl, found "
+                                  f"{len(pickles)}")
+        prefix = pickles[0][: -len("data.pkl")]
+        names = set(archive.namelist())
+        try:
+            if prefix + "byteorder" in names and archive.read(prefix + "byteorder").strip() != b"little":
+                raise CheckpointError(f"{path} holds big-endian tensors, which are not supported")
+            storages: dict[str, _Storage] = {}
+
+            def persistent_load(pid: Any) -> _Storage:
+                if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
+                        and isinstance(pid[1], _StorageType) and isinstance(pid[2], str) and isinstance(pid[4], int)):
+                    raise ValueError(f"a persistent id that is not a storage record: {str(pid)[:80]}")
+                _, kind, key, _location, numel = pid
+                if key in storages:
+                    return storages[key]
+                member = prefix + "data/" + key
+                if member not in names:
+                    raise ValueError(f"storage {key!r} is missing from the archive")
+                info = archive.getinfo(member)
+                dtype = STORAGE_DTYPES[kind.name]
+                np_dtype = np.dtype(np.uint16 if dtype == "bfloat16" else dtype)
+                if info.compress_type != zipfile.ZIP_STORED or info.file_size != numel * np_dtype.itemsize:
+                    raise ValueError(f"storage {key!r} holds {info.file_size} bytes, not the {numel} x "
+                                     f"{np_dtype.itemsize} its record says (or is compressed, which torch never does)")
+                buf = archive.read(member)
+                storages[key] = _Storage(np.frombuffer(buf, dtype=np_dtype), dtype == "bfloat16")
+                return storages[key]
+
+            extra = {("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+                     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter}
+            extra.update({("torch", name): _StorageType(name) for name in STORAGE_DTYPES})
+            # Resolved lazily by the unpickler: the storage type objects are callables only in name.
+            with archive.open(pickles[0]) as f:
+                state = unpickle_restricted(f, path, extra, persistent_load)
+        except CheckpointError:
+            raise
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError) as e:
+            raise CheckpointError(f"{path} is truncated or corrupt ({type(e).__name__}: {str(e)[:200]})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds a pickled {type(state).__name__}, not a state dict of tensors")
+    if "state_dict" in state and isinstance(state["state_dict"], dict):  # a training checkpoint around it
+        state = state["state_dict"]
+    out = OrderedDict()
+    for name, value in state.items():
+        if not isinstance(name, str) or not isinstance(value, np.ndarray):
+            raise CheckpointError(f"{path}: entry {str(name)[:80]!r} is a {type(value).__name__}, not a tensor; "
+                                  f"give a state dict (model.state_dict()), not a whole model or checkpoint")
+        out[name] = value
+    return out
