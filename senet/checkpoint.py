@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import pickle
 import random
@@ -358,7 +359,7 @@ def read_safetensors(path: str, integer_ok: Any = None) -> tuple[dict[str, np.nd
                 dtype = np.dtype(_ST_DTYPES[code])
                 ok = (all(isinstance(d, int) and d >= 0 for d in shape) and isinstance(begin, int)
                       and isinstance(end, int) and 0 <= begin <= end <= data_len
-                      and end - begin == int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
+                      and end - begin == math.prod(shape) * dtype.itemsize)  # Python ints: no int64 wrap-around
             except (KeyError, TypeError, ValueError):
                 ok = False
             if not ok:

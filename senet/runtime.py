@@ -13,8 +13,11 @@ Call `setup_cpu(threads)` before the first Paddle op, ideally before `import pad
   (~2% of the step; below the noise of wall-clock timing on a shared machine), and batch-1
   inference has no page faults either way. The cost: freed memory stays in the process.
 
-It also keeps four known Paddle start-up messages out of every tool's output (`quiet_paddle`,
-`filter_stderr`); each is filtered where it is made, and everything else Paddle prints still shows.
+It also keeps four known Paddle start-up messages out of every tool's output, and only those:
+two Python warnings by warnings filters (`quiet_paddle`), the OMP_NUM_THREADS notice that `import
+paddle` prints by a line filter on sys.stderr during that import (`filter_sys_stderr`), and PIR's
+glog line by a line filter on file descriptor 2 around the one `paddle.jit.save` call
+(`filter_stderr`). Everything else Paddle prints still shows.
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ import importlib.machinery
 import importlib.util
 import os
 import sys
-import threading
 import types
 import warnings
 from collections.abc import Iterator
@@ -58,34 +60,100 @@ def quiet_paddle() -> None:
         warnings.filterwarnings("ignore", message=message, category=UserWarning, module=r"paddle\.")
 
 
+# The filter process of filter_stderr: copies its stdin to its stdout line by line, dropping the
+# lines that contain one of its arguments. A separate program, not a thread: a thread needs the GIL,
+# which C++ code writing a lot to stderr may hold (the pipe fills and both wait for ever), and a
+# thread dies with the process, losing the fatal message of a crash.
+_FILTER_PROGRAM = """import sys
+drop = [a.encode() for a in sys.argv[1:]]
+out = sys.stdout.buffer
+for line in sys.stdin.buffer:
+    if not any(d in line for d in drop):
+        out.write(line)
+        out.flush()
+"""
+
+
 @contextlib.contextmanager
 def filter_stderr(drop: tuple[str, ...]) -> Iterator[None]:
     """Drop the lines that contain one of `drop` from file descriptor 2 for the `with` body; keep all others.
 
     At the descriptor, not sys.stderr, so C++ (glog) lines are caught too: fd 2 goes into a pipe
-    whose lines a thread copies to the real stderr, in order; the body's end waits for the last one.
+    read by a small filter process that writes every other line to the real stderr, in order, also
+    if this process crashes meanwhile (the filter reads to the end of the pipe). The body's end waits
+    for the last line. Where fd 2 is closed there is nothing to filter.
     """
-    sys.stderr.flush()
-    saved = os.dup(2)
-    read_end, write_end = os.pipe()
+    import subprocess
 
-    def copy_lines() -> None:
-        with os.fdopen(read_end, "rb") as pipe:
-            for line in pipe:  # a last line without "\n" arrives at the end too
-                if not any(d.encode() in line for d in drop):
-                    os.write(saved, line)
-
-    copier = threading.Thread(target=copy_lines, name="filter_stderr", daemon=True)
-    copier.start()
-    os.dup2(write_end, 2)
-    os.close(write_end)
+    try:
+        saved = os.dup(2)
+    except OSError:  # stderr closed (2>&-)
+        yield
+        return
+    if sys.stderr is not None:
+        sys.stderr.flush()
+    try:
+        filt = subprocess.Popen([sys.executable, "-c", _FILTER_PROGRAM, *drop], stdin=subprocess.PIPE,
+                                stdout=saved, stderr=subprocess.DEVNULL, close_fds=True)
+    except OSError:
+        os.close(saved)
+        yield
+        return
+    os.dup2(filt.stdin.fileno(), 2)
+    filt.stdin.close()  # fd 2 is now the pipe's only write end
     try:
         yield
     finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)  # closes the pipe's last write end: the copier reads to the end and stops
-        copier.join()
+        if sys.stderr is not None:
+            sys.stderr.flush()
+        os.dup2(saved, 2)  # closes the pipe's last write end: the filter reads to the end and stops
         os.close(saved)
+        filt.wait()
+
+
+class _DropLines:
+    """A stand-in for sys.stderr that drops whole lines containing one of `drop` and passes on the rest."""
+
+    def __init__(self, stream, drop: tuple[str, ...]) -> None:
+        self.stream, self.drop, self.pending = stream, drop, ""
+
+    def write(self, text: str) -> int:
+        self.pending += text
+        *lines, self.pending = self.pending.split("\n")
+        for line in lines:
+            if not any(d in line for d in self.drop):
+                self.stream.write(line + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def close_out(self) -> None:
+        if self.pending and not any(d in self.pending for d in self.drop):
+            self.stream.write(self.pending)
+        self.pending = ""
+        self.stream.flush()
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
+
+
+@contextlib.contextmanager
+def filter_sys_stderr(drop: tuple[str, ...]) -> Iterator[None]:
+    """Drop lines containing one of `drop` from what Python code prints to sys.stderr in the body.
+
+    No file descriptors are touched, so C code's output and a crash's messages pass as they are."""
+    real = sys.stderr
+    if real is None:
+        yield
+        return
+    sys.stderr = filtered = _DropLines(real, drop)
+    try:
+        yield
+    finally:
+        if sys.stderr is filtered:
+            sys.stderr = real
+        filtered.close_out()
 
 
 class _QuietPaddleLoader(importlib.abc.Loader):
@@ -99,7 +167,7 @@ class _QuietPaddleLoader(importlib.abc.Loader):
 
     def exec_module(self, module: types.ModuleType) -> None:
         module.__loader__ = module.__spec__.loader = self.loader
-        with filter_stderr(PADDLE_OMP_NOTICE):
+        with filter_sys_stderr(PADDLE_OMP_NOTICE):  # Paddle print()s it (paddle/base/__init__.py)
             self.loader.exec_module(module)
 
 

@@ -332,7 +332,10 @@ def _advance(state: TrainState, bar) -> None:
 
 def _count_overflow(state: TrainState, first_bad: paddle.Tensor, log: RunLogger) -> None:
     """Count a step the loss scaler skipped; stop after more than train.nan_skip_limit in a row."""
-    # Paddle's scaler has already read its overflow flag to the host (a Python bool): no extra sync.
+    # The flag is a Python bool or, with Momentum/SGD/AdamW, a device tensor. Paddle 3.3.1's dynamic
+    # loss scaling already reads it on the host every step (GradScaler.update -> _update: `if
+    # self._cache_found_inf`), so the step has synchronised before this line: reading it again adds no
+    # wait. (An on-device counter would not remove the sync that Paddle's own update makes.)
     if not state.scaler._cache_found_inf:
         state.overflows_in_a_row = 0
         return

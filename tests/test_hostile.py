@@ -247,6 +247,10 @@ def test_safetensors_dtypes_nan_and_digest(tmp_path):
     write_safetensors(p, {"w": ("F32", [1000, 1000], w.tobytes())})
     with pytest.raises(ckpt.CheckpointError, match="malformed entry"):
         ckpt.extract_model_state(p)
+    # A shape whose element count wraps int64 to 0 must not pass as an empty tensor.
+    write_safetensors(p, {"w": ("F32", [2**32, 2**32], b"")})
+    with pytest.raises(ckpt.CheckpointError, match="malformed entry"):
+        ckpt.extract_model_state(p)
     # Our own files carry a digest: a flipped bit in a tensor is refused, the untouched file loads.
     _, model = small_state()
     good = str(tmp_path / "model.safetensors")

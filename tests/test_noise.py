@@ -96,6 +96,30 @@ def test_filter_stderr_keeps_every_other_line_in_order():
     assert proc.stderr == "first\nsecond\nthird, from C\nlast, no newline\nafter\n"
 
 
+def test_filter_stderr_survives_a_flood_from_c_and_a_crash():
+    """C code that writes more than a pipe holds while it keeps the GIL must not hang, and the last
+    message of a process that aborts inside the filter must still reach the real stderr."""
+    code = (f"import ctypes, os, sys; sys.path.insert(0, {ROOT!r}); from senet.runtime import filter_stderr\n"
+            "libc = ctypes.PyDLL(None)\n"  # PyDLL keeps the GIL during the call
+            "with filter_stderr(('drop me',)):\n"
+            "    for _ in range(4000):\n"
+            "        libc.dprintf(2, b'%s\\n', b'x' * 60)\n"
+            "    os.write(2, b'FATAL last words\\n')\n"
+            "    os.abort()\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == -6
+    assert proc.stderr.count("x" * 60) == 4000 and proc.stderr.endswith("FATAL last words\n")
+
+
+def test_filters_leave_a_closed_stderr_alone():
+    """With fd 2 closed (2>&-) importing paddle and filtering must still work."""
+    code = (f"import sys; sys.path.insert(0, {ROOT!r}); from senet.runtime import setup_cpu, filter_stderr\n"
+            "setup_cpu(1)\nimport paddle\nwith filter_stderr(('x',)):\n    pass\nprint('ok')\n")
+    proc = subprocess.run(f"{sys.executable} -c \"$CODE\" 2>&-", shell=True, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "CODE": code})
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stdout + proc.stderr
+
+
 def test_setup_cpu_does_not_import_paddle():
     """Processes that never use Paddle (ONNX Runtime inference, its memory probe) must not pay for it."""
     code = f"import sys; sys.path.insert(0, {ROOT!r}); from senet.runtime import setup_cpu; setup_cpu(2); " \

@@ -5,6 +5,7 @@ SIGKILLed run, data-loader workers outliving it); the rest runs fit() in this pr
 """
 
 import errno
+import glob
 import json
 import os
 import signal
@@ -140,6 +141,10 @@ def test_a_second_run_is_refused_and_a_sigkilled_run_never_blocks_the_next(tmp_p
         if first.poll() is None:
             os.killpg(first.pid, signal.SIGKILL)
             first.wait()
+        # SIGKILLed processes never unlink their shared-memory batches (docs/reliability.md): remove them.
+        for pid in [first.pid, *(w.pid for w in workers)]:
+            for leaked in glob.glob(f"/dev/shm/paddle_{pid}_*"):
+                os.remove(leaked)
 
 
 def test_tools_work_in_a_locked_run_folder_and_a_finished_run_frees_it(tmp_path):

@@ -105,6 +105,10 @@ def test_sigterm_to_the_workers_first_then_the_group_mid_training(data, referenc
     proc = start(cmd(out, data["small"]), log)
     try:
         wait_for(lambda: "] step 1:" in log.read_text(), proc, "step 1")
+        # Freeze the main process, so that the run cannot finish while we watch its workers (a step
+        # takes ~0.1 s); the workers keep running and get the signal on their own.
+        os.kill(proc.pid, signal.SIGSTOP)
+        wait_stopped(proc)
         workers = children(proc.pid)
         assert len(workers) >= 2, workers  # the train loader's 2 workers are running
         for pid in workers:  # the signal reaches the workers first: they must not die of it
@@ -112,6 +116,7 @@ def test_sigterm_to_the_workers_first_then_the_group_mid_training(data, referenc
         time.sleep(0.3)
         assert proc.poll() is None and all(os.path.exists(f"/proc/{pid}") for pid in workers)
         os.killpg(proc.pid, signal.SIGTERM)  # then the whole job, as scancel / systemd / kubelet do
+        os.kill(proc.pid, signal.SIGCONT)  # the main process now finds SIGTERM pending
     finally:
         text = finish(proc, log)
     state = ckpt.load_checkpoint(str(out / "checkpoints" / "last.pdparams"))
@@ -143,39 +148,12 @@ def test_sigusr1_to_the_group_during_eval_saves_at_once_and_exits_138(data, refe
     assert_same_weights(reference / "model.safetensors", out / "model.safetensors")
 
 
-def _freeze_in_final_save(proc, out):
-    """SIGSTOP the main process while its metrics.json or model.safetensors temp file exists."""
-    temps = (f"metrics.json.tmp.{proc.pid}", f"model.safetensors.tmp.{proc.pid}")
-    while proc.poll() is None:
-        try:
-            names = os.listdir(out)
-        except FileNotFoundError:
-            names = []
-        if any(n in names for n in temps):
-            os.kill(proc.pid, signal.SIGSTOP)
-            wait_stopped(proc)
-            if any(os.path.exists(out / n) for n in temps):
-                return True
-            os.kill(proc.pid, signal.SIGCONT)
-        time.sleep(0.0002)
-    return False
-
-
 def test_sigterm_to_the_group_during_the_final_save(data, reference, tmp_path):
-    for attempt in range(4):  # a final save takes milliseconds: the poll may miss it
-        out, log = tmp_path / f"run{attempt}", tmp_path / f"first{attempt}.log"
-        proc = start(cmd(out, data["small"]), log)
-        try:
-            frozen = _freeze_in_final_save(proc, out)
-            if frozen:
-                os.killpg(proc.pid, signal.SIGTERM)  # pending in the frozen main; the workers ignore it
-                os.kill(proc.pid, signal.SIGCONT)
-        finally:
-            text = finish(proc, log)
-        if frozen:
-            break
-        assert proc.returncode == 0, text[-3000:]
-    assert frozen, "no attempt froze the run inside its final save"
+    out, log = tmp_path / "run", tmp_path / "first.log"
+    command = cmd(out, data["small"])
+    command[1] = os.path.join(ROOT, "tests", "signal_in_final_save.py")  # sends it from inside the save
+    proc = start(command, log)
+    text = finish(proc, log)
     check_stopped(text, proc, out, signal.SIGTERM, TOTAL_STEPS)
     # The save finished first: the run is complete, and a resume only writes the final files again.
     assert read_json(out / "metrics.json")["finished"]
