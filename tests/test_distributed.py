@@ -71,6 +71,24 @@ def test_distributed_eval_equals_single_process_on_odd_val_set(tmp_path):
     assert abs(dist["loss"] - single["loss"]) < 1e-5
 
 
+def launched_train_processes(tmp_path) -> dict[int, list[int]]:
+    """{rank: pids} of the tools/train.py processes paddle.distributed.launch started for this test
+    (its command line names tmp_path); a rank's forked loader workers count under the rank."""
+    found: dict[int, list[int]] = {}
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+                cmdline = open(f"/proc/{pid}/cmdline", "rb").read()
+            except OSError:
+                continue
+            if b"tools/train.py" in cmdline and str(tmp_path).encode() in cmdline:
+                for rank in (0, 1):
+                    if f"PADDLE_TRAINER_ID={rank}".encode() in env:
+                        found.setdefault(rank, []).append(int(pid))
+    return found
+
+
 def test_killing_one_rank_ends_the_whole_job_with_a_clear_message(tmp_path):
     cmd = [*LAUNCH, "--log_dir", str(tmp_path / "logs"), "tools/train.py", "-c",
            "configs/demo/se_resnet20_digits.yaml", "-o", *TINY, "data.synthetic_train_size=100000",
@@ -82,16 +100,7 @@ def test_killing_one_rank_ends_the_whole_job_with_a_clear_message(tmp_path):
         log1 = tmp_path / "logs" / "workerlog.1"
         if log1.exists() and "step " in (tmp_path / "run" / "train.log").read_text(errors="ignore") \
                 if (tmp_path / "run" / "train.log").exists() else False:
-            for pid in os.listdir("/proc"):
-                if pid.isdigit():
-                    try:
-                        env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
-                        cmdline = open(f"/proc/{pid}/cmdline", "rb").read()
-                    except OSError:
-                        continue
-                    if b"tools/train.py" in cmdline and b"PADDLE_TRAINER_ID=1" in env \
-                            and str(tmp_path).encode() in cmdline:
-                        victim = int(pid)
+            victim = next(iter(launched_train_processes(tmp_path).get(1, [])), None)
     assert victim, "rank 1 never started training"
     os.kill(victim, signal.SIGKILL)
     out, _ = launcher.communicate(timeout=120)  # must not hang

@@ -322,8 +322,9 @@ def test_failed_final_write_names_the_file_and_resume_auto_writes_it_again(tmp_p
 # ---------------------------------------------------------------- non-finite loss
 
 
-def _nan_at(monkeypatch, steps):
-    """Make the training loss NaN at the given (1-based) global steps, as a diverging run would."""
+def nan_loss_at(monkeypatch, steps):
+    """Make the training loss NaN at the given (1-based) global steps, before any loss scaling, as a
+    diverging run would. tests/test_train.py uses it too."""
     real = train_mod._forward_loss
 
     def forward_loss(state, images, labels, train):
@@ -338,7 +339,7 @@ def _nan_at(monkeypatch, steps):
 def test_nan_policy_stop_names_the_step_and_the_checkpoint_it_resumed_from(tmp_path, monkeypatch):
     out = tmp_path / "run"
     fit_here(tiny_cfg(out, "train.epochs=1"))
-    _nan_at(monkeypatch, {6})
+    nan_loss_at(monkeypatch, {6})
     with pytest.raises(TrainingError) as e:
         fit_here(tiny_cfg(out), resume="auto")
     last = out / "checkpoints" / "last.pdparams"
@@ -349,11 +350,11 @@ def test_nan_policy_stop_names_the_step_and_the_checkpoint_it_resumed_from(tmp_p
 
 
 def test_nan_policy_skip_skips_up_to_the_limit_then_stops(tmp_path, monkeypatch):
-    _nan_at(monkeypatch, {2, 3})
+    nan_loss_at(monkeypatch, {2, 3})
     metrics = fit_here(tiny_cfg(tmp_path / "a", "train.nan_policy=skip", "train.nan_skip_limit=2", "train.epochs=1"))
     assert metrics["finished"] and metrics["skipped_steps"] == 2 and metrics["global_step"] == STEPS_PER_EPOCH
     assert all(np.isfinite(v).all() for v in load_file(str(tmp_path / "a" / "model.safetensors")).values())
-    _nan_at(monkeypatch, {2, 3, 4})
+    nan_loss_at(monkeypatch, {2, 3, 4})
     out = tmp_path / "b"
     with pytest.raises(TrainingError) as e:
         fit_here(tiny_cfg(out, "train.nan_policy=skip", "train.nan_skip_limit=2", "train.save_every_steps=1"))

@@ -17,6 +17,7 @@ import time
 import paddle
 import psutil
 import pytest
+from test_reliability import CONFIG, DEADLINE, ROOT, TINY  # the tiny run of test_reliability.py
 
 from senet import checkpoint as ckpt
 from senet.config import load_config
@@ -24,14 +25,6 @@ from senet.runlock import LOCK_NAME, RunLock, RunLockedError
 from senet.runlog import RunFolderError, RunLogger, check_run_folder
 from senet.train import TrainingError, find_resume_checkpoint, fit
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = "configs/demo/se_resnet20_digits.yaml"
-# The tiny run of tests/test_reliability.py: 64 synthetic 16 px images, 4 steps per epoch.
-TINY = ["model.arch=se_resnet20", "model.num_classes=4", "model.se.reduction=4", "data.name=synthetic",
-        "data.image_size=16", "data.eval_crop=16", "data.synthetic_train_size=64", "data.synthetic_val_size=24",
-        "data.batch_size=16", "data.num_workers=0", "train.log_every=1", "train.epochs=2",
-        "lr_scheduler.name=cosine", "optimizer.lr=0.8", "train.amp.enabled=false"]
-DEADLINE = 300  # seconds; generous, the test machine is slow and shared
 pytestmark = pytest.mark.filterwarnings("ignore:When training, we now always track")
 
 

@@ -13,6 +13,7 @@ import sys
 import time
 
 import pytest
+from test_distributed import launched_train_processes
 from test_reliability import DEADLINE, ENV, ROOT, assert_same_weights, read_json, resume_points, wait_for, wait_stopped
 
 from senet import checkpoint as ckpt
@@ -165,19 +166,14 @@ def test_sigterm_to_the_group_during_the_final_save(data, reference, tmp_path):
 
 def _rank_pids(tmp_path):
     """{rank: process groups} of the launched tools/train.py processes of this test."""
-    found = {}
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
+    groups = {}
+    for rank, pids in launched_train_processes(tmp_path).items():
+        for pid in pids:
             try:
-                env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
-                cmdline = open(f"/proc/{pid}/cmdline", "rb").read()
-            except OSError:
-                continue
-            if b"tools/train.py" in cmdline and str(tmp_path).encode() in cmdline:
-                for rank in (0, 1):
-                    if f"PADDLE_TRAINER_ID={rank}".encode() in env:  # the rank or its forked loader worker
-                        found.setdefault(rank, set()).add(os.getpgid(int(pid)))
-    return found
+                groups.setdefault(rank, set()).add(os.getpgid(pid))
+            except ProcessLookupError:  # ended since /proc was read
+                pass
+    return groups
 
 
 def test_sigusr1_to_every_rank_of_a_launched_job_stops_all_ranks_at_one_step_and_resumes_exactly(data, tmp_path):

@@ -12,6 +12,7 @@ import time
 import numpy as np
 import paddle
 import pytest
+from test_reliability import nan_loss_at
 
 from senet.config import load_config
 from senet.train import lr_factor, scaled_lr
@@ -230,21 +231,6 @@ def fit_here(cfg):
 
     with paddle.utils.unique_name.guard():
         return fit(cfg)
-
-
-def nan_loss_at(monkeypatch, steps):
-    """Make the training loss NaN at the given (1-based) global steps, before any loss scaling."""
-    from senet import train as train_mod
-
-    real = train_mod._forward_loss
-
-    def forward_loss(state, images, labels, train):
-        logits, loss = real(state, images, labels, train)
-        if train and state.global_step + 1 in steps:
-            loss = loss * float("nan")
-        return logits, loss
-
-    monkeypatch.setattr(train_mod, "_forward_loss", forward_loss)
 
 
 class FakeScaler:
