@@ -8,7 +8,7 @@ PADDLE ?= $(shell if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/d
             then echo paddlepaddle-gpu==3.3.1; else echo paddlepaddle==3.3.1; fi)
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test lint demo bench vdl browser clean
+.PHONY: install test lint demo sweep-demo bench vdl browser clean
 
 install: $(STAMP)
 
@@ -42,8 +42,13 @@ DEMO_OUT := output/demo
 demo: install
 	PY=$(PY) DEMO_OUT=$(DEMO_OUT) VDL_PORT=$(VDL_PORT) bash scripts/demo.sh
 
-# ResNet-50 vs SE-ResNet-50 (r = 2..32) and paddle.vision's ResNet-50: speed, memory, cost; see docs/bench.md.
-# About 5 minutes on 2 idle CPU cores (budget: 10); `.venv/bin/python tools/bench.py --full` for the paper's sizes on a GPU.
+# ResNet-20 and its SE, ECA and CBAM twins on the digits, 3 seeds each, two runs at a time; docs/sweep.md.
+sweep-demo: install
+	PYTHON=$(PY) bash scripts/sweep.sh digits
+
+# ResNet-50 vs SE-ResNet-50 (r = 2..32), ECA-, CBAM- and paddle.vision's ResNet-50: speed, memory, cost; docs/bench.md.
+# About 5 minutes on 2 idle CPU cores without ECA and CBAM, about 8 with them (an estimate, docs/bench.md; budget: 10).
+# `.venv/bin/python tools/bench.py --full` for the paper's sizes on a GPU.
 bench: install
 	$(PY) tools/bench.py
 

@@ -5,11 +5,12 @@
 
 Exports the model (random weights, seed 0) to a temporary folder with senet.export, then times
 `Predictor.predict` on each engine and the dygraph forward (model.eval(), paddle.no_grad()) on the
-same uint8 images, each including the same normalisation. The engines run alternately (A, B, C,
-A, B, C, ...) in one process after a warm-up and we report medians, so load from other processes
-on a shared machine hits all of them alike. Agreement: max |engine - dygraph| / max |dygraph|
-over the logits, and the same top-1 for every image. Issue 7's targets: Paddle Inference at most
-1.2x ONNX Runtime's latency, at least 4x faster than dygraph, relative error <= 1e-3.
+same uint8 images, each including the same normalisation. The engines run alternately (A B C,
+C B A, ...) in one process after a warm-up, through `make bench`'s timing (senet.bench.timing), and
+we report medians, so load from other processes on a shared machine hits all of them alike.
+Agreement: max |engine - dygraph| / max |dygraph| over the logits, and the same top-1 for every
+image. Issue 7's targets: Paddle Inference at most 1.2x ONNX Runtime's latency, at least 4x faster
+than dygraph, relative error <= 1e-3.
 """
 
 from __future__ import annotations
@@ -25,32 +26,12 @@ from collections.abc import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from senet.bench import alternate  # noqa: E402  (imports no Paddle)
 from senet.runtime import setup_cpu  # noqa: E402  (must run before `import paddle`)
 
-
-def alternate(fns: dict[str, Callable[[], object]], iters: int, warmup: int, settle: int = 2,
-              pause: float = 0.3) -> dict[str, list[float]]:
-    """Wall times in ms of each fn, called round-robin; every fn returns host arrays, so its work is done.
-
-    Each turn first waits `pause` seconds, then makes `settle` untimed calls: after a parallel
-    region the OpenMP threads of Paddle spin for up to 200 ms (KMP_BLOCKTIME) and ONNX Runtime's
-    pool spins too, so a call right after switching engines competes with the previous engine's
-    idle threads for the cores. (Without the pause, ONNX Runtime's median after dygraph was 70 ms
-    against a minimum of 40.)
-    """
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(iters):
-        for name, fn in fns.items():
-            time.sleep(pause)
-            for _ in range(settle):
-                fn()
-            t0 = time.perf_counter()
-            fn()
-            times[name].append((time.perf_counter() - t0) * 1e3)
-    return times
+# Each engine's turn starts with this pause and --settle untimed calls, so that the previous engine's
+# spinning threads are gone (senet.bench.timing.run_alternating says why).
+PAUSE_S = 0.3
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="CPU threads for every engine (0 = all cores)")
     p.add_argument("--iters", type=int, default=30, help="timed rounds")
     p.add_argument("--warmup", type=int, default=5, help="untimed rounds first")
-    p.add_argument("--settle", type=int, default=2, help="untimed calls before each timed one (see alternate)")
+    p.add_argument("--settle", type=int, default=2, help="untimed calls before each timed one (see PAUSE_S)")
     p.add_argument("--bf16", action="store_true", help="also time Paddle Inference with oneDNN bf16 (not checked)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
@@ -97,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                            "same_top1": bool((out_logits.argmax(1) == ref.argmax(1)).all())}
         fns: dict[str, Callable[[], object]] = {"dygraph": lambda: dygraph_logits(model, images, mean, std)}
         fns.update({name: (lambda pred=pred: pred.predict(images)) for name, pred in engines.items()})
-        times = alternate(fns, args.iters, args.warmup, args.settle)
+        times = alternate(fns, args.iters, args.warmup, settle_calls=args.settle, pause_s=PAUSE_S)
     med = {name: statistics.median(t) for name, t in times.items()}
     result = {
         "arch": args.arch, "size": args.size, "batch": args.batch, "threads": threads, "iters": args.iters,

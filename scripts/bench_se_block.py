@@ -3,11 +3,12 @@
     .venv/bin/python scripts/bench_se_block.py                 # block + both model ratios, all cores
     .venv/bin/python scripts/bench_se_block.py --skip-block --iters 30 --impl linear
 
-Prints two ratios (issue 2's targets): training step (forward, cross-entropy, backward, Momentum
-step; batch 8) se_resnet50 / resnet50, and batch-1 eval inference under no_grad. The two models
-run alternately (A B, B A, ...) in one process and we report medians, so load from other
-processes on a shared machine hits both sides alike. The load average is printed too: above the
-core count, expect the ratios to move by a few percent from run to run.
+Prints two ratios (issue 2's targets): training step (the trainer's own, senet.step.train_step, as
+`make bench` runs it; batch 8) se_resnet50 / resnet50, and batch-1 eval inference under no_grad.
+The two models run alternately (A B, B A, ...) in one process, through `make bench`'s timing
+(senet.bench.timing), and we report medians, so load from other processes on a shared machine hits
+both sides alike. The load average is printed too: above the core count, expect the ratios to move
+by a few percent from run to run.
 """
 
 from __future__ import annotations
@@ -16,31 +17,12 @@ import argparse
 import os
 import statistics
 import sys
-import time
-from collections.abc import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from senet.bench import FP32, alternate, build, get_mode, plan_models  # noqa: E402  (imports no Paddle)
+from senet.bench.modes import synthetic_batch  # noqa: E402
 from senet.runtime import setup_cpu  # noqa: E402  (must run before `import paddle`)
-
-
-def alternate(fns: dict[str, Callable[[], None]], iters: int, warmup: int) -> dict[str, list[float]]:
-    """Wall times of each fn in ms, calling them round-robin so load drift hits all alike.
-
-    Odd rounds run in reverse order (A B, B A, ...): whichever runs right after another model
-    finds the caches full of that model's data, and this spreads that cost evenly.
-    """
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    order = list(fns.items())
-    for i in range(iters):
-        for name, fn in order if i % 2 == 0 else order[::-1]:
-            t0 = time.perf_counter()
-            fn()  # CPU kernels run synchronously: the work is done when fn returns
-            times[name].append((time.perf_counter() - t0) * 1e3)
-    return times
 
 
 def compare(title: str, times: dict[str, list[float]], target: float) -> float:
@@ -72,10 +54,8 @@ def main(argv: list[str] | None = None) -> int:
 
     threads = setup_cpu(args.threads)
     import paddle
-    import paddle.nn.functional as F
 
-    from senet.layers import SEBlock, SEOptions
-    from senet.resnet import create_model
+    from senet.attention import SEBlock, SEOptions
 
     paddle.set_device("cpu")
     paddle.seed(0)
@@ -90,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         xg = paddle.randn([args.batch, 256, 56, 56])
         xg.stop_gradient = False
 
-        # No .numpy() here: copying a 3 MB map to numpy would cost more than the block. CPU
-        # kernels run synchronously, so the clock reads after the work is done.
+        # No .numpy() here (the calls return None): copying a 3 MB map to numpy would cost more than
+        # the block. CPU kernels run synchronously, so the clock reads after the work is done.
         def block_infer() -> None:
             with paddle.no_grad():
                 block(x)
@@ -104,39 +84,19 @@ def main(argv: list[str] | None = None) -> int:
         t = alternate({"infer b1": block_infer, f"fwd+bwd b{args.batch}": block_train}, args.iters, args.warmup)
         print("SE block 256x56x56: " + ", ".join(f"{k} {statistics.median(v):.2f} ms" for k, v in t.items()))
 
-    models = {"resnet50": create_model("resnet50"), "se_resnet50": create_model("se_resnet50", se=se)}
+    # `make bench`'s models and runners: the step and the forward that it times.
+    specs = plan_models(["resnet50", "se_resnet50"], [f"model.se.impl={args.impl}"], [], reference=False)
+
+    def runs(mode: str, batch: int) -> dict:
+        images, labels = synthetic_batch(batch, args.size, 1000, 0)
+        return {s.arch: get_mode(mode).runner(build(s), s, FP32, images, labels) for s in specs}
 
     if not args.skip_train:
-        x = paddle.randn([args.batch, 3, args.size, args.size])
-        y = paddle.randint(0, 1000, [args.batch])
-        steps = {}
-        for name, model in models.items():
-            model.train()
-            opt = paddle.optimizer.Momentum(0.01, momentum=0.9, parameters=model.parameters(), weight_decay=1e-4)
-
-            def step(model=model, opt=opt) -> None:
-                loss = F.cross_entropy(model(x), y)
-                loss.backward()
-                opt.step()
-                opt.clear_grad()
-                float(loss)  # host sync, once per step as a logging loop would
-
-            steps[name] = step
-        compare(f"train step, batch {args.batch}", alternate(steps, args.iters, args.warmup), 1.05)
-
+        compare(f"train step, batch {args.batch}", alternate(runs("train", args.batch), args.iters, args.warmup),
+                1.05)
     if not args.skip_infer:
-        x = paddle.randn([1, 3, args.size, args.size])
-        runs = {}
-        for name, model in models.items():
-            model.eval()
-
-            def run(model=model) -> None:
-                with paddle.no_grad():
-                    model(x).numpy()
-
-            runs[name] = run
         # Batch 1 is ~25x quicker than a training step and noisier: more rounds.
-        compare("inference, batch 1", alternate(runs, args.iters * 5, args.warmup), 1.03)
+        compare("inference, batch 1", alternate(runs("latency", 1), args.iters * 5, args.warmup), 1.03)
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
     return 0
 

@@ -3,10 +3,10 @@
     .venv/bin/python scripts/bench_trainer.py [--arch se_resnet20] [--batch 128] [--size 32] [--images 2048] \\
         [--epochs 3]
 
-The bare loop is forward, cross-entropy, backward, optimizer step on one pre-made float batch: no
-data loading, no metrics, no logging. The trainer is `senet.train.fit` on in-memory synthetic
-data: the loader, on-device normalisation, metric accumulation, the LR schedule, logging,
-checkpoints (no eval).
+Both run the same step, senet.step.train_step (on-device normalisation, forward, cross-entropy,
+backward, optimizer step). The bare loop calls it on one pre-made uint8 batch, with no LR schedule:
+no data loading, no metrics, no logging. The trainer is `senet.train.fit` on in-memory synthetic
+data: the loader, metric accumulation, the LR schedule, logging, checkpoints (no eval).
 
 On a shared 2-core machine the speed of the same loop drifts by up to 2x within minutes, so
 timing the two loops one after the other measures the drift, not the trainer. Here they are
@@ -76,23 +76,29 @@ def main() -> None:
     threads = setup_cpu(0)
 
     import paddle
-    import paddle.nn.functional as F
 
     import senet.train
     from senet.config import load_config
     from senet.resnet import create_model
+    from senet.step import StepParts, train_step
 
+    out = tempfile.mkdtemp(prefix="bench_trainer_")
+    overrides = [f"model.arch={args.arch}", "model.num_classes=10", "data.name=synthetic",
+                 f"data.image_size={args.size}", f"data.eval_crop={args.size}", f"data.batch_size={args.batch}",
+                 f"data.synthetic_train_size={args.images}", "data.synthetic_val_size=16", "data.num_workers=0",
+                 "data.hflip=0.0", "train.eval_every=0", "train.log_every=1000", "train.amp.enabled=false",
+                 f"train.epochs={args.epochs + 1}", "train.save_every=0", "optimizer.weight_decay=1e-4",
+                 f"output_dir={out}"]
+    cfg = load_config(None, overrides)
     model = create_model(args.arch, num_classes=10)
     opt = paddle.optimizer.Momentum(0.1, parameters=[p for p in model.parameters() if not p.stop_gradient],
                                     weight_decay=1e-4)
-    x = paddle.randn([args.batch, 3, args.size, args.size])
+    bare = StepParts(model, opt, cfg["data"]["mean"], cfg["data"]["std"])
+    x = paddle.randint(0, 256, [args.batch, args.size, args.size, 3]).astype("uint8")  # as the loader hands it
     y = paddle.randint(0, 10, [args.batch])
 
     def bare_step() -> None:
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        opt.clear_grad(set_to_zero=False)
+        _, loss, _ = train_step(bare, x, y)
         float(loss)  # CPU kernels are synchronous; this only keeps the loop honest on a GPU
 
     log: dict = {"pairs": []}
@@ -103,14 +109,7 @@ def main() -> None:
         return Interleaved(loader, bare_step, log) if split == "train" else loader
 
     senet.train.build_loader = interleaved_loader
-    out = tempfile.mkdtemp(prefix="bench_trainer_")
-    overrides = [f"model.arch={args.arch}", "model.num_classes=10", "data.name=synthetic",
-                 f"data.image_size={args.size}", f"data.eval_crop={args.size}", f"data.batch_size={args.batch}",
-                 f"data.synthetic_train_size={args.images}", "data.synthetic_val_size=16", "data.num_workers=0",
-                 "data.hflip=0.0", "train.eval_every=0", "train.log_every=1000", "train.amp.enabled=false",
-                 f"train.epochs={args.epochs + 1}", "train.save_every=0", "optimizer.weight_decay=1e-4",
-                 f"output_dir={out}"]
-    metrics = senet.train.fit(load_config(None, overrides))
+    metrics = senet.train.fit(cfg)
     steps = args.images // args.batch
     pairs = log["pairs"][steps:]  # epoch 1 is warm-up
     ratios = [bare / trainer for bare, trainer in pairs]

@@ -1,4 +1,4 @@
-"""What the SE gates do: record every SE block's excitation vector s and summarise it as the paper does.
+"""What the attention gates do: record every block's gate values and summarise them as the SE paper does.
 
 Hu et al., "Squeeze-and-Excitation Networks" (arXiv 1709.01507), Section 7.2, "Role of excitation":
 - Figure 6: for a few classes, the mean excitation of each channel over that class's images, against the
@@ -9,9 +9,12 @@ Hu et al., "Squeeze-and-Excitation Networks" (arXiv 1709.01507), Section 7.2, "R
   paper's own Figure 7, as we read it, plots the per-channel mean and std over the images of one
   class; those per-class std vectors are in the NPZ output, `<block>/class_std`.)
 
-Recording uses a forward post-hook on each SE block's second FC (`fc2`) and applies the block's own
-`gate` to its output: that is s of Eq. 3 exactly, whatever the block's impl, squeeze or placement, and
-it needs nothing from the block's forward. Hooks are removed afterwards; the model is left unchanged.
+The same summaries apply to every registered attention block (senet.attention): SE's s, ECA's w and
+CBAM's channel map M_c are each one weight per channel. Labels are named after the block kind
+(SE_4_2, ECA_4_2, CBAM_4_2). CBAM's spatial map M_s has no channels; record_gates returns it on request
+(the VisualDL histograms take it), the figures do not.
+
+Recording is senet.attention.gates.record_gates (also what the trainer's VisualDL histograms use).
 """
 
 from __future__ import annotations
@@ -19,15 +22,15 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import paddle
 import paddle.nn as nn
 
-from senet.layers import SEBlock
+from senet.attention import REGISTRY, attention_blocks, kind_of, split_arch
+from senet.attention.gates import CHANNEL, record_gates
 
 LOW, HIGH = 0.05, 0.95  # a gate below LOW counts as saturated near 0, above HIGH near 1
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
@@ -36,77 +39,23 @@ MAX_PLOT_CHANNELS = 64  # Figure 6 shows evenly spaced channels (the paper shows
 
 # --------------------------------------------------------------------------- recording
 
-def se_blocks(model: nn.Layer) -> dict[str, SEBlock]:
-    """Every SE block of `model` by sublayer name ("layer3.1.se"), in network order."""
-    return {name.removeprefix("_layers."): layer for name, layer in model.named_sublayers()
-            if isinstance(layer, SEBlock)}  # "_layers." is paddle.DataParallel's wrapper prefix
-
-
-def paper_label(name: str) -> str:
-    """"layer3.1.se" -> "SE_4_2", the paper's SE_stageID_blockID. Its stage 2 (conv2_x) is our layer1."""
+def paper_label(name: str, kind: str = "SE") -> str:
+    """"layer3.1.se" -> "SE_4_2" (kind "ECA": "ECA_4_2"), the SE paper's SE_stageID_blockID named after
+    the block kind. Its stage 2 (conv2_x) is our layer1. The slot is `se` for every kind (senet.resnet)."""
     m = re.fullmatch(r"layer(\d+)\.(\d+)\.se", name)
-    return f"SE_{int(m[1]) + 1}_{int(m[2]) + 1}" if m else name
+    return f"{kind}_{int(m[1]) + 1}_{int(m[2]) + 1}" if m else name
 
 
-def _per_channel(block: SEBlock, s: paddle.Tensor) -> np.ndarray:
-    """The gate output in any layout -> float32 [N, C]. NoSqueeze gates vary over positions: averaged there."""
-    a = s.astype("float32").numpy()
-    channel_last = a.ndim == 2 or isinstance(block.fc2, nn.Linear) or getattr(block, "channel_last", False)
-    if not channel_last:
-        a = np.moveaxis(a, 1, -1)
-    if a.shape[-1] != block.channels:
-        raise RuntimeError(f"cannot find the {block.channels} channels of an SE block in its gate output "
-                           f"of shape {list(s.shape)}")
-    return a.reshape(a.shape[0], -1, block.channels).mean(axis=1)
+def kind_title(model: nn.Layer) -> str:
+    """The registry title of the model's attention blocks ("SE", "ECA", "CBAM"); "SE" without any."""
+    blocks = list(attention_blocks(model).values())
+    return kind_of(blocks[0]).title if blocks else "SE"
 
 
-@contextmanager
-def _hooks(model: nn.Layer) -> Iterator[dict[str, list[np.ndarray]]]:
-    """Within the block, every SE block's gates are appended to records[name], one [N, C] per forward."""
-    records: dict[str, list[np.ndarray]] = {}
-    handles = []
-
-    def recorder(block: SEBlock, sink: list[np.ndarray]):
-        def hook(layer: nn.Layer, inputs: Any, output: paddle.Tensor) -> None:
-            sink.append(_per_channel(block, block.gate(output)))  # returns None: fc2's output is untouched
-        return hook
-
-    try:
-        for name, block in se_blocks(model).items():
-            records[name] = []
-            handles.append(block.fc2.register_forward_post_hook(recorder(block, records[name])))
-        yield records
-    finally:
-        for h in handles:
-            h.remove()
-
-
-def record_gates(model: nn.Layer, x: paddle.Tensor) -> dict[str, np.ndarray]:
-    """Every SE block's excitations for one already-normalised batch: {block name: float32 [N, C]}.
-
-    One eval-mode, no-grad forward; afterwards every sublayer's train/eval flag (and Paddle's global
-    train/eval mode) is what it was, and no hook is left behind. For an AMP O2 model call it under the
-    same paddle.amp.auto_cast as the training step.
-    """
-    modes = [(layer, layer.training) for layer in [model, *model.sublayers()]]
-    tracer = paddle.base.framework._dygraph_tracer()  # Layer.eval() also flips this global mode
-    tracer_train = tracer._train_mode
-    model.eval()
-    try:
-        with paddle.no_grad(), _hooks(model) as records:
-            model(x)
-    finally:
-        for layer, training in modes:
-            layer.training = training
-        if tracer_train:
-            tracer.train_mode()
-        else:
-            tracer.eval_mode()
-    return {name: np.concatenate(parts) for name, parts in records.items() if parts}
 
 
 def collect(model: nn.Layer, loader, cfg: dict, data_format: str = "NCHW") -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Run a loader of (uint8 images, labels) through `model`: ({block: [N, C]}, labels [N])."""
+    """Run a loader of (uint8 images, labels) through `model`: ({block: channel gates [N, C]}, labels [N])."""
     from senet.data import normalize_batch
 
     parts: dict[str, list[np.ndarray]] = {}
@@ -138,15 +87,17 @@ def default_blocks(names: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(picks))
 
 
-def resolve_blocks(wanted: Sequence[str] | None, names: Sequence[str]) -> list[str]:
-    """Block names from "layer3.1.se", "layer3.1" or the paper's "SE_4_2"; the default choice if none."""
+def resolve_blocks(wanted: Sequence[str] | None, names: Sequence[str], kind: str = "SE") -> list[str]:
+    """Block names from "layer3.1.se", "layer3.1" or the paper's label ("SE_4_2"; "ECA_4_2" for kind
+    "ECA"); the default choice if none."""
     if not wanted:
         return default_blocks(names)
-    by_label = {paper_label(n): n for n in names} | {n.removesuffix(".se"): n for n in names} | {n: n for n in names}
+    by_label = ({paper_label(n, kind): n for n in names} | {n.removesuffix(".se"): n for n in names}
+                | {n: n for n in names})
     missing = [w for w in wanted if w not in by_label]
     if missing:
-        raise ValueError(f"unknown SE block(s) {missing}; this model has {', '.join(names)} "
-                         f"(or the paper's names {paper_label(names[0])} ... {paper_label(names[-1])})")
+        raise ValueError(f"unknown {kind} block(s) {missing}; this model has {', '.join(names)} (or the "
+                         f"paper-style names {paper_label(names[0], kind)} ... {paper_label(names[-1], kind)})")
     return [by_label[w] for w in wanted]
 
 
@@ -169,15 +120,15 @@ def resolve_classes(wanted: Sequence[str] | None, class_names: Sequence[str], co
 
 
 def block_stats(s: np.ndarray) -> dict[str, Any]:
-    """The distribution of one block's excitations [N, C] over all images and channels."""
+    """The distribution of one block's channel gates [N, C] over all images and channels."""
     return {"mean": float(s.mean()), "std": float(s.std()), "min": float(s.min()), "max": float(s.max()),
             "frac_low": float((s < LOW).mean()), "frac_high": float((s > HIGH).mean()),
             "quantiles": {str(q): float(v) for q, v in zip(QUANTILES, np.quantile(s, QUANTILES))}}
 
 
 def excitation_stats(gates: dict[str, np.ndarray], labels: np.ndarray, in_sample: np.ndarray,
-                     classes: Sequence[int]) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
-    """Per block: scalar statistics (JSON) and per-channel arrays (NPZ).
+                     classes: Sequence[int], kind: str = "SE") -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
+    """Per block: scalar statistics (JSON) and per-channel arrays (NPZ); labels named after `kind`.
 
     The distribution and the all-classes means use the uniform sample only (`in_sample`); the class
     means use every recorded image of the class. `class_gap` is the mean |class mean - all-classes mean|
@@ -195,7 +146,7 @@ def excitation_stats(gates: dict[str, np.ndarray], labels: np.ndarray, in_sample
                 class_mean[i], class_std[i] = s[labels == k].mean(axis=0), s[labels == k].std(axis=0)
         seen = counts > 0
         gap = float(np.abs(class_mean[seen] - all_mean).mean()) if seen.any() else None
-        rows.append({"name": name, "label": paper_label(name), "depth": depth, "channels": int(s.shape[1]),
+        rows.append({"name": name, "label": paper_label(name, kind), "depth": depth, "channels": int(s.shape[1]),
                      **block_stats(sample), "class_gap": gap})
         arrays |= {f"{name}/all_mean": all_mean, f"{name}/all_std": sample.std(axis=0),
                    f"{name}/class_mean": class_mean, f"{name}/class_std": class_std}
@@ -214,7 +165,7 @@ def _pyplot():
 
 
 def plot_class_profiles(arrays: dict[str, np.ndarray], blocks: Sequence[str], class_names: Sequence[str],
-                        path: str, title: str = "") -> None:
+                        path: str, title: str = "", kind: str = "SE") -> None:
     """Figure 6: per block, the mean excitation of each channel for each chosen class and for all classes."""
     plt = _pyplot()
     cols = min(3, len(blocks))
@@ -228,15 +179,15 @@ def plot_class_profiles(arrays: dict[str, np.ndarray], blocks: Sequence[str], cl
             ax.plot(x, m[channels], lw=1.2, label=cname)
         ax.plot(x, all_mean[channels], "k--", lw=1.5, label="all")
         step = f", every {channels[1] - channels[0]}th" if len(channels) > 1 and channels[1] - channels[0] > 1 else ""
-        ax.set_title(f"{paper_label(name)} ({name}, C={len(all_mean)})", fontsize=10)
+        ax.set_title(f"{paper_label(name, kind)} ({name}, C={len(all_mean)})", fontsize=10)
         ax.set_xlabel(f"channel index{step}")
-        ax.set_ylabel("mean excitation")
+        ax.set_ylabel(f"mean {kind} channel gate")
         ax.grid(alpha=0.3)
     for ax in axes.flat[len(blocks):]:
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="upper right", ncol=min(len(labels), 6), fontsize=9, title="class")
-    fig.suptitle(title or "Mean excitation per channel: chosen classes vs all classes", x=0.02, ha="left")
+    fig.suptitle(title or "Mean channel gate: chosen classes vs all classes", x=0.02, ha="left")
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.6 / fig.get_figheight()))  # 0.6 inch on top for title and legend
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -254,7 +205,7 @@ def plot_depth(rows: list[dict[str, Any]], path: str, title: str = "") -> None:
     top.bxp(boxes, positions=x, showfliers=False, widths=0.6)
     top.errorbar(x, [r["mean"] for r in rows], yerr=[r["std"] for r in rows], fmt="o", ms=3, color="C3",
                  capsize=2, label="mean ± std")
-    top.set_ylabel("excitation s")
+    top.set_ylabel("channel gate")
     top.set_title("boxes: quartiles, median; whiskers: 5th-95th percentile", fontsize=9)
     top.legend(loc="best", fontsize=9)
     bottom.plot(x, [100 * r["frac_low"] for r in rows], "v-", label=f"s < {LOW}")
@@ -268,7 +219,7 @@ def plot_depth(rows: list[dict[str, Any]], path: str, title: str = "") -> None:
                 ax.axvline(i - 0.5, color="grey", lw=0.8, ls=":")
     every = max(1, len(rows) // 30)  # keep tick labels readable on deep nets
     bottom.set_xticks(x[::every], [r["label"] for r in rows][::every], rotation=90, fontsize=8)
-    fig.suptitle(title or "SE excitations along the depth", x=0.02, ha="left")
+    fig.suptitle(title or "Channel gates along the depth", x=0.02, ha="left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -282,7 +233,7 @@ def summary_text(report: dict[str, Any]) -> str:
     """A short readable summary: one line per block, then what stands out."""
     m, rows = report["meta"], report["blocks"]
     weights = m["weights"] or "random init, NOT trained: says nothing about a trained network"
-    lines = [f"SE excitations of {m['arch']} ({weights}) on {m['data']}/{m['split']}",
+    lines = [f"{m['kind']} channel gates of {m['arch']} ({weights}) on {m['data']}/{m['split']}",
              f"images: {m['sample_images']} sampled uniformly (of {m['split_images']}), "
              f"+{m['extra_images']} more of the chosen classes; classes: "
              + ", ".join(f"{n} ({c})" for n, c in zip(m['class_names'], m['class_images'])), "",
@@ -321,8 +272,9 @@ def write_report(report: dict[str, Any], arrays: dict[str, np.ndarray], out_dir:
              classes=np.array(m["classes"]), class_names=np.array(m["class_names"]), **arrays)
     what = f"{m['arch']} on {m['data']}/{m['split']}" + ("" if m["weights"] else " (random init)")
     plot_class_profiles(arrays, m["plot_blocks"], m["class_names"], paths["fig6_class_excitations.png"],
-                        f"Mean excitation per channel, chosen classes vs all: {what}")
-    plot_depth(report["blocks"], paths["fig7_depth_distribution.png"], f"SE excitations along the depth: {what}")
+                        f"Mean {m['kind']} gate per channel, chosen classes vs all: {what}", m["kind"])
+    plot_depth(report["blocks"], paths["fig7_depth_distribution.png"],
+               f"{m['kind']} channel gates along the depth: {what}")
     with open(paths["summary.txt"], "w") as f:
         f.write(summary_text(report))
     if raw is not None:
@@ -347,7 +299,7 @@ class _Subset(paddle.io.Dataset):
 def analyze(cfg: dict, split: str = "val", samples: int = 1000, classes: Sequence[str] | None = None,
             blocks: Sequence[str] | None = None, per_class: int = 50, out_dir: str | None = None,
             raw: bool = False, seed: int = 0) -> dict[str, Any]:
-    """Build the model (with cfg model.weights if set), record its excitations on `split` and write the report.
+    """Build the model (with cfg model.weights if set), record its channel gates on `split` and write the report.
 
     Images: `samples` drawn uniformly from the split (all of it if smaller) for the distributions and the
     all-classes means, plus up to `per_class` images of each chosen class for the class means.
@@ -356,17 +308,20 @@ def analyze(cfg: dict, split: str = "val", samples: int = 1000, classes: Sequenc
     from senet.checkpoint import load_weights
     from senet.data import Loader, build_dataset
     from senet.data.loader import ShardedBatchSampler
+    from senet.device import device_notices
     from senet.resnet import build_model
-    from senet.train import device_notices
 
     data_format = device_notices(cfg)["data_format"]
     paddle.seed(cfg["train"]["seed"])  # without weights, the same random model every time
     model = build_model({**cfg, "train": {**cfg["train"], "data_format": data_format}})
-    names = list(se_blocks(model))
+    entry, _ = split_arch(cfg["model"]["arch"])
+    names = [name for name, block in attention_blocks(model).items() if CHANNEL in block.gates()]
     if not names:
-        raise ValueError(f"model.arch {cfg['model']['arch']} has no SE blocks (model.se.stages "
-                         f"{cfg['model']['se']['stages']}); analyse an se_ model")
-    plot_blocks = resolve_blocks(blocks, names)
+        stages = f" (model.{entry.name}.stages {cfg['model'][entry.name]['stages']})" if entry else ""
+        raise ValueError(f"model.arch {cfg['model']['arch']} has no attention blocks with channel gates{stages}; "
+                         f"analyse a model with them ({', '.join(k + '_' for k in REGISTRY)})")
+    kind = kind_title(model)
+    plot_blocks = resolve_blocks(blocks, names, kind)
     if cfg["model"]["weights"]:
         load_weights(model, cfg["model"]["weights"], trust=cfg["model"]["trust_pickle"],
                      expected_arch=cfg["model"]["arch"])
@@ -389,13 +344,14 @@ def analyze(cfg: dict, split: str = "val", samples: int = 1000, classes: Sequenc
         gates = {k: np.concatenate([v, more[k]]) for k, v in gates.items()}
         labels = np.concatenate([labels, more_labels])
         in_sample = np.concatenate([in_sample, np.zeros(len(more_labels), dtype=bool)])
-    rows, arrays = excitation_stats(gates, labels, in_sample, chosen)
+    rows, arrays = excitation_stats(gates, labels, in_sample, chosen, kind)
     meta = {"arch": cfg["model"]["arch"], "weights": cfg["model"]["weights"], "data": cfg["data"]["name"],
             "split": split, "split_images": len(dataset), "sample_images": int(in_sample.sum()),
             "extra_images": int((~in_sample).sum()), "classes": chosen,
             "class_names": [str(dataset.classes[k]) for k in chosen],
             "class_images": [int((labels == k).sum()) for k in chosen], "plot_blocks": plot_blocks,
-            "thresholds": {"low": LOW, "high": HIGH}, "se": cfg["model"]["se"]}
+            "thresholds": {"low": LOW, "high": HIGH}, "kind": kind, "attention": entry.name,
+            "options": cfg["model"][entry.name]}
     report = {"meta": meta, "blocks": rows}
     raw_arrays = None
     if raw:

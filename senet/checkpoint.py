@@ -410,6 +410,8 @@ def _weights_and_config(path: str, trust: bool, prefer_ema: bool) -> tuple[dict[
             recorded = json.loads(metadata.get("config", "null"))
         except ValueError:
             recorded = None
+        if recorded is None and isinstance(metadata.get("arch"), str):  # an export records its arch alone
+            recorded = {"model": {"arch": metadata["arch"]}}
     else:
         weights, recorded = _pickled_weights(path, trust, prefer_ema)
     check_finite(weights, path)
@@ -460,12 +462,38 @@ def load_weights(model: paddle.nn.Layer, path: str, trust: bool = False, prefer_
                  expected_arch: str | None = None) -> None:
     """Load weights into `model`, refusing any missing, unexpected or mis-shaped tensor by name."""
     weights, recorded_cfg = _weights_and_config(path, trust, prefer_ema)
-    check_compatible(model, weights, path, expected_arch)
+    check_compatible(model, weights, path, expected_arch, _recorded_arch(recorded_cfg))
+    check_attention_kind(recorded_cfg, expected_arch, path)  # what shapes cannot tell apart
     check_stem_era(model, recorded_cfg, path)
     model.set_state_dict({k: paddle.to_tensor(v) for k, v in weights.items()})
 
 
-def check_compatible(model: paddle.nn.Layer, weights: dict, source: str, expected_arch: str | None = None) -> None:
+def _recorded_arch(recorded_cfg: Any) -> str | None:
+    model_cfg = recorded_cfg.get("model") if isinstance(recorded_cfg, dict) else None
+    arch = model_cfg.get("arch") if isinstance(model_cfg, dict) else None
+    return arch if isinstance(arch, str) else None
+
+
+def check_attention_kind(recorded_cfg: Any, expected_arch: str | None, source: str) -> None:
+    """Refuse the weights of one attention kind (none, se, eca, cbam) into a model of another, by the
+    arch the file records. Shapes cannot tell them apart: an SE model's tensors have the names and
+    shapes of a CBAM model's without its spatial branch, and would load silently."""
+    arch = _recorded_arch(recorded_cfg)
+    if not expected_arch or arch is None:
+        return
+    from senet.attention import split_arch
+
+    theirs, ours = split_arch(arch)[0], split_arch(expected_arch)[0]
+    if theirs != ours:
+        def kind(entry: Any) -> str:
+            return f"{entry.title} blocks" if entry is not None else "no attention blocks"
+
+        raise CheckpointError(f"{source} holds {arch} weights ({kind(theirs)}), but model.arch={expected_arch} has "
+                              f"{kind(ours)}: set model.arch={arch}, or give weights of a {expected_arch}")
+
+
+def check_compatible(model: paddle.nn.Layer, weights: dict, source: str, expected_arch: str | None = None,
+                     recorded_arch: str | None = None) -> None:
     own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     theirs = {k: tuple(np.shape(v)) for k, v in weights.items()}
     missing = [k for k in own if k not in theirs]
@@ -479,8 +507,9 @@ def check_compatible(model: paddle.nn.Layer, weights: dict, source: str, expecte
             more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
             parts.append(f"{len(items)} {label}: {', '.join(items[:5])}{more}")
     arch = f" for model.arch={expected_arch}" if expected_arch else ""
-    raise CheckpointError(f"{source} does not fit the model{arch}: " + "; ".join(parts)
-                          + ". Was it saved from another architecture, reduction or num_classes?")
+    hint = (f"It records model.arch={recorded_arch}." if recorded_arch and recorded_arch != expected_arch
+            else "Was it saved from another architecture, reduction or num_classes?")
+    raise CheckpointError(f"{source} does not fit the model{arch}: " + "; ".join(parts) + ". " + hint)
 
 
 def save_safetensors(model: paddle.nn.Layer, path: str, metadata: dict | None = None) -> None:

@@ -1,8 +1,15 @@
-"""Side-by-side tables of models: parameters, multiply-adds, SE share, and (from runs) accuracy.
+"""Side-by-side tables of models: parameters, multiply-adds, the attention blocks' share, and (from runs) accuracy.
 
-The paper's reference figures are Hu et al., Table 2 (ImageNet val, single 224x224 centre crop):
-top-1 / top-5 error in percent and "GFLOPs", which are multiply-adds (GMACs) in our terms.
-`error_rows` and ERROR_COLUMNS give the paper's own shape (error = 100 - accuracy) for sweeps.
+The papers' reference figures (ImageNet val, single 224x224 centre crop), each shown only beside a
+config with exactly that paper's setup (paper_figures):
+- SE: Hu et al., Table 2: top-1 / top-5 error in percent and "GFLOPs", multiply-adds (GMACs) in our terms;
+- ECA: Wang et al., ECA-Net (CVPR 2020): 80 extra parameters and 4.7e-4 extra GFLOPs over ResNet-50,
+  top-1 77.48%;
+- CBAM: Woo et al., CBAM (ECCV 2018), ImageNet-1K: ResNet-50 + CBAM 28.09M parameters, 3.864 GFLOPs,
+  top-1 error 22.66%.
+Our counts differ from the ECA and CBAM papers' where our convention counts more (docs/analysis.md,
+"Our counts beside the papers'"). `error_rows` and ERROR_COLUMNS give the paper's own shape
+(error = 100 - accuracy) for sweeps.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import io
 import json
 import math
 import os
+from dataclasses import dataclass
 from typing import Any
 
 from senet.config import load_config, safe_yaml
@@ -33,32 +41,71 @@ PAPER_TABLE2: dict[str, tuple[float, float, float | None]] = {
 }
 
 
-# The SE settings Table 2 was measured with; any other setting has no Table 2 counterpart.
-PAPER_SE = {"reduction": 16, "squeeze": "avg", "gate": "sigmoid", "placement": "standard", "stages": None,
-            "divisor": 1}
+HU_TABLE2 = 'Hu et al., "Squeeze-and-Excitation Networks", Table 2'
+
+
+@dataclass(frozen=True)
+class PaperFigures:
+    """One paper's ImageNet figures for one network; None where the paper gives none."""
+
+    source: str
+    top1_err: float | None = None  # percent
+    top5_err: float | None = None
+    gmacs: float | None = None  # the paper's "GFLOPs", multiply-adds
+    params_m: float | None = None  # millions, as the papers print them
+    extra_params: int | None = None  # the attention blocks' own, over the plain network
+    extra_gmacs: float | None = None
+
+
+# arch -> the paper's figures for it. ECA: its abstract's 80 parameters and 4.7e-4 GFLOPs over ResNet-50
+# and its ImageNet top-1 77.48% (error 22.52%); it states no top-5 error beside them here.
+PAPER_FIGURES: dict[str, PaperFigures] = {
+    **{arch: PaperFigures(HU_TABLE2, *ref) for arch, ref in PAPER_TABLE2.items()},
+    "eca_resnet50": PaperFigures('Wang et al., "ECA-Net", CVPR 2020: 80 extra params, 4.7e-4 extra GFLOPs, '
+                                 'top-1 77.48%', top1_err=round(100 - 77.48, 2), extra_params=80, extra_gmacs=4.7e-4),
+    "cbam_resnet50": PaperFigures('Woo et al., "CBAM", ECCV 2018, ImageNet-1K: ResNet-50 + CBAM 28.09M params, '
+                                  '3.864 GFLOPs, top-1 err 22.66%', top1_err=22.66, gmacs=3.864, params_m=28.09),
+}
+
+# Each block's settings its paper measured with (the options' defaults are the papers'); any other
+# setting has no published counterpart.
+PAPER_OPTIONS = {
+    "se": {"reduction": 16, "squeeze": "avg", "gate": "sigmoid", "placement": "standard", "stages": None, "divisor": 1},
+    "eca": {"kernel_size": None, "gamma": 2, "b": 1, "placement": "standard", "stages": None},
+    "cbam": {"reduction": 16, "spatial_kernel": 7, "spatial": True, "bias": True, "placement": "standard",
+             "stages": None},
+}
 # Network options whose default is the paper's network (timm / PaddleClas variants otherwise).
 PAPER_MODEL = {"branch_relu": False, "first_block_projection": False}
 
 
-def paper_reference(cfg: dict) -> tuple[float, float, float | None] | None:
-    """Table 2's (top-1 err, top-5 err, GMACs) for a config with exactly the paper's setup, else None.
+def paper_figures(cfg: dict) -> PaperFigures | None:
+    """The paper's figures for a config with exactly that paper's setup, else None.
 
-    A 1000-class model, the paper's SE settings (PAPER_SE) and each arch's original stride placement
-    are required, so an ablation (say r = 8) is never shown beside the r = 16 figure.
+    A 1000-class model, the block's paper settings (PAPER_OPTIONS) and each arch's original stride
+    placement are required, so an ablation (say r = 8) is never shown beside the r = 16 figure.
     """
-    from senet.resnet import MODELS  # imports paddle; keep `--help` fast
+    from senet.attention import split_arch  # imports paddle; keep `--help` fast
+    from senet.resnet import MODELS
 
     m = cfg["model"]
     arch = m["arch"]
-    ref = PAPER_TABLE2.get(arch)
+    ref = PAPER_FIGURES.get(arch)
     if ref is None or m["num_classes"] != 1000:
         return None
-    if arch.startswith("se_") and any(m["se"].get(k, v) != v for k, v in PAPER_SE.items()):
+    entry, base = split_arch(arch)
+    options = (m.get(entry.name) or {}) if entry is not None else {}
+    if entry is not None and any(options.get(k, v) != v for k, v in PAPER_OPTIONS[entry.name].items()):
         return None
     if any(m.get(k, v) != v for k, v in PAPER_MODEL.items()):
         return None
-    original = MODELS[arch.removeprefix("se_")].stride_in_1x1
-    return ref if m["stride_in_1x1"] in (None, original) else None
+    return ref if m["stride_in_1x1"] in (None, MODELS[base].stride_in_1x1) else None
+
+
+def paper_reference(cfg: dict) -> tuple[float | None, float | None, float | None] | None:
+    """(top-1 err, top-5 err, GMACs) of paper_figures, the columns senet.sweep shows; None without figures."""
+    ref = paper_figures(cfg)
+    return (ref.top1_err, ref.top5_err, ref.gmacs) if ref else None
 
 
 def error_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -83,18 +130,35 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
 
 def profile_row(cfg: dict, input_size: int) -> dict[str, Any]:
     """One table row for a resolved config: counts only, accuracy left unknown."""
-    from senet.profile import profile_model  # imports paddle; keep `--help` fast
+    from senet.attention import split_arch  # imports paddle; keep `--help` fast
+    from senet.profile import profile_model
     from senet.resnet import build_model
 
     arch = cfg["model"]["arch"]
-    p = profile_model(build_model(cfg), input_size)
+    model = build_model(cfg)
+    p = profile_model(model, input_size)
+    entry, _ = split_arch(arch)
     return {"name": cfg["name"], "arch": arch,
-            "reduction": cfg["model"]["se"]["reduction"] if arch.startswith("se_") else None,
+            "reduction": (cfg["model"].get(entry.name) or {}).get("reduction") if entry else None,
+            "kernel_sizes": stage_kernel_sizes(model),
             "params": p.params, "params_total": p.params_total, "gmacs": round(p.gmacs, 4),
-            "gflops": round(p.gflops, 4), "se_params_share": round(p.se_params_share, 5),
+            "gflops": round(p.gflops, 4), "attention_params": p.params_se, "attention_gmacs": round(p.macs_se / 1e9, 6),
+            "se_params_share": round(p.se_params_share, 5),
             "se_gmacs_share": round(p.se_macs_share, 5), "input_size": input_size,
             "top1": None, "top1_std": None, "top5": None, "top5_std": None, "runs": 0, "images_per_s": None,
             "notes": []}
+
+
+def stage_kernel_sizes(model) -> list[int] | None:
+    """The kernel size k of each stage's attention blocks (ECA's 1D conv: [5, 5, 5, 7] on ECA-ResNet-50),
+    first block of each stage; None for blocks without one (SE, CBAM: their width is the reduction r)."""
+    from senet.attention import attention_blocks
+
+    per_stage: dict[str, int] = {}
+    for name, block in attention_blocks(model).items():
+        if hasattr(block, "kernel_size"):
+            per_stage.setdefault(name.split(".", 1)[0], block.kernel_size)
+    return list(per_stage.values()) or None
 
 
 def read_run(run_dir: str) -> tuple[dict, dict]:
@@ -187,17 +251,25 @@ def build_rows(config_paths: list[str], overrides: list[str], run_dirs: list[str
     out = list(rows.values())
     if paper:
         for row in out:
-            ref = paper_reference(configs[row["name"]])  # only beside the paper's exact setup
-            row["paper_top1_err"], row["paper_top5_err"], row["paper_gmacs"] = ref if ref else (None, None, None)
+            ref = paper_figures(configs[row["name"]]) or PaperFigures(None)  # only beside the paper's exact setup
+            row.update({f"paper_{k}": getattr(ref, k) for k in
+                        ("top1_err", "top5_err", "gmacs", "params_m", "extra_params", "extra_gmacs", "source")})
     return out
 
 
-COLUMNS = [("name", "name"), ("arch", "arch"), ("reduction", "r"), ("params", "params"),
+# "r / k" (key R_OR_K): the reduction ratio r of SE and CBAM, or ECA's kernel size per stage ("k 5,5,5,7");
+# CSV writes it as its raw fields, `reduction` and `kernel_sizes`.
+R_OR_K = "r_or_k"
+COLUMNS = [("name", "name"), ("arch", "arch"), (R_OR_K, "r / k"), ("params", "params"),
            ("params_total", "params (incl. BN stats)"), ("gmacs", "GMACs"), ("gflops", "GFLOPs (2xMACs)"),
-           ("se_params_share", "SE params %"), ("se_gmacs_share", "SE MACs %"), ("top1", "top-1 %"),
+           ("se_params_share", "attn params %"), ("se_gmacs_share", "attn MACs %"), ("top1", "top-1 %"),
            ("top5", "top-5 %"), ("images_per_s", "train img/s")]
 PAPER_COLUMNS = [("paper_top1_err", "paper top-1 err"), ("paper_top5_err", "paper top-5 err"),
                  ("paper_gmacs", "paper GFLOPs(=GMACs)")]
+# tools/compare.py --paper: the attention blocks' own cost, ours beside what the papers state.
+PAPER_COST_COLUMNS = [("attention_params", "attn params"), ("paper_extra_params", "paper attn params"),
+                      ("attention_gmacs", "attn GMACs"), ("paper_extra_gmacs", "paper attn GFLOPs"),
+                      ("paper_params_m", "paper params")]
 # The paper's shape (Tables 2 and 10-16): error rates as mean ± std over seeds, size, cost and speed.
 ERROR_COLUMNS = [("name", "name"), ("arch", "arch"), ("reduction", "r"), ("params", "params"), ("gmacs", "GMACs"),
                  ("top1_err", "top-1 err %"), ("top5_err", "top-5 err %"), ("runs", "seeds"),
@@ -206,6 +278,8 @@ _WITH_STD = ("top1", "top5", "top1_err", "top5_err")  # cells shown as mean ± s
 
 
 def _cell(row: dict, key: str) -> str:
+    if key == R_OR_K:
+        return _reduction_cell(row)
     v = row.get(key)
     if v is None:
         return "-"
@@ -214,28 +288,43 @@ def _cell(row: dict, key: str) -> str:
         return f"{v:.2f} ± {std:.2f}" if row.get("runs", 0) > 1 else f"{v:.2f}"
     if key in ("se_params_share", "se_gmacs_share"):
         return f"{100 * v:.2f}"
-    if key in ("params", "params_total"):
+    if key in ("params", "params_total", "attention_params", "paper_extra_params"):
         return f"{v:,}"
-    if key in ("gmacs", "gflops", "paper_gmacs"):
-        return f"{v:.3f}" if key != "paper_gmacs" else f"{v:.2f}"
+    if key == "paper_params_m":
+        return f"{v:g}M"
+    if key in ("gmacs", "gflops"):
+        return f"{v:.3f}"
+    if key in ("paper_gmacs", "paper_extra_gmacs", "attention_gmacs"):
+        return f"{v:.4g}"  # as the papers print them: 3.86, 3.864, 4.7e-4
     if key == "images_per_s":
         return f"{v:.1f}"
     return str(v)
 
 
+def _reduction_cell(row: dict) -> str:
+    """r for SE and CBAM, "k 5,5,5,7" (per stage) for ECA, "-" for a plain network."""
+    if row.get("reduction") is not None:
+        return str(row["reduction"])
+    k = row.get("kernel_sizes")
+    return "k " + ",".join(map(str, k)) if k else "-"
+
+
 def format_rows(rows: list[dict], fmt: str = "table", columns: list[tuple[str, str]] | None = None) -> str:
     """Render rows as an aligned text table, Markdown, CSV or JSON.
 
-    `columns` is a list of (key, title); by default COLUMNS, plus PAPER_COLUMNS when the rows have them.
+    `columns` is a list of (key, title); by default COLUMNS, plus PAPER_COST_COLUMNS and PAPER_COLUMNS
+    (last, as README shows them) when the rows have them (tools/compare.py --paper). The papers'
+    sources follow the table.
     """
     if fmt == "json":
         return json.dumps(rows, indent=2)
-    cols = columns or COLUMNS + (PAPER_COLUMNS if rows and "paper_top1_err" in rows[0] else [])
+    cols = columns or COLUMNS + (PAPER_COST_COLUMNS + PAPER_COLUMNS if rows and "paper_source" in rows[0] else [])
     if fmt == "csv":
         buf = io.StringIO()
         writer = csv.writer(buf)
-        keys = [k for k, _ in cols]
+        keys = ["reduction" if k == R_OR_K else k for k, _ in cols]
         keys += [k + "_std" for k in keys if k in _WITH_STD] + ([] if "runs" in keys else ["runs"])
+        keys += [k for k in ("kernel_sizes", "paper_source") if rows and k in rows[0] and k not in keys]
         writer.writerow(keys)
         for row in rows:
             writer.writerow(["" if row.get(k) is None else row.get(k) for k in keys])
@@ -258,4 +347,5 @@ def format_rows(rows: list[dict], fmt: str = "table", columns: list[tuple[str, s
         fmt_line = "  ".join(f"{{:<{w}}}" for w in widths)
         table = "\n".join([fmt_line.format(*header), fmt_line.format(*("-" * w for w in widths))]
                           + [fmt_line.format(*r) for r in body])
-    return "\n".join([table, "", *footnotes]) if footnotes else table
+    sources = [f"paper figures for {row['name']}: {row['paper_source']}" for row in rows if row.get("paper_source")]
+    return "\n".join([table, *([""] + footnotes if footnotes else []), *([""] + sources if sources else [])])

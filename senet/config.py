@@ -25,7 +25,7 @@ DEFAULTS: dict[str, Any] = {
     "name": "",  # run name shown in tables; empty means the config file's stem
     "output_dir": "",  # checkpoints, logs, VisualDL events, metrics.json; empty means output/<name>
     "model": {
-        "arch": "resnet50",  # see senet.resnet.MODELS; prefix se_ for SE; ppim.<name> for ppim
+        "arch": "resnet50",  # see senet.resnet.MODELS; prefix se_, eca_ or cbam_ for attention; ppim.<name> for ppim
         "num_classes": 1000,
         "stride_in_1x1": None,  # null: each arch's original (true for ResNet, false for ResNeXt)
         "stem_pool": None,  # caffe (3x3/2, no pad, ceil) | pytorch (3x3/2, pad 1); null: each arch's original
@@ -46,6 +46,21 @@ DEFAULTS: dict[str, Any] = {
             "bias": True,  # biases on the two FCs, as in the authors' Caffe release
             "placement": "standard",  # standard | pre | post | identity | after_3x3
             "stages": None,  # list of stage numbers (1-based) that get SE; null: all
+        },
+        "eca": {  # eca_<arch>: Wang et al., ECA-Net (senet.attention.eca)
+            "kernel_size": None,  # odd k of the 1D conv across channels; null: k = psi(C), Eq. 12
+            "gamma": 2,  # psi(C) = |(log2 C + b) / gamma|_odd
+            "b": 1,
+            "placement": "standard",  # as model.se.placement
+            "stages": None,  # as model.se.stages
+        },
+        "cbam": {  # cbam_<arch>: Woo et al., CBAM (senet.attention.cbam)
+            "reduction": 16,  # shared MLP hidden width C // r
+            "spatial_kernel": 7,  # odd k of the spatial attention's k x k conv
+            "spatial": True,  # false: channel attention only
+            "bias": True,  # biases in the shared MLP, as in the authors' code
+            "placement": "standard",  # as model.se.placement
+            "stages": None,  # as model.se.stages
         },
     },
     "data": {
@@ -119,9 +134,17 @@ NULLABLE: dict[str, tuple[type, ...]] = {
     "model.stem_pool": (str,),
     "model.weights": (str,),
     "model.se.stages": (list,),
+    "model.eca.kernel_size": (int,),
+    "model.eca.stages": (list,),
+    "model.cbam.stages": (list,),
     "data.train_list": (str,),
     "data.val_list": (str,),
 }
+
+# senet.attention.PLACEMENTS and its registry's names, each a config section model.<name> and an arch
+# prefix <name>_ (a test checks they agree; importing senet.attention here would import Paddle).
+PLACEMENTS = ("standard", "pre", "post", "identity", "after_3x3")
+ATTENTION_SECTIONS = ("se", "eca", "cbam")
 
 # Keys whose value must be one of a fixed set.
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -129,7 +152,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.se.impl": ("conv", "linear"),
     "model.se.squeeze": ("avg", "max", "none"),
     "model.se.gate": ("sigmoid", "tanh", "relu"),
-    "model.se.placement": ("standard", "pre", "post", "identity", "after_3x3"),
+    "model.se.placement": PLACEMENTS,
+    "model.eca.placement": PLACEMENTS,
+    "model.cbam.placement": PLACEMENTS,
     "data.name": ("imagenet", "cifar10", "cifar100", "digits", "synthetic"),
     "data.on_bad_image": ("error", "skip"),
     "optimizer.name": ("momentum", "sgd", "adamw"),
@@ -171,6 +196,13 @@ RANGES: dict[str, Range] = {
     "model.se.reduction": POSITIVE,  # too large for a stage is refused by the model (zero-width SE)
     "model.se.divisor": Range(1, 1024),  # above the widest stage (2048 // 2) it only sets every width to d
     "model.se.stages": POSITIVE,  # beyond the arch's stage count is refused by the model
+    "model.eca.kernel_size": Range(1, 255),  # even is refused by the block
+    "model.eca.gamma": POSITIVE,
+    "model.eca.b": Range(0, 64),
+    "model.eca.stages": POSITIVE,
+    "model.cbam.reduction": POSITIVE,
+    "model.cbam.spatial_kernel": Range(1, 63),  # even is refused by the block
+    "model.cbam.stages": POSITIVE,
     "data.batch_size": Range(1, 65536),
     "data.num_workers": Range(0, 256),
     "data.image_size": PIXELS,
@@ -209,7 +241,8 @@ RANGES: dict[str, Range] = {
 }
 # Lists with a fixed length, and the type of their items (other lists hold ints).
 LIST_SHAPES: dict[str, tuple[type, int | None]] = {
-    "model.se.stages": (int, None), "lr_scheduler.milestones": (int, None),
+    "model.se.stages": (int, None), "model.eca.stages": (int, None), "model.cbam.stages": (int, None),
+    "lr_scheduler.milestones": (int, None),
     "data.mean": (float, 3), "data.std": (float, 3), "data.rrc_scale": (float, 2), "data.rrc_ratio": (float, 2),
 }
 
@@ -480,15 +513,25 @@ def config_changes(old: dict, new: dict) -> tuple[list[str], list[str]]:
     RESUME_MAY_CHANGE allows, changes that make another experiment). A setting missing from `old`
     (a checkpoint older than the setting) counts as its default; settings since removed are ignored."""
     before, after, defaults = _leaves(old), _leaves(new), _leaves(DEFAULTS)
+    # The options of an attention block neither arch has change nothing trained (the demo configs set
+    # model.se and model.cbam on every arch, and a run saved before model.cbam existed lacks it).
+    used = {_attention_of(before.get("model.arch")), _attention_of(after.get("model.arch"))}
+    idle = tuple(f"model.{name}." for name in ATTENTION_SECTIONS if name not in used)
     harmless, different = [], []
     for key, value in after.items():
         was = before.get(key, defaults.get(key))
-        if was == value:
+        if was == value or key.startswith(idle):
             continue
         line = f"{key} {was!r} -> {value!r}"
         allowed = any(key == k or key.startswith(k + ".") for k in RESUME_MAY_CHANGE)
         (harmless if allowed else different).append(line)
     return harmless, different
+
+
+def _attention_of(arch: Any) -> str | None:
+    """"eca_resnet50" -> "eca"; None for a plain arch."""
+    prefix = arch.partition("_")[0] if isinstance(arch, str) else None
+    return prefix if prefix in ATTENTION_SECTIONS else None
 
 
 def parse_overrides(overrides: list[str]) -> dict:

@@ -12,7 +12,8 @@ writes, in one folder:
 
 The static graph is always NCHW: a model trained with `train.data_format=NHWC` has the same weights
 (Paddle stores conv kernels as OIHW in both layouts), and oneDNN's NHWC fusions fail on SE blocks in
-Paddle 3.3.1.
+Paddle 3.3.1. Every registered attention block (SE, ECA, CBAM; senet.attention) exports through the
+same path; tests/test_export.py checks each against dygraph in both engines.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from typing import Any
 
 import numpy as np
 import paddle
-import paddle.nn.functional as F
 import yaml
 
 from senet.checkpoint import atomic_write, load_weights, save_safetensors
@@ -116,7 +116,7 @@ def eval_geometry(cfg: dict) -> tuple[int, int, list[str] | None]:
 
 
 def save_static(model: paddle.nn.Layer, prefix: str, size: int) -> dict:
-    """`paddle.jit.save` with a dynamic batch and pooled SE squeezes; returns inference.yml's entry."""
+    """`paddle.jit.save` with a dynamic batch and pooled attention squeezes; returns inference.yml's entry."""
     spec = paddle.static.InputSpec([None, 3, size, size], "float32", INPUT_NAME)
     with pooled_squeezes(model), filter_stderr(PADDLE_PIR_OUT):  # a known, harmless glog line (runtime.py)
         paddle.jit.save(model, prefix, input_spec=[spec])
@@ -129,30 +129,14 @@ def save_static(model: paddle.nn.Layer, prefix: str, size: int) -> dict:
     return entry
 
 
-def _global_avg_pool(x: paddle.Tensor) -> paddle.Tensor:
-    return F.adaptive_avg_pool2d(x, 1)
-
-
 @contextlib.contextmanager
 def pooled_squeezes(model: paddle.nn.Layer) -> Iterator[int]:
-    """While exporting, every average-squeeze SE block squeezes with a global average pool.
+    """While exporting, every attention block's global mean over H x W is a global average pool
+    (senet.attention.kernels.pooled_means says why). Yields the number of attention blocks."""
+    from senet.attention import attention_blocks, kernels
 
-    It is the same function (the mean over H x W; float32 sums in another order). Why: Paddle
-    Inference 3.3.1 keeps oneDNN activations channels-last. There a spatial mean runs oneDNN 3.6's
-    reference kernel (40 ms for one 256x56x56 map, against 0.1 ms for the pool), and the training
-    code's matmul form needs every SE input reordered to NCHW first (13 ms per SE-ResNet-50 image).
-    A pool runs on the channels-last data as it is. Yields the number of blocks changed.
-    """
-    from senet.layers import SEBlock
-
-    blocks = [m for m in model.sublayers() if isinstance(m, SEBlock) and m.options.squeeze == "avg"]
-    for block in blocks:
-        block.squeeze = _global_avg_pool  # an instance attribute shadows the method
-    try:
-        yield len(blocks)
-    finally:
-        for block in blocks:
-            del block.squeeze
+    with kernels.pooled_means():
+        yield len(attention_blocks(model))
 
 
 def graph_ops(prefix: str) -> set[str]:
@@ -271,13 +255,22 @@ def export(cfg: dict, output: str, formats: list[str] | tuple[str, ...] = FORMAT
             if static_dir != output:
                 shutil.rmtree(static_dir, ignore_errors=True)
     if "safetensors" in formats:
-        meta = {"arch": cfg["model"]["arch"], "num_classes": cfg["model"]["num_classes"], "se": cfg["model"]["se"]}
+        meta = {"arch": cfg["model"]["arch"], "num_classes": cfg["model"]["num_classes"], **attention_section(cfg)}
         save_safetensors(model, os.path.join(output, SAFETENSORS_FILE), metadata=meta)
         files["safetensors"] = SAFETENSORS_FILE
     info = inference_info(cfg, resize, crop, classes, files)
     info["sha256"] = file_digests(output, files)
     atomic_write(os.path.join(output, INFO_FILE), yaml.safe_dump(info, sort_keys=False).encode())
     return info
+
+
+def attention_section(cfg: dict) -> dict:
+    """{"eca": the model.eca options} for an eca_ arch (likewise se, cbam): the settings the weights were
+    trained with, for the safetensors metadata; {} for a plain network."""
+    from senet.attention import split_arch
+
+    entry, _ = split_arch(cfg["model"]["arch"])
+    return {entry.name: cfg["model"].get(entry.name, {})} if entry is not None else {}
 
 
 def dygraph_logits(model: paddle.nn.Layer, images: np.ndarray, mean: list[float], std: list[float]) -> np.ndarray:

@@ -1,33 +1,35 @@
-"""Parameter and multiply-add accounting, per stage, with the SE blocks' share.
+"""Parameter and multiply-add accounting, per stage, with the attention blocks' share.
 
 Convention (the SENet paper's Table 2 "GFLOPs" are multiply-adds, the ResNet paper's convention):
-- every conv (grouped included) and every fully connected layer counts out_elements x fan_in MACs;
-  biases, BatchNorm, ReLU, pooling and the residual sums are not counted;
-- each SE block also counts its own elementwise work, which paddle.flops leaves out:
-  the squeeze as one add per input element (one compare for max pooling, none for NoSqueeze) and the
-  scale as one multiply per element. Its two FCs are counted like any FC. The gate (sigmoid) is
-  not counted, like the ReLUs.
-FLOPs are reported as 2 x MACs beside them, labelled as such.
+- every conv (1D, 2D, grouped) and every fully connected layer counts out_elements x fan_in MACs;
+  biases, BatchNorm, ReLU, the network's pooling and the residual sums are not counted;
+- each attention block (SE, ECA, CBAM; senet.attention) also counts its own elementwise work, which
+  paddle.flops leaves out, as the block declares it (AttentionBlock.elementwise_macs): each pooling as
+  one add (or compare) per element it reads, each scale as one multiply per element. Its convs and FCs
+  are counted like any other. The gates (sigmoid) are not counted, like the ReLUs.
+FLOPs are reported as 2 x MACs beside them, labelled as such. The `_se` fields hold the share of the
+attention blocks whatever their kind (the name predates ECA and CBAM; results files keep it).
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 import paddle
 import paddle.nn as nn
 
-from senet.layers import SEBlock
+from senet.attention import AttentionBlock, attention_blocks
 
 
 @dataclass
 class Profile:
     params: int  # trainable parameters (BatchNorm running statistics excluded)
     params_total: int  # all parameters incl. BN running statistics, as paddle.summary counts them
-    params_se: int  # trainable parameters inside SE blocks
+    params_se: int  # trainable parameters inside attention blocks
     macs: int  # multiply-adds for one image
-    macs_se: int  # multiply-adds inside SE blocks (FCs + squeeze + scale)
+    macs_se: int  # multiply-adds inside attention blocks (their convs and FCs + pooling + scale)
     input_size: int
     params_by_stage: dict[str, int] = field(default_factory=dict)
     macs_by_stage: dict[str, int] = field(default_factory=dict)
@@ -57,12 +59,12 @@ def _stage_of(name: str) -> str:
 
 
 def _se_prefixes(model: nn.Layer) -> tuple[str, ...]:
-    """Names of the SE blocks in `model`, each with a trailing dot, to match their sublayers and weights."""
-    return tuple(name + "." for name, layer in model.named_sublayers() if isinstance(layer, SEBlock))
+    """Names of the attention blocks in `model`, each with a trailing dot, to match their sublayers and weights."""
+    return tuple(name + "." for name, layer in model.named_sublayers() if isinstance(layer, AttentionBlock))
 
 
 def count_params(model: nn.Layer) -> tuple[int, int, int, dict[str, int]]:
-    """(trainable, total, trainable inside SE, trainable per stage)."""
+    """(trainable, total, trainable inside attention blocks, trainable per stage)."""
     trainable = total = se = 0
     se_prefixes = _se_prefixes(model)
     by_stage: dict[str, int] = defaultdict(int)
@@ -79,7 +81,7 @@ def count_params(model: nn.Layer) -> tuple[int, int, int, dict[str, int]]:
 
 
 def count_macs(model: nn.Layer, input_size: int = 224, in_channels: int = 3) -> tuple[int, int, dict[str, int]]:
-    """(MACs, MACs inside SE blocks, MACs per stage) for one image of input_size x input_size.
+    """(MACs, MACs inside attention blocks, MACs per stage) for one image of input_size x input_size.
 
     Runs one forward pass with temporary hooks; the model's state and mode are left as they were.
     """
@@ -94,26 +96,24 @@ def count_macs(model: nn.Layer, input_size: int = 224, in_channels: int = 3) -> 
         if (name + ".").startswith(se_prefixes):
             totals["se"] += macs
 
-    def on_conv(layer: nn.Conv2D, inputs: tuple, output: paddle.Tensor) -> None:
-        w = layer.weight  # [out, in / groups, kh, kw]: fan-in per output element
-        add(names[id(layer)], int(output.size) * int(w.shape[1] * w.shape[2] * w.shape[3]))
+    def on_conv(layer: nn.Layer, inputs: tuple, output: paddle.Tensor) -> None:
+        w = layer.weight  # [out, in / groups, *kernel]: fan-in per output element
+        add(names[id(layer)], int(output.size) * math.prod(w.shape[1:]))
 
     def on_linear(layer: nn.Linear, inputs: tuple, output: paddle.Tensor) -> None:
         add(names[id(layer)], int(output.size) * int(layer.weight.shape[0]))  # weight: [in, out]
 
-    def on_se(layer: SEBlock, inputs: tuple, output: paddle.Tensor) -> None:
-        elements = int(inputs[0].size)
-        squeeze = 0 if layer.options.squeeze == "none" else elements
-        add(names[id(layer)], squeeze + elements)  # + scale: one multiply per element
+    def on_attention(layer: AttentionBlock, inputs: tuple, output: paddle.Tensor) -> None:
+        add(names[id(layer)], layer.elementwise_macs(list(inputs[0].shape)))
 
     hooks = []
     for layer in model.sublayers():
-        if isinstance(layer, nn.Conv2D):
+        if isinstance(layer, (nn.Conv1D, nn.Conv2D)):
             hooks.append(layer.register_forward_post_hook(on_conv))
         elif isinstance(layer, nn.Linear):
             hooks.append(layer.register_forward_post_hook(on_linear))
-        elif isinstance(layer, SEBlock):
-            hooks.append(layer.register_forward_post_hook(on_se))
+        elif isinstance(layer, AttentionBlock):
+            hooks.append(layer.register_forward_post_hook(on_attention))
     channel_last = getattr(model, "data_format", "NCHW") == "NHWC"
     shape = [1, input_size, input_size, in_channels] if channel_last else [1, in_channels, input_size, input_size]
     was_training = model.training
@@ -130,19 +130,15 @@ def count_macs(model: nn.Layer, input_size: int = 224, in_channels: int = 3) -> 
 
 
 def profile_model(model: nn.Layer, input_size: int = 224) -> Profile:
-    """Parameters and multiply-adds of `model`, per stage and for its SE blocks."""
+    """Parameters and multiply-adds of `model`, per stage and for its attention blocks."""
     params, params_total, params_se, params_by_stage = count_params(model)
     macs, macs_se, macs_by_stage = count_macs(model, input_size)
     return Profile(params=params, params_total=params_total, params_se=params_se, macs=macs, macs_se=macs_se,
                    input_size=input_size, params_by_stage=params_by_stage, macs_by_stage=macs_by_stage)
 
 
-def se_param_formula(model: nn.Layer) -> int:
-    """The parameters SE adds by the paper's formula: sum over blocks of 2*C*h, plus biases, with h
-    each block's real hidden width: C // r, or C / r rounded to a multiple of model.se.divisor."""
-    total = 0
-    for layer in model.sublayers():
-        if isinstance(layer, SEBlock):
-            c, h = layer.channels, layer.hidden
-            total += 2 * c * h + ((h + c) if layer.options.bias else 0)
-    return total
+def attention_param_formula(model: nn.Layer) -> int:
+    """The parameters the attention blocks add by their papers' formulas (AttentionBlock.param_formula:
+    SE 2 C h + biases with h each block's real hidden width; ECA k; CBAM its MLP plus 2 k^2), for a
+    check against the counted ones."""
+    return sum(block.param_formula() for block in attention_blocks(model).values())

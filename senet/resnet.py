@@ -1,4 +1,4 @@
-"""ResNet, ResNeXt and pre-activation ResNet, with and without SE blocks, from one table.
+"""ResNet, ResNeXt and pre-activation ResNet, with and without attention blocks (SE, ECA, CBAM), from one table.
 
 He et al., "Deep Residual Learning for Image Recognition" (ImageNet and CIFAR ResNets);
 He et al., "Identity Mappings in Deep Residual Networks" (pre-activation ResNet-164);
@@ -7,36 +7,47 @@ Hu et al., "Squeeze-and-Excitation Networks", Section 4 and Fig. 3 (SE-ResNet: t
 the residual branch after the last BN, before the sum with the shortcut) and Section 6.5 / Fig. 5
 (the SE-PRE, SE-POST and SE-Identity integration variants).
 
-Every block calls an attention hook (senet.layers.se_factory) that returns an SE block or Identity,
-so a ResNet and an SE-ResNet run exactly the same block code.
+Every block calls an attention hook (senet.attention.attention_slot) once at construction; it
+returns the registered attention block (SE, ECA, CBAM) or Identity, so a ResNet and its
+se_/eca_/cbam_ twins run exactly the same block code. The slot is named `se` whatever the block type,
+as in timm's ResNet, so state-dict names are `layer1.0.se.*` for every attention kind.
 """
 
 from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from senet.layers import BNReLUConv, ConvBN, SEBlock, SEOptions, conv2d, se_factory
-
-AttnHook = Callable[[int, str, int], nn.Layer]
+from senet.attention import (
+    REGISTRY,
+    AttentionOptions,
+    AttnHook,
+    attention_blocks,
+    attention_slot,
+    options_from_config,
+    split_arch,
+)
+from senet.layers import BNReLUConv, ConvBN, conv2d
 
 
 class _Residual(nn.Layer):
-    """The placement logic shared by every block. Subclasses define branch_head (up to and including
-    the 3x3 conv), branch_tail (the rest of the branch), `shortcut` (None for identity) and `se`.
+    """The placement logic shared by every block, pre-activation included. Subclasses define `enter`
+    (the branch input and the shortcut), branch_head (up to and including the 3x3 conv), branch_tail
+    (the rest of the branch), `join` (the sum and what follows it) and `se`, the attention slot (an
+    attention block or Identity).
 
-    placement (Hu et al., Fig. 5):
-      standard  SE on the branch after its last BN, before the sum      (SE)
-      pre       SE on the block input, before the branch                (SE-PRE)
-      post      SE after the sum and its ReLU                           (SE-POST)
-      identity  SE on the shortcut, in parallel with the branch         (SE-Identity)
-      after_3x3 SE right after the 3x3 conv (+BN, ReLU) inside the branch (Section 6.5, "SE 3x3")
+    placement (Hu et al., Fig. 5; the same for every attention kind):
+      standard  on the branch after its last BN, before the sum          (SE)
+      pre       on the branch input, before the branch                   (SE-PRE)
+      post      after the sum and its ReLU                               (SE-POST)
+      identity  on the shortcut, in parallel with the branch             (SE-Identity)
+      after_3x3 right after the 3x3 conv (+BN, ReLU) inside the branch   (Section 6.5, "SE 3x3")
     """
 
     placement = "standard"
@@ -47,7 +58,7 @@ class _Residual(nn.Layer):
     branch_relu = False
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        shortcut = x if self.shortcut is None else self.shortcut(x)
+        x, shortcut = self.enter(x)
         if self.placement == "pre":
             x = self.se(x)
         out = self.branch_head(x)
@@ -60,14 +71,20 @@ class _Residual(nn.Layer):
             out = self.se(out)
         elif self.placement == "identity":
             shortcut = self.se(shortcut)
-        out = F.relu(out + shortcut)
+        out = self.join(out, shortcut)
         if self.placement == "post":
             out = self.se(out)
         return out
 
+    def enter(self, x: paddle.Tensor) -> tuple[paddle.Tensor, paddle.Tensor]:
+        return x, x if self.shortcut is None else self.shortcut(x)
+
+    def join(self, out: paddle.Tensor, shortcut: paddle.Tensor) -> paddle.Tensor:
+        return F.relu(out + shortcut)
+
 
 def _se_channels(placement: str, in_ch: int, inner: int, out_ch: int) -> int:
-    """The width of the tensor the SE block sees at each placement."""
+    """The width of the tensor the attention block sees at each placement."""
     return {"pre": in_ch, "after_3x3": inner}.get(placement, out_ch)
 
 
@@ -97,7 +114,7 @@ class BasicBlock(_Residual):
 
     def __init__(self, in_ch: int, planes: int, stride: int, attn: AttnHook, name: str, stage: int,
                  placement: str = "standard", pad_shortcut: bool = False, data_format: str = "NCHW",
-                 branch_relu: bool = False, projection: bool = False, **_: object) -> None:
+                 branch_relu: bool = False, projection: bool = False) -> None:
         super().__init__()
         out_ch = planes
         self.conv1 = ConvBN(in_ch, planes, 3, stride, data_format=data_format)
@@ -131,8 +148,7 @@ class Bottleneck(_Residual):
 
     def __init__(self, in_ch: int, planes: int, stride: int, attn: AttnHook, name: str, stage: int,
                  placement: str = "standard", groups: int = 1, width_per_group: int = 64,
-                 stride_in_1x1: bool = True, data_format: str = "NCHW", branch_relu: bool = False,
-                 **_: object) -> None:
+                 stride_in_1x1: bool = True, data_format: str = "NCHW", branch_relu: bool = False) -> None:
         super().__init__()
         width = int(planes * width_per_group / 64) * groups
         out_ch = planes * self.expansion
@@ -155,7 +171,7 @@ class Bottleneck(_Residual):
         nn.initializer.Constant(0.0)(self.conv3[1].weight)
 
 
-class PreActBottleneck(nn.Layer):
+class PreActBottleneck(_Residual):
     """Pre-activation bottleneck (BN-ReLU-conv x 3), as in ResNet-164.
 
     There is no BN after the last conv, so "after the last BN" becomes "after the last conv";
@@ -168,7 +184,7 @@ class PreActBottleneck(nn.Layer):
     expansion = 4
 
     def __init__(self, in_ch: int, planes: int, stride: int, attn: AttnHook, name: str, stage: int,
-                 placement: str = "standard", data_format: str = "NCHW", **_: object) -> None:
+                 placement: str = "standard", data_format: str = "NCHW") -> None:
         super().__init__()
         out_ch = planes * self.expansion
         self.preact = nn.Sequential(nn.BatchNorm2D(in_ch, data_format=data_format), nn.ReLU())
@@ -181,21 +197,18 @@ class PreActBottleneck(nn.Layer):
         self.placement = placement
         self.se = attn(_se_channels(placement, in_ch, planes, out_ch), name + ".se", stage)
 
-    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+    def enter(self, x: paddle.Tensor) -> tuple[paddle.Tensor, paddle.Tensor]:
         pre = self.preact(x)
-        shortcut = x if self.shortcut is None else self.shortcut(pre)
-        out = self.conv2(self.conv1(self.se(pre) if self.placement == "pre" else pre))
-        if self.placement == "after_3x3":
-            out = self.se(out)
-        out = self.conv3(out)
-        if self.placement == "standard":
-            out = self.se(out)
-        elif self.placement == "identity":
-            shortcut = self.se(shortcut)
-        out = out + shortcut
-        if self.placement == "post":
-            out = self.se(out)
-        return out
+        return pre, x if self.shortcut is None else self.shortcut(pre)
+
+    def branch_head(self, x: paddle.Tensor) -> paddle.Tensor:
+        return self.conv2(self.conv1(x))
+
+    def branch_tail(self, x: paddle.Tensor) -> paddle.Tensor:
+        return self.conv3(x)
+
+    def join(self, out: paddle.Tensor, shortcut: paddle.Tensor) -> paddle.Tensor:
+        return out + shortcut  # no ReLU after the sum in a pre-activation block
 
     def zero_init_last(self) -> None:
         """Zero the last conv's weight: the branch then outputs 0 and the block starts as its shortcut.
@@ -235,7 +248,7 @@ class ResNet(nn.Layer):
                  data_format: str = "NCHW", stem_pool: str = "caffe", branch_relu: bool = False,
                  first_block_projection: bool = False) -> None:
         super().__init__()
-        attn = attn or se_factory(None)
+        attn = attn or attention_slot(None, None)
         preact = block is PreActBottleneck
         self.data_format = data_format
         self.stem_pool = stem_pool if stem == "imagenet" else None  # read by checkpoint.check_stem_era
@@ -248,9 +261,13 @@ class ResNet(nn.Layer):
             widths, in_ch = (16, 32, 64), 16
             self.stem = (conv2d(3, 16, 3, data_format=data_format) if preact
                          else ConvBN(3, 16, 3, data_format=data_format))
-        block_kw = dict(placement=placement, groups=groups, width_per_group=width_per_group,
-                        stride_in_1x1=stride_in_1x1, pad_shortcut=stem == "cifar", data_format=data_format,
-                        branch_relu=branch_relu)
+        # Each block type takes only the options that mean something to it.
+        block_kw: dict = dict(placement=placement, data_format=data_format)
+        if block is BasicBlock:
+            block_kw.update(pad_shortcut=stem == "cifar", branch_relu=branch_relu)
+        elif block is Bottleneck:
+            block_kw.update(groups=groups, width_per_group=width_per_group, stride_in_1x1=stride_in_1x1,
+                            branch_relu=branch_relu)
         self.stages = []
         for i, (planes, n) in enumerate(zip(widths, layers)):
             blocks = []
@@ -260,9 +277,9 @@ class ResNet(nn.Layer):
                 # though its shapes match. The original ResNet has an identity there; PaddleClas's
                 # ResNet18/34 have this projection (its use_first_short_conv, on by default), and
                 # their weights need it. Bottleneck nets have a projection there anyway (64 -> 256).
-                projection = first_block_projection and i == 0 and j == 0
-                blocks.append(block(in_ch, planes, stride, attn, f"layer{i + 1}.{j}", i + 1, projection=projection,
-                                    **block_kw))
+                if block is BasicBlock:
+                    block_kw["projection"] = first_block_projection and i == 0 and j == 0
+                blocks.append(block(in_ch, planes, stride, attn, f"layer{i + 1}.{j}", i + 1, **block_kw))
                 in_ch = planes * block.expansion
             stage = nn.Sequential(*blocks)
             setattr(self, f"layer{i + 1}", stage)
@@ -287,13 +304,10 @@ class ResNet(nn.Layer):
 
 def _init_weights(model: nn.Layer, zero_init_residual: bool) -> None:
     """Convs are He-initialised where they are built (senet.layers.conv2d) and BN starts at (1, 0).
-    Here: the SE FCs get the same He fan-out init whichever impl (so conv and linear SE blocks start
-    from the same distribution), and the classifier is uniform in +-1/sqrt(fan_in), as in torchvision."""
-    for layer in model.sublayers():
-        if isinstance(layer, SEBlock):
-            for fc in (layer.fc1, layer.fc2):
-                fan_out = fc.weight.shape[0] if isinstance(fc, nn.Conv2D) else fc.weight.shape[1]
-                nn.initializer.KaimingNormal(fan_in=fan_out)(fc.weight)
+    Here: each attention block's own init (SE's and CBAM's FCs get the same He fan-out init whichever
+    impl), and the classifier, uniform in +-1/sqrt(fan_in), as in torchvision."""
+    for block in attention_blocks(model).values():
+        block.init_weights()
     bound = 1.0 / math.sqrt(model.fc.weight.shape[0])
     nn.initializer.Uniform(-bound, bound)(model.fc.weight)
     nn.initializer.Uniform(-bound, bound)(model.fc.bias)
@@ -316,7 +330,8 @@ class Arch:
     stem_pool: str = "caffe"
 
 
-# The one table of architectures. `se_<name>` is the same network with SE blocks.
+# The one table of architectures. `se_<name>`, `eca_<name>`, `cbam_<name>` are the same network with
+# attention blocks (senet.attention.REGISTRY).
 MODELS: dict[str, Arch] = {
     "resnet18": Arch(BasicBlock, (2, 2, 2, 2)),
     "resnet34": Arch(BasicBlock, (3, 4, 6, 3)),
@@ -336,35 +351,39 @@ MODELS: dict[str, Arch] = {
     "resnet164": Arch(PreActBottleneck, (18, 18, 18), stem="cifar"),
 }
 
-ALL_ARCHS = list(MODELS) + ["se_" + name for name in MODELS]
+def all_archs() -> list[str]:
+    """Every architecture name: each MODELS key and its `<attention>_` twins, one per registered block."""
+    return list(MODELS) + [f"{kind}_{name}" for kind in REGISTRY for name in MODELS]
 
 
 def known_arch(name: str) -> str:
     """Raise a ValueError naming the known architectures (and the nearest one) for an unknown name."""
-    base = name[3:] if name.startswith("se_") else name
-    if base in MODELS or name.startswith("ppim."):
+    if split_arch(name)[1] in MODELS or name.startswith("ppim."):
         return name
-    near = difflib.get_close_matches(name, ALL_ARCHS, n=1, cutoff=0.4)
+    known = all_archs()
+    near = difflib.get_close_matches(name, known, n=1, cutoff=0.4)
     hint = f" Did you mean '{near[0]}'?" if near else ""
-    raise ValueError(f"unknown model.arch '{name}'.{hint} Known: {', '.join(ALL_ARCHS)}, "
+    raise ValueError(f"unknown model.arch '{name}'.{hint} Known: {', '.join(known)}, "
                      f"or ppim.<name> for a ppim model")
 
 
-def create_model(arch: str, num_classes: int = 1000, se: SEOptions | None = None,
+def create_model(arch: str, num_classes: int = 1000, attention: AttentionOptions | None = None,
                  stride_in_1x1: bool | None = None, zero_init_residual: bool = False,
                  data_format: str = "NCHW", stem_pool: str | None = None, branch_relu: bool = False,
                  first_block_projection: bool = False) -> nn.Layer:
-    """Build `arch` (a MODELS key, optionally prefixed `se_`, or `ppim.<name>`).
+    """Build `arch`: a MODELS key, optionally prefixed by a registered attention (`se_`, `eca_`,
+    `cbam_`), or `ppim.<name>`.
 
-    `se` tunes the SE blocks of an `se_` model and is ignored (must be None or default) otherwise.
-    `stride_in_1x1` and `stem_pool` left None follow the architecture's original (MODELS); they
-    depend on the base architecture only, so a model and its se_ twin always get the same ones.
+    `attention` tunes the blocks of a prefixed model (its options type, e.g. SEOptions for `se_`;
+    None: the defaults) and must be None otherwise. `stride_in_1x1` and `stem_pool` left None follow
+    the architecture's original (MODELS); they depend on the base architecture only, so a model and
+    its attention twins always get the same ones.
     """
     known_arch(arch)
     if arch.startswith("ppim."):
         return _create_ppim(arch[5:], num_classes)
-    use_se = arch.startswith("se_")
-    spec = MODELS[arch[3:] if use_se else arch]
+    kind, base = split_arch(arch)
+    spec = MODELS[base]
     if stem_pool is not None and spec.stem != "imagenet":
         raise ValueError(f"model.stem_pool={stem_pool}: {arch} has a CIFAR stem without a pool; leave it unset")
     if stem_pool not in (None, "caffe", "pytorch"):
@@ -374,13 +393,20 @@ def create_model(arch: str, num_classes: int = 1000, se: SEOptions | None = None
                          f"leave it false")
     if branch_relu and spec.block is PreActBottleneck:
         raise ValueError(f"model.branch_relu: {arch}'s pre-activation blocks end in a bare conv; leave it false")
-    options = (se or SEOptions()) if use_se else None
-    if options is not None and options.stages is not None:
-        bad = [s for s in options.stages if not 1 <= s <= len(spec.layers)]
+    options = None
+    if kind is not None:
+        options = attention if attention is not None else kind.options()
+        if not isinstance(options, kind.options):
+            raise TypeError(f"{arch} takes {kind.options.__name__}, got {type(options).__name__}")
+        bad = [s for s in options.stages or () if not 1 <= s <= len(spec.layers)]
         if bad:
-            raise ValueError(f"model.se.stages {list(options.stages)}: {arch} has stages 1-{len(spec.layers)}")
+            raise ValueError(f"{options.section}.stages {list(options.stages)}: {arch} has stages "
+                             f"1-{len(spec.layers)}")
+    elif attention is not None:
+        raise ValueError(f"{arch} has no attention blocks; attention options need a prefixed arch "
+                         f"({', '.join(k + '_' for k in REGISTRY)})")
     return ResNet(spec.block, spec.layers, num_classes, stem=spec.stem,
-                  attn=se_factory(options, data_format),
+                  attn=attention_slot(kind, options, data_format),
                   placement=options.placement if options else "standard",
                   groups=spec.groups, width_per_group=spec.width_per_group,
                   stride_in_1x1=spec.stride_in_1x1 if stride_in_1x1 is None else stride_in_1x1,
@@ -413,12 +439,13 @@ class _PpimClassifier(nn.Layer):
 
 
 def build_model(cfg: dict) -> nn.Layer:
-    """The one way to build a model: from a resolved config (see senet.config)."""
+    """The one way to build a model: from a resolved config (see senet.config). The options of a
+    prefixed arch come from its section, model.se / model.eca / model.cbam."""
     m = cfg["model"]
-    se_cfg = dict(m["se"])
-    if se_cfg.get("stages") is not None:
-        se_cfg["stages"] = tuple(se_cfg["stages"])
-    return create_model(m["arch"], num_classes=m["num_classes"], se=SEOptions(**se_cfg),
+    kind, _ = split_arch(m["arch"])
+    # A section absent from a config saved before it existed takes its defaults.
+    options = options_from_config(kind, m.get(kind.name)) if kind is not None else None
+    return create_model(m["arch"], num_classes=m["num_classes"], attention=options,
                         stride_in_1x1=m["stride_in_1x1"], zero_init_residual=m["zero_init_residual"],
                         data_format=cfg.get("train", {}).get("data_format", "NCHW"),
                         # absent from configs saved before they existed: today's network

@@ -9,7 +9,7 @@ last. Data-loader workers are forked from the run and would inherit the descript
 lock alive after the run itself was killed; they close their copy right after the fork.
 
 Under paddle.distributed.launch only rank 0 takes the lock (see senet.train.fit). Tools that only
-read a run folder or add their own files to it (eval --json, export, analyze_se) do not take it.
+read a run folder or add their own files to it (eval --json, export, analyze_gates) do not take it.
 """
 
 from __future__ import annotations

@@ -6,9 +6,11 @@ a leak in one run cannot touch the next. Rerunning the same sweep skips the runs
 says "finished" and restarts the others with `--resume auto`.
 
 The table follows Hu et al.'s tables (Table 2; the ablations of Sections 6 and 7.1): top-1 / top-5
-*error* on the val split, here as mean ± sample std over seeds, with parameters, multiply-adds and
-measured training images/s. The paper's figures stand beside a row only when the config is exactly
-a Table 2 setup (senet.compare.paper_reference); the paper reports single runs.
+*error* on the val split, here as mean ± sample std over seeds, with the attention block by name
+(SE, ECA, CBAM, from senet.attention's registry; "-" for a plain net) and its reduction ratio where
+it has one, parameters, multiply-adds and measured training images/s. The paper's figures stand
+beside a row only when the config is exactly a paper's setup (senet.compare.paper_reference); the
+papers report single runs.
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from senet.config import ConfigError, load_config, parse_overrides
+from senet.runtime import cpu_count
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESERVED = ("train.seed", "output_dir", "name")  # set per run by the sweep; an override would collide
@@ -86,51 +90,73 @@ def train_command(run: Run, overrides: list[str], resume: bool, nproc: int = 0, 
     return cmd + (["--resume", "auto"] if resume else [])
 
 
-def _run_child(cmd: list[str]) -> tuple[int, int | None]:
-    """Run `cmd`, passing SIGINT/SIGTERM on to it and waiting for it to save and exit.
+def run_sweep(runs: list[Run], overrides: list[str], nproc: int = 0, devices: str | None = None,
+              python: str = sys.executable, log: Callable[[str], None] = print, jobs: int = 1) -> dict[str, list[Run]]:
+    """Train every run that is not finished, in order, `jobs` at a time. Returns the runs by outcome:
+    skipped (finished before), done, failed, and interrupted (a signal stopped the sweep).
 
-    Returns (exit code, the signal that arrived or None). A bare subprocess.run would kill the child
-    0.25 s after Ctrl-C, in the middle of writing its checkpoint.
+    With jobs > 1 each run gets train.threads = cores // jobs and writes its console output to
+    <run>/console.log (its train.log is there anyway). On a CPU two one-thread runs side by side
+    train about 1.4x the images per second of one two-thread run: Paddle's second thread speeds a
+    small net's step up by less than its share. SIGINT/SIGTERM are passed on to every running child,
+    and the sweep waits for each to save its checkpoint and exit (a bare subprocess.run would kill a
+    child 0.25 s after Ctrl-C, in the middle of writing its checkpoint).
     """
+    outcome: dict[str, list[Run]] = {"skipped": [], "done": [], "failed": [], "interrupted": []}
+    todo = []
+    for i, run in enumerate(runs, 1):
+        where = f"[{i}/{len(runs)}] {run.name} seed {run.seed}"
+        if status(run.output_dir) == "finished":
+            log(f"{where}: finished before, skipped ({run.output_dir})")
+            outcome["skipped"].append(run)
+        else:
+            todo.append((where, run))
+    threads = [f"train.threads={max(1, cpu_count() // jobs)}"] if jobs > 1 else []
+    running: list[tuple[str, Run, subprocess.Popen, Any]] = []
     got: dict[str, int] = {}
-    proc = subprocess.Popen(cmd)  # in our working directory: relative configs, data.root and --out mean the same
 
     def forward(signum: int, frame: Any) -> None:
         got["signal"] = signum
-        proc.send_signal(signum)  # a terminal Ctrl-C reaches the child too; a second notice is harmless
+        for _, _, proc, _ in running:
+            proc.send_signal(signum)  # a terminal Ctrl-C reaches the children too; a second notice is harmless
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        rc = proc.wait()
+        while todo or running:
+            while todo and len(running) < jobs and "signal" not in got:
+                where, run = todo.pop(0)
+                state = status(run.output_dir)
+                log(f"{where}: {'resuming' if state == 'unfinished' else 'starting'} in {run.output_dir}")
+                console = None
+                if jobs > 1:
+                    os.makedirs(run.output_dir, exist_ok=True)
+                    console = open(os.path.join(run.output_dir, "console.log"), "a")
+                # in our working directory: relative configs, data.root and --out mean the same
+                cmd = train_command(run, overrides + threads, state == "unfinished", nproc, devices, python)
+                proc = subprocess.Popen(cmd, stdout=console, stderr=subprocess.STDOUT if console else None)
+                running.append((where, run, proc, console))
+            if not running:
+                break  # a signal came before the next run started
+            time.sleep(0.2)
+            for item in [r for r in running if r[2].poll() is not None]:
+                running.remove(item)
+                where, run, proc, console = item
+                if console is not None:
+                    console.close()
+                if "signal" in got:
+                    outcome["interrupted"].append(run)
+                elif proc.returncode != 0 or status(run.output_dir) != "finished":
+                    log(f"{where}: FAILED (exit code {proc.returncode}); see "
+                        f"{os.path.join(run.output_dir, 'train.log')}")
+                    outcome["failed"].append(run)
+                else:
+                    outcome["done"].append(run)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-    return rc, got.get("signal")
-
-
-def run_sweep(runs: list[Run], overrides: list[str], nproc: int = 0, devices: str | None = None,
-              python: str = sys.executable, log: Callable[[str], None] = print) -> dict[str, list[Run]]:
-    """Train every run that is not finished, in order. Returns the runs by outcome:
-    skipped (finished before), done, failed, and interrupted (a signal stopped the sweep)."""
-    outcome: dict[str, list[Run]] = {"skipped": [], "done": [], "failed": [], "interrupted": []}
-    for i, run in enumerate(runs, 1):
-        where = f"[{i}/{len(runs)}] {run.name} seed {run.seed}"
-        state = status(run.output_dir)
-        if state == "finished":
-            log(f"{where}: finished before, skipped ({run.output_dir})")
-            outcome["skipped"].append(run)
-            continue
-        log(f"{where}: {'resuming' if state == 'unfinished' else 'starting'} in {run.output_dir}")
-        rc, sig = _run_child(train_command(run, overrides, state == "unfinished", nproc, devices, python))
-        if sig is not None:
-            log(f"{where}: stopped by {signal.Signals(sig).name}; rerun the same command to resume the sweep")
-            outcome["interrupted"] = runs[i - 1:]
-            break
-        if rc != 0 or status(run.output_dir) != "finished":
-            log(f"{where}: FAILED (exit code {rc}); see {os.path.join(run.output_dir, 'train.log')}")
-            outcome["failed"].append(run)
-        else:
-            outcome["done"].append(run)
+    if "signal" in got:
+        outcome["interrupted"] += [run for _, run in todo]
+        log(f"stopped by {signal.Signals(got['signal']).name}; rerun the same command to resume the sweep")
     return outcome
 
 
@@ -143,10 +169,22 @@ def sweep_rows(runs: list[Run], overrides: list[str]) -> list[dict[str, Any]]:
     rows = error_rows(build_rows(configs, overrides, finished))
     cfgs = {c["name"]: c for c in (load_config(path, overrides) for path in configs)}
     for row in rows:
+        row.update(block_columns(cfgs[row["name"]]))
         ref = paper_reference(cfgs[row["name"]])
         row["paper_top1_err"], row["paper_top5_err"], row["paper_gmacs"] = ref or (None, None, None)
         row["seeds_planned"] = sum(r.name == row["name"] for r in runs)
     return rows
+
+
+def block_columns(cfg: dict) -> dict[str, Any]:
+    """The config's attention block by its registry title ("SE", "ECA", "CBAM"; None for a plain net)
+    and the block's reduction ratio r, None for a block without one (ECA)."""
+    from senet.attention import split_arch
+
+    entry, _ = split_arch(cfg["model"]["arch"])
+    if entry is None:
+        return {"block": None, "reduction": None}
+    return {"block": entry.title, "reduction": (cfg["model"].get(entry.name) or {}).get("reduction")}
 
 
 def write_table(rows: list[dict[str, Any]], sweep_dir: str) -> dict[str, str]:
@@ -154,7 +192,8 @@ def write_table(rows: list[dict[str, Any]], sweep_dir: str) -> dict[str, str]:
     from senet.compare import ERROR_COLUMNS, PAPER_COLUMNS, format_rows
 
     os.makedirs(sweep_dir, exist_ok=True)
-    cols = ERROR_COLUMNS + PAPER_COLUMNS
+    after_arch = [k for k, _ in ERROR_COLUMNS].index("arch") + 1
+    cols = ERROR_COLUMNS[:after_arch] + [("block", "block")] + ERROR_COLUMNS[after_arch:] + PAPER_COLUMNS
     out = {"md": format_rows(rows, "md", cols) + "\n\n" + TABLE_NOTE + "\n",
            "csv": format_rows(rows, "csv", cols), "json": format_rows(rows, "json")}
     for ext, text in out.items():
@@ -165,4 +204,5 @@ def write_table(rows: list[dict[str, Any]], sweep_dir: str) -> dict[str, str]:
 
 TABLE_NOTE = ("Error = 100 - accuracy (%) on the val split, best epoch of each run, mean ± sample std over the "
               "finished seeds. GMACs are multiply-adds for one image at data.eval_crop (the paper's 'GFLOPs'). "
-              "Paper figures (Hu et al., Table 2; single runs) appear only for configs with exactly the paper's setup.")
+              "r is the block's reduction ratio (ECA has none). Paper figures (single runs; Hu et al., Table 2 for SE) "
+              "appear only for configs with exactly a paper's setup.")

@@ -1,17 +1,22 @@
 """The training loop: build everything from a config, then train_one_epoch / evaluate until done.
 
-The recipe follows Hu et al., Section 5 (and He et al. 2015 for CIFAR): SGD with momentum, a
-learning rate stated per 256 images and scaled linearly with the global batch (Goyal et al.),
-stepped every iteration. Nothing in the hot loop reads a tensor back to the host: the loss,
+The optimizer, LR schedule and EMA are built by senet.optim (the recipe of Hu et al., Section 5).
+Nothing in the hot loop reads a tensor back to the host: the loss,
 accuracy and the non-finite-loss detector are accumulated on the device and read only every
 `train.log_every` steps, at the end of an epoch, and before a checkpoint is written.
+
+The step itself is senet.step.train_step (shared with `make bench` and scripts/bench_trainer.py).
+Around it, `train_one_epoch` applies the batch transform (fit's `batch_transform`, see senet.step)
+and the policies: LossGuard (non-finite losses and loss-scale overflows), EpochMeter (the log window
+and epoch averages), gate histograms, mid-epoch checkpoints, stop signals and train.max_steps. `fit`
+locks the run folder, `_fit` catches the stop signals, and `_train` runs `_start` (setup, resume),
+`_train_epochs` (train, evaluate, checkpoint each epoch) and `_finish` (metrics.json, model.safetensors).
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import signal
 import sys
@@ -22,115 +27,23 @@ from typing import Any
 import numpy as np
 import paddle
 import paddle.nn as nn
-import paddle.nn.functional as F
 
 from senet import checkpoint as ckpt
+from senet.attention.gates import record_gates
 from senet.config import config_changes, dump_config
 from senet.data import build_loader, normalize_batch
 from senet.data.loader import STOP_SIGNALS
+from senet.device import device_notices
 from senet.distributed import broadcast_object, convert_sync_batchnorm, ranks_in_sync, world
+from senet.optim import ModelEMA, build_optimizer, scaled_lr
 from senet.resnet import build_model
 from senet.runlock import RunLock, RunLockedError
 from senet.runlog import RunFolderError, RunLogger, check_run_folder, os_error_fix
+from senet.step import BatchTransform, StepParts, forward_loss, train_step
 
 
 class TrainingError(RuntimeError):
     """Training cannot go on; the message names the step and the last good checkpoint."""
-
-
-# --------------------------------------------------------------------------- building blocks
-
-def device_notices(cfg: dict) -> dict:
-    """Resolve GPU-only settings against the device, with a one-line notice for each fallback."""
-    on_gpu = paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
-    amp = dict(cfg["train"]["amp"])
-    data_format = cfg["train"]["data_format"]
-    notices = []
-    if amp["enabled"] and not on_gpu:
-        notices.append("AMP requested but no GPU: paddle.amp does nothing on a CPU, training in fp32.")
-        amp["enabled"] = False
-    if data_format == "NHWC" and not on_gpu:
-        notices.append("NHWC is a GPU (tensor-core) layout; on this CPU the model runs in NCHW.")
-        data_format = "NCHW"
-    return {"on_gpu": on_gpu, "amp": amp, "data_format": data_format, "notices": notices}
-
-
-def scaled_lr(cfg: dict, world_size: int) -> float:
-    """optimizer.lr is per 256 images; scale linearly with the global batch (per-device x devices)."""
-    return cfg["optimizer"]["lr"] * cfg["data"]["batch_size"] * world_size / 256
-
-
-def lr_factor(cfg: dict, step: int, steps_per_epoch: int) -> float:
-    """Multiplier of the base lr at iteration `step`: linear warm-up, then step / multistep / cosine."""
-    s = cfg["lr_scheduler"]
-    epoch = step / steps_per_epoch  # fractional epochs, so the schedule moves every iteration
-    warmup = s["warmup_epochs"]
-    if warmup > 0 and epoch < warmup:
-        return (step + 1) / (warmup * steps_per_epoch)
-    if s["name"] == "step":
-        return s["gamma"] ** math.floor(epoch / s["step_size"])
-    if s["name"] == "multistep":
-        return s["gamma"] ** sum(epoch >= m for m in s["milestones"])
-    total = cfg["train"]["epochs"] - warmup  # cosine, from the end of warm-up to the last epoch
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, (epoch - warmup) / max(total, 1e-8))))
-
-
-def build_optimizer(cfg: dict, model: nn.Layer, steps_per_epoch: int, world_size: int):
-    """(optimizer, per-iteration LR scheduler) for the trainable parameters of `model`."""
-    o = cfg["optimizer"]
-    scheduler = paddle.optimizer.lr.LambdaDecay(scaled_lr(cfg, world_size),
-                                                lambda step: lr_factor(cfg, step, steps_per_epoch))
-    # BatchNorm running statistics are listed as parameters in Paddle, with stop_gradient=True.
-    trainable = [p for p in model.parameters() if not p.stop_gradient]
-    params: Any = trainable
-    if o["no_weight_decay_on_bn_bias"]:  # 1-D tensors are BN scales/shifts and biases
-        decay = [p for p in trainable if len(p.shape) > 1]
-        no_decay = [p for p in trainable if len(p.shape) <= 1]
-        params = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
-    wd = o["weight_decay"]
-    if o["name"] == "momentum":
-        opt = paddle.optimizer.Momentum(scheduler, o["momentum"], params, use_nesterov=o["nesterov"],
-                                        weight_decay=wd)
-    elif o["name"] == "sgd":
-        opt = paddle.optimizer.SGD(scheduler, params, weight_decay=wd)
-    else:
-        opt = paddle.optimizer.AdamW(scheduler, parameters=params, weight_decay=wd)
-    return opt, scheduler
-
-
-class ModelEMA:
-    """Exponential moving average of the weights, kept in fp32 whatever the training precision.
-
-    Updated on the device every step (no host sync); integer buffers are copied as they are.
-    """
-
-    def __init__(self, model: nn.Layer, decay: float) -> None:
-        self.decay = decay
-        with paddle.no_grad():
-            self.shadow = {k: v.detach().astype("float32").clone() if paddle.is_floating_point(v)
-                           else v.detach().clone() for k, v in model.state_dict().items()}
-
-    @paddle.no_grad()
-    def update(self, model: nn.Layer) -> None:
-        for k, v in model.state_dict().items():
-            s = self.shadow[k]
-            if paddle.is_floating_point(s):
-                paddle.assign(s * self.decay + v.astype("float32") * (1 - self.decay), output=s)
-            else:
-                paddle.assign(v, output=s)
-
-    def state_dict(self) -> dict:
-        return self.shadow
-
-    def set_state_dict(self, state: dict) -> None:
-        for k, v in state.items():
-            paddle.assign(paddle.to_tensor(v), output=self.shadow[k])
-
-    def copy_into(self, model: nn.Layer) -> nn.Layer:
-        """A copy of `model` carrying the EMA weights, for evaluation."""
-        ema_model = copy.deepcopy(model)
-        ema_model.set_state_dict(self.shadow)
-        return ema_model
 
 
 @dataclass
@@ -158,6 +71,15 @@ class TrainState:
     # Loss-scale overflows since the last step that updated the weights. Not checkpointed: a
     # resumed run starts counting again.
     overflows_in_a_row: int = 0
+    # Applied to every training batch before the step (mixup, cutmix: see senet.step); None: identity.
+    # Not checkpointed: it is code, given to fit() again on resume.
+    batch_transform: BatchTransform | None = None
+
+    def step_parts(self) -> StepParts:
+        """What senet.step.train_step needs of this state."""
+        data = self.cfg["data"]
+        return StepParts(self.model, self.optimizer, data["mean"], data["std"], self.data_format, self.amp,
+                         self.scaler, self.scheduler, self.ema, self.cfg["train"]["label_smoothing"])
 
     def to_checkpoint(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -188,15 +110,153 @@ class TrainState:
 
 # --------------------------------------------------------------------------- the loop
 
-def _forward_loss(state: TrainState, images: paddle.Tensor, labels: paddle.Tensor, train: bool):
-    cfg, amp = state.cfg, state.amp
-    x = normalize_batch(images, cfg["data"]["mean"], cfg["data"]["std"], state.data_format)
-    use_amp = amp["enabled"] and (train or amp.get("eval", False))
-    with paddle.amp.auto_cast(enable=use_amp, level=amp["level"], dtype=amp["dtype"]):
-        logits = state.model(x)
-    logits = logits.astype("float32")
-    loss = F.cross_entropy(logits, labels, label_smoothing=cfg["train"]["label_smoothing"] if train else 0.0)
-    return logits, loss
+def train_one_epoch(state: TrainState, loader, log: RunLogger, stop: dict) -> dict:
+    """Train one epoch (or the rest of it, after a mid-epoch resume). Returns epoch averages.
+
+    Each batch goes through state.batch_transform, if any, then senet.step.train_step. Around the step:
+    LossGuard (non-finite losses, loss-scale overflows), EpochMeter (the log window and the epoch's
+    averages), gate histograms every train.log_se_every steps, mid-epoch checkpoints every
+    train.save_every_steps, and the stop signals and train.max_steps.
+    """
+    t = state.cfg["train"]
+    parts, guard = state.step_parts(), LossGuard(state, log)
+    state.model.train()
+    loader.set_epoch(state.epoch, start_batch=state.batch_in_epoch)
+    meter = EpochMeter()
+    total = len(loader)
+    bar = log.progress(total, initial=state.batch_in_epoch, desc=f"epoch {state.epoch + 1}/{t['epochs']}")
+    for images, targets in loader:  # int labels, unless the batch transform makes soft targets
+        if state.batch_transform is not None:
+            images, targets = state.batch_transform(images, targets)
+        logits, loss, updated = train_step(parts, images, targets, update_if=guard.update_if)
+        if updated:
+            guard.after_update(loss)
+            meter.add(logits, loss, targets)
+        _advance(state, bar)
+        if _every(state.global_step, t["log_se_every"]) and log.rank == 0:
+            _log_gate_histograms(state, images, log)
+        if _every(state.global_step, t["log_every"]) or state.batch_in_epoch == total:
+            guard.check()
+            meter.log_window(state, log, bar)
+        if _every(state.global_step, t["save_every_steps"]) and state.batch_in_epoch < total:
+            guard.check()
+            log.save(state, "last")
+        if _stop_agreed(stop, log.world_size, state.global_step, t["log_every"]) or _reached_max_steps(state):
+            break
+    log.close_progress(bar)
+    guard.check()
+    return meter.epoch_stats(log.world_size, complete=state.batch_in_epoch >= total)
+
+
+class LossGuard:
+    """One epoch's policy for non-finite losses and loss-scale overflows.
+
+    Decided once from the resolved AMP state (device_notices), not from train.amp.enabled: only fp16
+    AMP on a GPU has a loss scaler, and on a CPU an AMP config trains in fp32. With a scaler, the
+    scaler skips the steps whose gradients overflow (a normal event, counted here), and a loss that is
+    non-finite before scaling stops the run whatever nan_policy says: lowering the loss scale cannot
+    cure it. Without one, nan_policy decides: `skip` checks each loss before backward (`update_if`,
+    one host sync a step); `stop` remembers the first non-finite loss on the device and `check` reads
+    it (at log steps, before a checkpoint, at the end of the epoch).
+    """
+
+    def __init__(self, state: TrainState, log: RunLogger) -> None:
+        self.state, self.log = state, log
+        skip = state.scaler is None and state.cfg["train"]["nan_policy"] == "skip"
+        self.update_if = self._finite_everywhere if skip else None  # train_step's update_if
+        self.first_bad = paddle.full([], -1, dtype="int64")  # first step with a non-finite loss, -1 if none
+
+    def _finite_everywhere(self, loss: paddle.Tensor) -> bool:
+        """nan_policy=skip: update only if the loss is finite on every rank; count the skips."""
+        if _all_finite(paddle.isfinite(loss), self.log.world_size):
+            return True
+        state, limit = self.state, self.state.cfg["train"]["nan_skip_limit"]
+        state.skipped_steps += 1
+        if state.skipped_steps > limit:
+            raise TrainingError(f"more than {limit} non-finite losses (last at step "
+                                f"{state.global_step + 1}); {self.log.last_good_checkpoint()}")
+        return False
+
+    def after_update(self, loss: paddle.Tensor) -> None:
+        """After a step that ran backward: count a scaler overflow; note a non-finite loss on the device."""
+        if self.state.scaler is not None:
+            self._count_overflow()
+        if self.update_if is None:
+            with paddle.no_grad():
+                step = paddle.full([], self.state.global_step + 1, "int64")
+                self.first_bad = paddle.where((self.first_bad < 0) & ~paddle.isfinite(loss), step, self.first_bad)
+
+    def _count_overflow(self) -> None:
+        """Count a step the loss scaler skipped; stop after more than train.nan_skip_limit in a row."""
+        # The flag is a Python bool or, with Momentum/SGD/AdamW, a device tensor. Paddle 3.3.1's dynamic
+        # loss scaling already reads it on the host every step (GradScaler.update -> _update: `if
+        # self._cache_found_inf`), so the step has synchronised before this line: reading it again adds no
+        # wait. (An on-device counter would not remove the sync that Paddle's own update makes.)
+        state = self.state
+        if not state.scaler._cache_found_inf:
+            state.overflows_in_a_row = 0
+            return
+        state.skipped_steps += 1
+        state.overflows_in_a_row += 1
+        limit = state.cfg["train"]["nan_skip_limit"]
+        if state.overflows_in_a_row > limit:
+            self.check()  # a non-finite loss behind the overflows is the better message
+            raise TrainingError(f"more than {limit} steps in a row skipped for gradient overflow (last at step "
+                                f"{state.global_step + 1}, loss scale now {float(state.scaler._scale):g}); "
+                                f"{self.log.last_good_checkpoint()} Lower optimizer.lr, train in bfloat16 "
+                                f"(train.amp.dtype=bfloat16), or raise train.nan_skip_limit.")
+
+    def check(self) -> None:
+        """Stop the run if a step so far had a non-finite loss (a host read)."""
+        step = int(self.first_bad)
+        if step >= 0:
+            # With a loss scaler nan_policy=skip does not apply; fp16's range may be the cause.
+            fix = ("train in bfloat16 (train.amp.dtype=bfloat16) or fp32 (train.amp.enabled=false)"
+                   if self.state.scaler is not None else "set train.nan_policy=skip")
+            raise TrainingError(f"non-finite loss at step {step}; training stopped. {self.log.last_good_checkpoint()} "
+                                f"Lower optimizer.lr, add lr_scheduler.warmup_epochs, or {fix}.")
+
+
+class EpochMeter:
+    """Loss and top-1 over the epoch, and loss and speed over the current log window: summed on the
+    device, read on the host only at log steps and at the end of the epoch."""
+
+    def __init__(self) -> None:
+        self.sums = {"loss": paddle.zeros([]), "top1": paddle.zeros([]), "n": paddle.zeros([])}
+        self.t_epoch = time.perf_counter()
+        self._new_window()
+
+    def _new_window(self) -> None:
+        self.window = {"loss": paddle.zeros([]), "n": paddle.zeros([])}
+        self.t_window, self.n_window = time.perf_counter(), 0
+
+    @paddle.no_grad()
+    def add(self, logits: paddle.Tensor, loss: paddle.Tensor, targets: paddle.Tensor) -> None:
+        """One updated step. Top-1 counts against the targets trained on (for soft ones, their argmax)."""
+        labels = targets.argmax(-1) if paddle.is_floating_point(targets) else targets
+        n = paddle.full([], labels.shape[0], "float32")
+        self.sums["loss"] += loss.detach() * n
+        self.sums["top1"] += _correct(logits, labels, 1)
+        self.sums["n"] += n
+        self.window["loss"] += loss.detach() * n
+        self.window["n"] += n
+        self.n_window += labels.shape[0]
+
+    def log_window(self, state: TrainState, log: RunLogger, bar) -> None:
+        """The log line of the window that ends at this step; then a new window."""
+        elapsed = time.perf_counter() - self.t_window
+        stats = {"loss": float(self.window["loss"] / self.window["n"]), "lr": state.optimizer.get_lr(),
+                 "images_per_s": self.n_window * log.world_size / max(elapsed, 1e-9)}
+        if state.scaler is not None:
+            stats["loss_scale"] = float(state.scaler._scale)
+        log.train_step(state.global_step, stats, bar)
+        self._new_window()
+
+    def epoch_stats(self, world_size: int, complete: bool) -> dict:
+        n = max(float(self.sums["n"]), 1.0)
+        return {"loss": float(self.sums["loss"]) / n, "top1": 100.0 * float(self.sums["top1"]) / n,
+                "epoch_time_s": time.perf_counter() - self.t_epoch, "images": int(n) * world_size,
+                "complete": complete}
 
 
 def _correct(logits: paddle.Tensor, labels: paddle.Tensor, k: int) -> paddle.Tensor:
@@ -206,83 +266,9 @@ def _correct(logits: paddle.Tensor, labels: paddle.Tensor, k: int) -> paddle.Ten
     return (top == labels.unsqueeze(-1)).astype("float32").sum()
 
 
-def train_one_epoch(state: TrainState, loader, log: RunLogger, stop: dict) -> dict:
-    """Train one epoch (or the rest of it, after a mid-epoch resume). Returns epoch averages."""
-    t = state.cfg["train"]
-    # The non-finite-loss policy, decided once from the resolved AMP state (device_notices), not from
-    # train.amp.enabled: only fp16 AMP on a GPU has a loss scaler, and on a CPU an AMP config trains
-    # in fp32. With a scaler, the scaler skips the steps whose gradients overflow (a normal event),
-    # and a loss that is non-finite before scaling stops the run whatever nan_policy says: lowering
-    # the loss scale cannot cure it. Without one, nan_policy decides.
-    scaler = state.scaler
-    skip_bad_losses = scaler is None and t["nan_policy"] == "skip"
-    state.model.train()
-    loader.set_epoch(state.epoch, start_batch=state.batch_in_epoch)
-    # Device-side accumulators: read on the host only when logging.
-    sums = {"loss": paddle.zeros([]), "top1": paddle.zeros([]), "n": paddle.zeros([])}
-    window = {"loss": paddle.zeros([]), "n": paddle.zeros([])}
-    first_bad = paddle.full([], -1, dtype="int64")  # first step with a non-finite loss, -1 if none
-    t_window, n_window, t_epoch = time.perf_counter(), 0, time.perf_counter()
-    total = len(loader)
-    bar = log.progress(total, initial=state.batch_in_epoch, desc=f"epoch {state.epoch + 1}/{t['epochs']}")
-    for images, labels in loader:
-        logits, loss = _forward_loss(state, images, labels, train=True)
-        finite = paddle.isfinite(loss)
-        if skip_bad_losses and not _all_finite(finite, log.world_size):
-            state.skipped_steps += 1
-            if state.skipped_steps > t["nan_skip_limit"]:
-                raise TrainingError(f"more than {t['nan_skip_limit']} non-finite losses (last at step "
-                                    f"{state.global_step + 1}); {log.last_good_checkpoint()}")
-        else:
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(state.optimizer)  # skips the update when gradients overflowed
-                scaler.update()
-                _count_overflow(state, first_bad, log)
-            else:
-                loss.backward()
-                state.optimizer.step()
-            state.optimizer.clear_grad(set_to_zero=False)
-            if state.ema is not None:
-                state.ema.update(state.model)
-            with paddle.no_grad():
-                if not skip_bad_losses:  # remember the first non-finite loss; read at log steps
-                    first_bad = paddle.where((first_bad < 0) & ~finite,
-                                             paddle.full([], state.global_step + 1, "int64"), first_bad)
-                n = paddle.full([], labels.shape[0], "float32")
-                sums["loss"] += loss.detach() * n
-                sums["top1"] += _correct(logits, labels, 1)
-                sums["n"] += n
-                window["loss"] += loss.detach() * n
-                window["n"] += n
-            n_window += labels.shape[0]
-        state.scheduler.step()
-        _advance(state, bar)
-        if t["log_se_every"] and state.global_step % t["log_se_every"] == 0 and log.rank == 0:
-            _log_gate_histograms(state, images, log)
-        if state.global_step % t["log_every"] == 0 or state.batch_in_epoch == total:
-            _check_finite(state, first_bad, log)
-            elapsed = time.perf_counter() - t_window
-            stats = {"loss": float(window["loss"] / window["n"]), "lr": state.optimizer.get_lr(),
-                     "images_per_s": n_window * log.world_size / max(elapsed, 1e-9)}
-            if scaler is not None:
-                stats["loss_scale"] = float(scaler._scale)
-            log.train_step(state.global_step, stats, bar)
-            window = {"loss": paddle.zeros([]), "n": paddle.zeros([])}
-            t_window, n_window = time.perf_counter(), 0
-        if t["save_every_steps"] and state.global_step % t["save_every_steps"] == 0 \
-                and state.batch_in_epoch < total:
-            _check_finite(state, first_bad, log)
-            log.save(state, "last")
-        if _stop_agreed(stop, log.world_size, state.global_step, t["log_every"]) \
-                or (t["max_steps"] and state.global_step >= t["max_steps"]):
-            break
-    log.close_progress(bar)
-    _check_finite(state, first_bad, log)
-    n = max(float(sums["n"]), 1.0)
-    return {"loss": float(sums["loss"]) / n, "top1": 100.0 * float(sums["top1"]) / n,
-            "epoch_time_s": time.perf_counter() - t_epoch, "images": int(n) * log.world_size,
-            "complete": state.batch_in_epoch >= total}
+def _every(step: int, every: int) -> bool:
+    """Whether `step` is a multiple of `every`; never when `every` is 0 (off)."""
+    return bool(every) and step % every == 0
 
 
 def _all_finite(finite: paddle.Tensor, world_size: int) -> bool:
@@ -312,13 +298,12 @@ def _stop_agreed(stop: dict, world_size: int, step: int = 0, every: int = 1) -> 
 
 
 def _log_gate_histograms(state: TrainState, images: paddle.Tensor, log: RunLogger) -> None:
-    """VisualDL histograms of every SE block's gate values on this batch (one extra eval forward)."""
-    from senet.analysis import record_gates
-
+    """VisualDL histograms of every attention block's gate values on this batch (one extra eval forward):
+    tags se/<block> (the channel gates) and, for CBAM, se/<block>.spatial."""
     cfg = state.cfg
     x = normalize_batch(images, cfg["data"]["mean"], cfg["data"]["std"], state.data_format)
     with paddle.amp.auto_cast(enable=state.amp["enabled"], level=state.amp["level"], dtype=state.amp["dtype"]):
-        gates = record_gates(_unwrap(state.model), x)
+        gates = record_gates(_unwrap(state.model), x, kinds=None)  # CBAM's spatial gates too
     for name, values in gates.items():
         log.histogram(f"se/{name}", values.ravel(), state.global_step)
 
@@ -330,36 +315,6 @@ def _advance(state: TrainState, bar) -> None:
         bar.update(1)
 
 
-def _count_overflow(state: TrainState, first_bad: paddle.Tensor, log: RunLogger) -> None:
-    """Count a step the loss scaler skipped; stop after more than train.nan_skip_limit in a row."""
-    # The flag is a Python bool or, with Momentum/SGD/AdamW, a device tensor. Paddle 3.3.1's dynamic
-    # loss scaling already reads it on the host every step (GradScaler.update -> _update: `if
-    # self._cache_found_inf`), so the step has synchronised before this line: reading it again adds no
-    # wait. (An on-device counter would not remove the sync that Paddle's own update makes.)
-    if not state.scaler._cache_found_inf:
-        state.overflows_in_a_row = 0
-        return
-    state.skipped_steps += 1
-    state.overflows_in_a_row += 1
-    limit = state.cfg["train"]["nan_skip_limit"]
-    if state.overflows_in_a_row > limit:
-        _check_finite(state, first_bad, log)  # a non-finite loss behind the overflows is the better message
-        raise TrainingError(f"more than {limit} steps in a row skipped for gradient overflow (last at step "
-                            f"{state.global_step + 1}, loss scale now {float(state.scaler._scale):g}); "
-                            f"{log.last_good_checkpoint()} Lower optimizer.lr, train in bfloat16 "
-                            f"(train.amp.dtype=bfloat16), or raise train.nan_skip_limit.")
-
-
-def _check_finite(state: TrainState, first_bad: paddle.Tensor, log: RunLogger) -> None:
-    step = int(first_bad)
-    if step >= 0:
-        # With a loss scaler nan_policy=skip does not apply (see train_one_epoch); fp16's range may be the cause.
-        fix = ("train in bfloat16 (train.amp.dtype=bfloat16) or fp32 (train.amp.enabled=false)"
-               if state.scaler is not None else "set train.nan_policy=skip")
-        raise TrainingError(f"non-finite loss at step {step}; training stopped. {log.last_good_checkpoint()} "
-                            f"Lower optimizer.lr, add lr_scheduler.warmup_epochs, or {fix}.")
-
-
 @paddle.no_grad()
 def evaluate(model: nn.Layer, loader, cfg: dict, data_format: str = "NCHW", amp: dict | None = None,
              log: RunLogger | None = None, stop: dict | None = None) -> dict | None:
@@ -369,15 +324,14 @@ def evaluate(model: nn.Layer, loader, cfg: dict, data_format: str = "NCHW", amp:
     train.log_every-th batch, where the ranks agree) and None is returned.
     """
     model.eval()
-    state = TrainState(cfg, model, None, None, None, None, amp or {"enabled": False, "level": "O1",
-                                                                   "dtype": "float16"}, data_format)
+    parts = StepParts(model, None, cfg["data"]["mean"], cfg["data"]["std"], data_format, amp)
     sums = paddle.zeros([4])  # loss x n, top-1 hits, top-5 hits, n
     bar = log.progress(len(loader), desc="eval") if log else None
     world_size = paddle.distributed.get_world_size()
     # In a job, the ranks agree only at batches that all of them reach (val shards differ by one image).
     agree_until = loader.batches_on_every_rank() if stop is not None and world_size > 1 else len(loader)
     for i, (images, labels) in enumerate(loader):
-        logits, loss = _forward_loss(state, images, labels, train=False)
+        logits, loss = forward_loss(parts, images, labels, train=False)
         n = float(labels.shape[0])
         sums += paddle.stack([loss * n, _correct(logits, labels, 1), _correct(logits, labels, 5),
                               paddle.full([], n, "float32")])
@@ -477,8 +431,12 @@ def setup(cfg: dict) -> tuple[TrainState, Any, Any, dict]:
     return state, train_loader, val_loader, env
 
 
-def fit(cfg: dict, resume: str | None = None, allow_config_change: bool = False) -> dict:
+def fit(cfg: dict, resume: str | None = None, allow_config_change: bool = False,
+        batch_transform: BatchTransform | None = None) -> dict:
     """Train `cfg` to the end (or to train.max_steps), evaluating and checkpointing as configured.
+
+    `batch_transform` (images, labels) -> (images, targets) is applied to every training batch before
+    the step, e.g. mixup or cutmix (see senet.step); None trains on the batches as loaded.
 
     First, before anything is built, rank 0 checks that the run folder takes files and locks it for the
     run's life (senet.runlock: one run per folder). Every rank learns the outcome, so a refused job
@@ -502,13 +460,13 @@ def fit(cfg: dict, resume: str | None = None, allow_config_change: bool = False)
     if problem:
         raise TrainingError(problem)
     try:
-        return _fit(cfg, resume, allow_config_change)
+        return _fit(cfg, resume, allow_config_change, batch_transform)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _fit(cfg: dict, resume: str | None, allow_config_change: bool) -> dict:
+def _fit(cfg: dict, resume: str | None, allow_config_change: bool, batch_transform: BatchTransform | None) -> dict:
     """fit() with the stop signals caught from the start to the end of the final save.
 
     SIGTERM (schedulers' preemption), SIGINT (Ctrl-C) and SIGUSR1 (Slurm's --signal=USR1@N warning
@@ -523,30 +481,29 @@ def _fit(cfg: dict, resume: str | None, allow_config_change: bool) -> dict:
     # The first signal counts: after a SIGUSR1, Slurm's SIGTERM at the time limit must not hide it.
     previous = {s: signal.signal(s, lambda signum, frame: stop.setdefault("signal", signum)) for s in STOP_SIGNALS}
     try:
-        return _train(cfg, resume, allow_config_change, stop)
+        return _train(cfg, resume, allow_config_change, stop, batch_transform)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
 
 
-def _train(cfg: dict, resume: str | None, allow_config_change: bool, stop: dict) -> dict:
+def _train(cfg: dict, resume: str | None, allow_config_change: bool, stop: dict,
+           batch_transform: BatchTransform | None) -> dict:
+    state, train_loader, val_loader, log = _start(cfg, resume, allow_config_change)
+    state.batch_transform = batch_transform
+    _train_epochs(state, train_loader, val_loader, log, stop)
+    return _finish(state, log, stop)
+
+
+def _start(cfg: dict, resume: str | None, allow_config_change: bool) -> tuple[TrainState, Any, Any, RunLogger]:
+    """setup(), the run's logger, the resume, and the run folder's config.yaml."""
     rank, world_size = world()
     state, train_loader, val_loader, env = setup(cfg)
     log = RunLogger(cfg, rank=rank, world_size=world_size)
     for notice in env["notices"]:
         log.info(notice)
     if resume:
-        path = find_resume_checkpoint(cfg["output_dir"], cfg["model"]["trust_pickle"]) if resume == "auto" else resume
-        path = broadcast_object(path)  # every rank resumes from the checkpoint rank 0 chose
-        if path:
-            saved = ckpt.load_checkpoint(path, cfg["model"]["trust_pickle"])
-            _check_resume_config(saved, cfg, path, allow_config_change, log)
-            state.restore(saved, path)
-            log.last_saved = path  # until this run saves, the checkpoint it resumed from is the last good one
-            log.info(f"resumed from {path}: epoch {state.epoch + 1}, batch {state.batch_in_epoch}, "
-                     f"step {state.global_step}")
-        else:
-            log.info(f"--resume auto: no checkpoint in {cfg['output_dir']}/checkpoints, starting fresh")
+        _resume(state, resume, allow_config_change, log)
     if rank == 0:
         _remove_stale_temp_files(cfg["output_dir"], log)
         dump_config(cfg, os.path.join(cfg["output_dir"], "config.yaml"))
@@ -554,11 +511,30 @@ def _train(cfg: dict, resume: str | None, allow_config_change: bool, stop: dict)
     log.info(f"{cfg['model']['arch']}: {len(train_loader)} steps/epoch, lr {scaled_lr(cfg, log.world_size):.4g} "
              f"for a global batch of {cfg['data']['batch_size'] * log.world_size}, threads "
              f"{os.environ.get('OMP_NUM_THREADS')}")
-    t = cfg["train"]
-    while state.epoch < t["epochs"] and not _reached_max_steps(state):
+    return state, train_loader, val_loader, log
+
+
+def _resume(state: TrainState, resume: str, allow_config_change: bool, log: RunLogger) -> None:
+    """Restore `state` from the checkpoint `resume` names ("auto": the furthest one in the run folder)."""
+    cfg = state.cfg
+    path = find_resume_checkpoint(cfg["output_dir"], cfg["model"]["trust_pickle"]) if resume == "auto" else resume
+    path = broadcast_object(path)  # every rank resumes from the checkpoint rank 0 chose
+    if not path:
+        log.info(f"--resume auto: no checkpoint in {cfg['output_dir']}/checkpoints, starting fresh")
+        return
+    saved = ckpt.load_checkpoint(path, cfg["model"]["trust_pickle"])
+    _check_resume_config(saved, cfg, path, allow_config_change, log)
+    state.restore(saved, path)
+    log.last_saved = path  # until this run saves, the checkpoint it resumed from is the last good one
+    log.info(f"resumed from {path}: epoch {state.epoch + 1}, batch {state.batch_in_epoch}, step {state.global_step}")
+
+
+def _train_epochs(state: TrainState, train_loader, val_loader, log: RunLogger, stop: dict) -> None:
+    """Train and evaluate epoch after epoch until the last, train.max_steps, or a stop signal."""
+    while state.epoch < state.cfg["train"]["epochs"] and not _reached_max_steps(state):
         if _stop_agreed(stop, log.world_size):  # it came before training started or between epochs
             _save_and_say(stop, state, log)
-            break
+            return
         if state.epoch_stats is not None:  # resumed after a signal stopped this epoch's eval: the training is done
             stats, state.epoch_stats = state.epoch_stats, None
         else:
@@ -571,42 +547,36 @@ def _train(cfg: dict, resume: str | None, allow_config_change: bool, stop: dict)
                 _save_and_say(stop, state, log)
             else:
                 log.save(state, "last")
-            break
+            return
         epoch_record = _end_of_epoch(state, val_loader, stats, log, stop)
         if epoch_record is None:  # a signal stopped the eval: keep the epoch's training, evaluate it on resume
             state.epoch_stats = stats
             _save_and_say(stop, state, log)
-            break
-        state.epoch += 1
-        state.batch_in_epoch = 0
-        state.history.append(epoch_record)
-        # `best` before `last`: a kill between the two then resumes from the newer `best` (the same
-        # state) instead of leaving `best` unwritten for this epoch; normally `last` is the newest.
-        if epoch_record.get("is_best"):
-            log.save(state, "best")
-        log.save(state, "last")
-        if t["save_every"] and state.epoch % t["save_every"] == 0:
-            log.save(state, f"epoch_{state.epoch}", keep_last=t["keep_last"])
-    finished = state.epoch >= t["epochs"]
-    stopped_by = None
-    if stop.get("signal") and not finished:
-        stopped_by = signal.Signals(stop["signal"]).name
-    elif _reached_max_steps(state) and not finished:
-        stopped_by = "max_steps"
-    final_file = os.path.join(cfg["output_dir"], "metrics.json")
+            return
+        _close_epoch(state, epoch_record, log)
+
+
+def _close_epoch(state: TrainState, epoch_record: dict, log: RunLogger) -> None:
+    """Move on to the next epoch and write the epoch's checkpoints."""
+    t = state.cfg["train"]
+    state.epoch += 1
+    state.batch_in_epoch = 0
+    state.history.append(epoch_record)
+    # `best` before `last`: a kill between the two then resumes from the newer `best` (the same
+    # state) instead of leaving `best` unwritten for this epoch; normally `last` is the newest.
+    if epoch_record.get("is_best"):
+        log.save(state, "best")
+    log.save(state, "last")
+    if t["save_every"] and state.epoch % t["save_every"] == 0:
+        log.save(state, f"epoch_{state.epoch}", keep_last=t["keep_last"])
+
+
+def _finish(state: TrainState, log: RunLogger, stop: dict) -> dict:
+    """Write metrics.json (and model.safetensors once every epoch is done); say why the run stopped."""
+    finished = state.epoch >= state.cfg["train"]["epochs"]
+    stopped_by = _stopped_by(state, stop, finished)
     try:
-        metrics = _write_metrics(state, log, finished, stopped_by)
-        if finished and rank == 0:
-            final_file = os.path.join(cfg["output_dir"], "model.safetensors")
-            ckpt.save_safetensors(_unwrap(state.model), final_file,
-                                  {"arch": cfg["model"]["arch"], "num_classes": cfg["model"]["num_classes"],
-                                   "config": cfg})
-    except OSError as e:
-        # The training itself is safe in `last`; resuming a finished run only writes these files again.
-        raise TrainingError(f"could not write {final_file} ({e.strerror or e}). The trained state is in "
-                            f"{log.checkpoint_path('last')}. {os_error_fix(e, elsewhere=False)}, then run the "
-                            f"same command with --resume auto to write it again.") from None
-    else:
+        metrics = _write_final_files(state, log, finished, stopped_by)
         if stopped_by == "max_steps":
             _say_max_steps(state, log)
         elif finished and _stop_agreed(stop, log.world_size):
@@ -620,6 +590,33 @@ def _train(cfg: dict, resume: str | None, allow_config_change: bool, stop: dict)
             paddle.distributed.barrier()
     finally:
         log.close()
+    return metrics
+
+
+def _stopped_by(state: TrainState, stop: dict, finished: bool) -> str | None:
+    """metrics.json's stopped_by for a run that ended before its last epoch: the signal, or max_steps."""
+    if finished:
+        return None
+    if stop.get("signal"):
+        return signal.Signals(stop["signal"]).name
+    return "max_steps" if _reached_max_steps(state) else None
+
+
+def _write_final_files(state: TrainState, log: RunLogger, finished: bool, stopped_by: str | None) -> dict:
+    cfg = state.cfg
+    final_file = os.path.join(cfg["output_dir"], "metrics.json")
+    try:
+        metrics = _write_metrics(state, log, finished, stopped_by)
+        if finished and log.rank == 0:
+            final_file = os.path.join(cfg["output_dir"], "model.safetensors")
+            ckpt.save_safetensors(_unwrap(state.model), final_file,
+                                  {"arch": cfg["model"]["arch"], "num_classes": cfg["model"]["num_classes"],
+                                   "config": cfg})
+    except OSError as e:
+        # The training itself is safe in `last`; resuming a finished run only writes these files again.
+        raise TrainingError(f"could not write {final_file} ({e.strerror or e}). The trained state is in "
+                            f"{log.checkpoint_path('last')}. {os_error_fix(e, elsewhere=False)}, then run the "
+                            f"same command with --resume auto to write it again.") from None
     return metrics
 
 

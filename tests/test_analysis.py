@@ -1,4 +1,4 @@
-"""SE excitation analysis: the recorder is exact and leaves the model alone; the tool writes plots and stats."""
+"""Gate analysis (SE, ECA, CBAM): the recorder is exact and leaves the model alone; the tool writes plots and stats."""
 
 import json
 import os
@@ -16,10 +16,9 @@ from senet.analysis import (
     record_gates,
     resolve_blocks,
     resolve_classes,
-    se_blocks,
 )
+from senet.attention import CBAMBlock, ECABlock, SEBlock, attention_blocks
 from senet.config import load_config
-from senet.layers import SEBlock
 from senet.resnet import build_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,7 +45,7 @@ def test_record_gates_is_exact_and_leaves_the_model_unchanged(se):
     before = {k: v.numpy().copy() for k, v in model.state_dict().items()}
     # The reference: s computed from each block's input with the block's own squeeze and excite.
     inputs, handles = {}, []
-    for name, block in se_blocks(model).items():
+    for name, block in attention_blocks(model).items():
         handles.append(block.register_forward_pre_hook(lambda layer, args, name=name: inputs.setdefault(name, args[0])))
     model.eval()
     with paddle.no_grad():
@@ -58,7 +57,7 @@ def test_record_gates_is_exact_and_leaves_the_model_unchanged(se):
 
     gates = record_gates(model, x)
 
-    blocks = se_blocks(model)
+    blocks = attention_blocks(model)
     assert list(gates) == list(blocks) and len(gates) == (6 if "model.se.stages=[2, 3]" in se else 9)
     for name, block in blocks.items():
         s = block.excite(block.squeeze(inputs[name])).numpy()
@@ -67,7 +66,7 @@ def test_record_gates_is_exact_and_leaves_the_model_unchanged(se):
         assert gates[name].shape == (3, block.channels) and gates[name].dtype == np.float32
         np.testing.assert_allclose(gates[name], want, rtol=1e-5, atol=1e-6)
     assert model.training and not model.layer1.training and model.layer2.training
-    assert all(not b.fc2._forward_post_hooks for b in blocks.values())
+    assert all(not b.gate._forward_post_hooks for b in blocks.values())
     after = model.state_dict()
     assert all(np.array_equal(before[k], after[k].numpy()) for k in before)
     model.eval()
@@ -82,6 +81,11 @@ def test_block_names_follow_the_paper():
     assert resolve_blocks(["SE_4_6", "layer1.0", "layer4.2.se"], names) == ["layer3.5.se", "layer1.0.se", "layer4.2.se"]
     with pytest.raises(ValueError, match="unknown SE block.*SE_6_1"):
         resolve_blocks(["SE_6_1"], names)
+    # Other block kinds: the same names, labelled after the kind.
+    assert paper_label("layer3.1.se", "ECA") == "ECA_4_2" and paper_label("layer1.0.se", "CBAM") == "CBAM_2_1"
+    assert resolve_blocks(["ECA_4_6", "layer1.0"], names, "ECA") == ["layer3.5.se", "layer1.0.se"]
+    with pytest.raises(ValueError, match="unknown CBAM block.*SE_4_6.*CBAM_2_1 ... CBAM_5_3"):
+        resolve_blocks(["SE_4_6"], names, "CBAM")
     assert resolve_classes(None, [str(i) for i in range(10)]) == [0, 3, 6, 9]
     assert resolve_classes(["cat", "1"], ["airplane", "automobile", "cat"]) == [2, 1]
     with pytest.raises(ValueError, match="unknown class 'dog'"):
@@ -103,11 +107,17 @@ def test_statistics_on_known_values():
     assert row["class_gap"] == pytest.approx(gap)
 
 
-def run_analyze(*args):
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "analyze_se.py"), *args], cwd=ROOT,
+def run_analyze(*args, tool="analyze_gates.py"):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", tool), *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
+
+
+def test_analyze_se_is_the_same_tool():
+    """tools/analyze_se.py, the name README and older commands use, runs tools/analyze_gates.py."""
+    gates, se = run_analyze("--help").stdout, run_analyze("--help", tool="analyze_se.py").stdout
+    assert "ECA_4_2" in gates and se == gates
 
 
 def test_analyze_tool_writes_plots_and_stats(tmp_path):
@@ -158,12 +168,94 @@ def test_analyze_loads_weights_and_refuses_models_without_se(tmp_path):
     got = np.load(report["paths"]["excitations.npz"])["layer3.2.se"]
     np.testing.assert_allclose(got, want, atol=2e-3)  # stored as float16
     cfg, _ = tiny_model("model.arch=resnet20")
-    with pytest.raises(ValueError, match="has no SE blocks"):
+    with pytest.raises(ValueError, match="has no attention blocks with channel gates"):
         analyze(cfg, samples=4, out_dir=str(tmp_path / "b"))
 
 
-def test_se_blocks_finds_every_block():
+def test_attention_blocks_finds_every_block():
     _, model = tiny_model()
-    blocks = se_blocks(model)
+    blocks = attention_blocks(model)
     assert len(blocks) == 9 and all(isinstance(b, SEBlock) for b in blocks.values())
     assert [b.channels for b in blocks.values()] == CHANNELS_20
+
+
+def sigmoid(a):
+    return 1 / (1 + np.exp(-a))
+
+
+def block_inputs(model, x):
+    """Each attention block's input on x, from an eval forward with pre-hooks."""
+    inputs, handles = {}, []
+    for name, block in attention_blocks(model).items():
+        handles.append(block.register_forward_pre_hook(lambda layer, args, name=name: inputs.setdefault(name, args[0])))
+    model.eval()
+    with paddle.no_grad():
+        model(x)
+    for h in handles:
+        h.remove()
+    return inputs
+
+
+def test_eca_gates_are_the_papers_w():
+    """w = sigmoid(C1D_k(mean over H x W)), recomputed in numpy from each block's input and conv weight."""
+    paddle.seed(0)
+    _, model = tiny_model("model.arch=eca_resnet20", "model.eca.stages=[1, 3]")
+    x = paddle.randn([3, 3, 16, 16])
+    inputs = block_inputs(model, x)
+    gates = record_gates(model, x)
+    blocks = attention_blocks(model)
+    assert list(gates) == list(blocks) and len(blocks) == 6 and all(isinstance(b, ECABlock) for b in blocks.values())
+    for name, block in blocks.items():
+        y = inputs[name].numpy().mean(axis=(2, 3))  # [N, C]
+        k = block.kernel_size
+        kernel = block.conv.weight.numpy().reshape(k)
+        padded = np.pad(y, ((0, 0), (k // 2, k // 2)))
+        conv = np.stack([padded[:, c:c + k] @ kernel for c in range(block.channels)], axis=1)
+        np.testing.assert_allclose(gates[name], sigmoid(conv), rtol=1e-5, atol=1e-6)
+    assert all(not b.gate._forward_post_hooks for b in blocks.values())
+
+
+def test_cbam_channel_and_spatial_gates_in_either_layout():
+    """Channel gates M_c as [N, C] by default; with kinds=None also the spatial map M_s as [N, H*W] under
+    "<block>.spatial". The NHWC twin (same weights) records the same values in the same shapes."""
+    paddle.seed(0)
+    cfg, model = tiny_model("model.arch=cbam_resnet20")
+    x = paddle.randn([2, 3, 16, 16])
+    inputs = block_inputs(model, x)
+    blocks = attention_blocks(model)
+    assert all(isinstance(b, CBAMBlock) for b in blocks.values())
+    channel = record_gates(model, x)
+    every = record_gates(model, x, kinds=None)
+    spatial = record_gates(model, x, kinds=("spatial",))
+    assert list(channel) == list(blocks) and list(spatial) == [n + ".spatial" for n in blocks]
+    assert list(every) == [k for n in blocks for k in (n, n + ".spatial")]
+    with paddle.no_grad():
+        for name, block in blocks.items():
+            m_c = block.channel_attention(inputs[name])
+            m_s = block.spatial_attention(inputs[name] * m_c).numpy()
+            np.testing.assert_allclose(channel[name], m_c.numpy().reshape(2, -1), rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(every[name + ".spatial"], m_s.reshape(2, -1), rtol=1e-5, atol=1e-6)
+            np.testing.assert_array_equal(every[name], channel[name])
+    side = {16: 16, 32: 8, 64: 4}  # the CIFAR stages' maps at a 16 px input
+    assert [v.shape for v in spatial.values()] == [(2, side[b.channels] ** 2) for b in blocks.values()]
+    twin = build_model({**cfg, "train": {**cfg["train"], "data_format": "NHWC"}})
+    twin.set_state_dict(model.state_dict())
+    twin_gates = record_gates(twin, x.transpose([0, 2, 3, 1]), kinds=None)
+    assert list(twin_gates) == list(every)
+    for key, values in every.items():
+        np.testing.assert_allclose(twin_gates[key], values, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["eca", "cbam"])
+def test_analyze_names_the_block_kind(kind, tmp_path):
+    from senet.analysis import analyze, summary_text
+
+    cfg = load_config(os.path.join(ROOT, "configs", "demo", "se_resnet20_digits.yaml"),
+                      TINY + [f"model.arch={kind}_resnet20", "data.synthetic_val_size=8"])
+    report = analyze(cfg, samples=8, per_class=0, blocks=[f"{kind.upper()}_4_3"], out_dir=str(tmp_path))
+    meta, rows = report["meta"], report["blocks"]
+    assert meta["kind"] == kind.upper() and meta["attention"] == kind and meta["options"] == cfg["model"][kind]
+    assert [r["label"] for r in rows][:2] == [f"{kind.upper()}_2_1", f"{kind.upper()}_2_2"]
+    assert [r["channels"] for r in rows] == CHANNELS_20 and meta["plot_blocks"] == ["layer3.2.se"]
+    text = summary_text(report)
+    assert text.startswith(f"{kind.upper()} channel gates of {kind}_resnet20") and "SE_" not in text

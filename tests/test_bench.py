@@ -1,4 +1,5 @@
-"""tools/bench.py end to end at tiny sizes, the memory probe child, and the timing and summary logic."""
+"""tools/bench.py end to end at tiny sizes, the memory probe child, the mode registry, and the timing and
+summary logic."""
 
 import csv
 import json
@@ -12,14 +13,24 @@ import pytest
 from senet.bench import (
     FIELDS,
     FP32,
+    BenchOptions,
+    Mode,
     ModelSpec,
     Task,
+    Timed,
+    alternate,
     default_options,
+    format_summary,
+    measure_peaks,
+    mode_names,
     plan_models,
+    register_mode,
     run_alternating,
+    run_bench,
     run_probe,
     summary,
     task_record,
+    unregister_mode,
 )
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,16 +38,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    """One tiny run through the command line: a ResNet-18 pair at 32 px, every mode and engine."""
+    """One tiny run through the command line: ResNet-18, SE, ECA and CBAM at 32 px, every mode and engine."""
     out = tmp_path_factory.mktemp("bench")
-    args = ["-c", "resnet18", "se_resnet18", "-o", "model.num_classes=10", "--reductions", "8",
+    args = ["-c", "resnet18", "se_resnet18", "eca_resnet18", "cbam_resnet18", "-o", "model.num_classes=10",
+            "--reductions", "8",
             "--sweep-modes", "latency", "--image-size", "32", "--train-batch", "2", "--infer-batch", "2",
             "--repeats", "2", "--latency-calls", "2", "--loader-images", "8", "--out", str(out), "--keep-export",
             "--no-memory"]  # the probes are tested below: a child process each is too slow here
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "bench.py"), *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "train step time ratio, se_resnet18 r=16, dygraph" in proc.stdout
+    for name in ("se_resnet18 r=16", "eca_resnet18", "cbam_resnet18"):
+        assert f"train step time ratio, {name}, dygraph" in proc.stdout
     (folder,) = os.listdir(out)
     return os.path.join(out, folder)
 
@@ -55,27 +68,32 @@ def test_outputs_have_the_promised_fields(run_dir):
         assert r["images_per_s_min"] <= r["images_per_s"] <= r["images_per_s_max"]
         assert r["latency_ms"] > 0 and r["params"] > 0 and r["gmacs"] > 0 and r["image_size"] == 32
         assert r["peak_memory_mb"] is None  # --no-memory
-        assert (r["reduction"] is None) == (r["model"] in ("resnet18", "paddle.vision.resnet18"))
+        assert r["attention"] == {"se_resnet18": "se", "eca_resnet18": "eca", "cbam_resnet18": "cbam"}.get(r["model"])
+        assert (r["reduction"] is None) == (r["model"] in ("resnet18", "paddle.vision.resnet18", "eca_resnet18"))
     seen = {(r["name"], r["mode"], r["engine"]) for r in records}
+    attention = ("se_resnet18 r=16", "eca_resnet18", "cbam_resnet18")  # each at its config's settings
     for engine in ("dygraph", "paddle_inference", "onnxruntime"):
         for mode in ("latency", "infer"):
-            assert {("resnet18", mode, engine), ("se_resnet18 r=16", mode, engine)} <= seen
-    assert {("resnet18", "train", "dygraph"), ("se_resnet18 r=16", "train", "dygraph"),
-            ("paddle.vision resnet18", "train", "dygraph"), ("se_resnet18 r=8", "latency", "dygraph")} <= seen
+            assert {(n, mode, engine) for n in ("resnet18", *attention)} <= seen
+    assert {(n, "train", "dygraph") for n in ("resnet18", "paddle.vision resnet18", *attention)} <= seen
+    assert ("se_resnet18 r=8", "latency", "dygraph") in seen
     # the sweep r only where asked, the reference only in dygraph
     assert not [k for k in seen if k[0] == "se_resnet18 r=8" and k[1:] != ("latency", "dygraph")]
     assert not [k for k in seen if k[0].startswith("paddle.vision") and k[2] != "dygraph"]
-    for r in records:  # a plain model is its own baseline; SE and reference are compared with resnet18
+    for r in records:  # a plain model is its own baseline; attention models and reference are compared with resnet18
         assert r["plain_model"] == "resnet18" and r["overhead_vs_plain"] > 0
         assert r["overhead_vs_plain"] == 1.0 or r["name"] != "resnet18"
-    assert data["summary"]["gmacs_increase"]["se_resnet18 r=16"] > 0
+    assert set(data["summary"]["gmacs_increase"]) == set(attention)
+    assert all(v > 0 for v in data["summary"]["gmacs_increase"].values())
+    assert set(data["summary"]["train_ratio"]) == {f"{n}, dygraph" for n in attention}
     with open(os.path.join(run_dir, "results.csv")) as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == len(records) and list(rows[0]) == FIELDS
     report = open(os.path.join(run_dir, "report.md")).read()
     for text in ("190 -> 209 ms", "164 -> 167 ms", "+0.26%", "paddle.vision", "## Data loader",
-                 "throughput_vs_params.png"):
-        assert text in report
+                 "throughput_vs_params.png", "SE, ECA and CBAM", "train step time, eca_resnet18, dygraph",
+                 "batch-1 latency, cbam_resnet18, paddle_inference", "4.7e-4 extra GFLOPs", "3.864 GFLOPs"):
+        assert text in report, text
 
 
 def test_compare_reads_the_bench_throughput(run_dir):
@@ -85,13 +103,14 @@ def test_compare_reads_the_bench_throughput(run_dir):
 
 
 def test_memory_probes_fill_every_record(run_dir, monkeypatch):
-    """One probe per model, engine and variant, its modes in MODES order; each record gets its mode's peak."""
-    from senet import bench
+    """One probe per model, engine and variant, its modes in registry order; each record gets its mode's peak."""
+    from senet.bench import Run, memory
 
     data = json.load(open(os.path.join(run_dir, "results.json")))
-    run = bench.Run.__new__(bench.Run)  # the state probe_memory reads, without starting a run
+    run = Run.__new__(Run)  # the state probe_memory reads, without starting a run
     run.records, run.variants, run.gpu, run.device, run.threads = data["results"], [FP32], False, "cpu", 2
-    run.specs = plan_models(["resnet18", "se_resnet18"], ["model.num_classes=10"], [8])
+    run.specs = plan_models(["resnet18", "se_resnet18", "eca_resnet18", "cbam_resnet18"], ["model.num_classes=10"],
+                            [8])
     run.opts, run.exports, run.notices, run.log = default_options(), {}, [], lambda s: None
     payloads = []
 
@@ -99,10 +118,10 @@ def test_memory_probes_fill_every_record(run_dir, monkeypatch):
         payloads.append(payload)
         return {"kind": "rss", "peak_mb": {m: 100.0 * (i + 1) for i, m in enumerate(payload["modes"])}}
 
-    monkeypatch.setattr(bench, "run_probe", fake_probe)
-    run.probe_memory()
-    assert len(payloads) == 4 + 2 + 2  # 4 dygraph models (incl. the r=8 sweep and paddle.vision), 2 per engine
-    assert all(p["modes"] == [m for m in bench.MODES if m in p["modes"]] for p in payloads)
+    monkeypatch.setattr(memory, "run_probe", fake_probe)
+    memory.probe_memory(run)
+    assert len(payloads) == 6 + 4 + 4  # 6 dygraph models (incl. the r=8 sweep and paddle.vision), 4 per engine
+    assert all(p["modes"] == [m for m in mode_names() if m in p["modes"]] for p in payloads)
     assert {tuple(p["modes"]) for p in payloads} == {("latency", "infer", "train"), ("latency",), ("latency", "infer")}
     for r in run.records:
         modes = next(p["modes"] for p in payloads if p["spec"]["name"] == r["name"] and p["engine"] == r["engine"])
@@ -183,10 +202,10 @@ def test_interleaved_latency_takes_turns_call_by_call_and_reverses_rounds():
 
 def test_interleaved_rounds_keep_each_models_own_samples(monkeypatch):
     """Samples land on the task that made them, also in the reversed rounds: A's calls take 1 s, B's 2 s."""
-    import senet.bench as bench
+    from senet.bench import timing
 
     now = [0.0]
-    monkeypatch.setattr(bench.time, "perf_counter", lambda: now[0])  # a clock that only the calls move
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: now[0])  # a clock that only the calls move
 
     def call(seconds):
         now[0] += seconds
@@ -201,7 +220,7 @@ def test_interleaved_rounds_keep_each_models_own_samples(monkeypatch):
 def test_speedup_compares_the_same_precision_only():
     """On a GPU: exported fp32 NCHW is set against fp32 dygraph, never AMP dygraph; no fp32 dygraph, no figure."""
     base = {"sweep": False, "reference": False, "gmacs": None, "reduction": None, "overhead_vs_plain": 1.0,
-            "plain_model": None, "name": "resnet50", "mode": "latency"}
+            "plain_model": None, "name": "resnet50", "mode": "latency", "attention": None}
     amp = dict(base, engine="dygraph", precision="amp-O1-float16", data_format="NCHW", latency_ms=5.0)
     amp_nhwc = dict(amp, data_format="NHWC", latency_ms=4.0)
     exported = dict(base, engine="paddle_inference", precision="fp32", data_format="NCHW", latency_ms=10.0)
@@ -230,12 +249,13 @@ def test_bench_options_threads_sets_the_run(monkeypatch, tmp_path):
     import paddle
 
     import senet.bench as bench
+    from senet.bench import run as run_module
     from senet.runtime import cpu_count, setup_cpu
 
     calls: list[int] = []
     real = paddle.base.core.set_num_threads
     monkeypatch.setattr(paddle.base.core, "set_num_threads", lambda n: calls.append(n) or real(n))
-    monkeypatch.setattr(bench, "on_gpu", lambda: False)
+    monkeypatch.setattr(run_module, "on_gpu", lambda: False)
     try:
         run = bench.Run(bench.BenchOptions(configs=["resnet18"], reference=False, reductions=[], threads=1,
                                            out_root=str(tmp_path)), lambda s: None)
@@ -247,23 +267,123 @@ def test_bench_options_threads_sets_the_run(monkeypatch, tmp_path):
 
 
 def test_summary_figures():
-    base = {"precision": "fp32", "data_format": "NCHW", "sweep": False, "reference": False, "gmacs": None}
+    base = {"precision": "fp32", "data_format": "NCHW", "sweep": False, "reference": False, "gmacs": None,
+            "attention": None, "mode": "train", "engine": "dygraph", "reduction": None, "plain_model": "resnet50"}
     records = [
-        dict(base, name="resnet50", reduction=None, mode="train", engine="dygraph", overhead_vs_plain=1.0,
-             plain_model=None, latency_ms=100.0, gmacs=3.86),
-        dict(base, name="se_resnet50 r=16", reduction=16, mode="train", engine="dygraph", overhead_vs_plain=1.04,
-             plain_model="resnet50", latency_ms=104.0, gmacs=3.87),
-        dict(base, name="se_resnet50 r=2", reduction=2, sweep=True, mode="train", engine="dygraph",
-             overhead_vs_plain=1.2, plain_model="resnet50", latency_ms=120.0),
-        dict(base, name="paddle.vision resnet50", reduction=None, reference=True, mode="train", engine="dygraph",
-             overhead_vs_plain=1.01, plain_model="resnet50", latency_ms=101.0),
-        dict(base, name="resnet50", reduction=None, mode="latency", engine="dygraph", overhead_vs_plain=1.0,
-             plain_model=None, latency_ms=50.0),
-        dict(base, name="resnet50", reduction=None, mode="latency", engine="paddle_inference",
-             overhead_vs_plain=1.0, plain_model=None, latency_ms=20.0),
+        dict(base, name="resnet50", overhead_vs_plain=1.0, plain_model=None, latency_ms=100.0, gmacs=3.86),
+        dict(base, name="se_resnet50 r=16", attention="se", reduction=16, overhead_vs_plain=1.04, latency_ms=104.0,
+             gmacs=3.87),
+        dict(base, name="se_resnet50 r=2", attention="se", reduction=2, sweep=True, overhead_vs_plain=1.2,
+             latency_ms=120.0),
+        dict(base, name="eca_resnet50", attention="eca", overhead_vs_plain=1.02, latency_ms=102.0, gmacs=3.8601),
+        dict(base, name="cbam_resnet50", attention="cbam", reduction=16, overhead_vs_plain=1.3, latency_ms=130.0),
+        dict(base, name="paddle.vision resnet50", reference=True, overhead_vs_plain=1.01, latency_ms=101.0),
+        dict(base, name="resnet50", mode="latency", overhead_vs_plain=1.0, plain_model=None, latency_ms=50.0),
+        dict(base, name="resnet50", mode="latency", engine="paddle_inference", overhead_vs_plain=1.0,
+             plain_model=None, latency_ms=20.0),
     ]
     s = summary(records)
-    assert s["train_ratio"] == {"se_resnet50 r=16, dygraph": 1.04}  # not the sweep's r=2
+    # each attention model at its config's settings, not the sweep's r=2
+    assert s["train_ratio"] == {"se_resnet50 r=16, dygraph": 1.04, "eca_resnet50, dygraph": 1.02,
+                                "cbam_resnet50, dygraph": 1.3}
     assert s["parity"] == {"train, resnet50 / paddle.vision resnet50, dygraph": 1.01}
     assert s["engine_speedup"] == {"latency, resnet50, paddle_inference fp32 NCHW over dygraph fp32 NCHW": 2.5}
-    assert s["gmacs_increase"]["se_resnet50 r=16"] == pytest.approx(3.87 / 3.86 - 1)
+    assert s["gmacs_increase"] == pytest.approx({"se_resnet50 r=16": 3.87 / 3.86 - 1,
+                                                  "eca_resnet50": 3.8601 / 3.86 - 1})
+    from senet.bench.report import _headline
+
+    rows = [ln for ln in _headline(records, s) if ln.startswith("| train step time")]
+    # the issue-5 target and Hu et al.'s figure are SE's: the ECA and CBAM rows name their model and have neither
+    assert rows == ["| train step time, se_resnet50 r=16, dygraph | x1.040 | <= 1.05 | x1.10 (190 -> 209 ms per 256 "
+                    "images, GPUs) |", "| train step time, eca_resnet50, dygraph | x1.020 | - | - |",
+                    "| train step time, cbam_resnet50, dygraph | x1.300 | - | - |"]
+
+
+def test_plan_models_eca_and_cbam_run_at_their_configs_settings():
+    """The r sweep is SE's; ECA and CBAM are one model each, compared with the plain model of their base arch."""
+    specs = plan_models(["resnet20", "se_resnet20", "eca_resnet20", "cbam_resnet20"], ["model.cbam.reduction=8"],
+                        [4, 16], reference=False)
+    assert [(s.name, s.attention, s.reduction, s.sweep, s.plain) for s in specs] == [
+        ("resnet20", None, None, False, "resnet20"), ("se_resnet20 r=4", "se", 4, True, "resnet20"),
+        ("se_resnet20 r=16", "se", 16, False, "resnet20"), ("eca_resnet20", "eca", None, False, "resnet20"),
+        ("cbam_resnet20", "cbam", 8, False, "resnet20")]
+    assert default_options().configs[2:] == [os.path.join(ROOT, "configs", f)
+                                             for f in ("eca_resnet50.yaml", "cbam_resnet50.yaml")]
+
+
+def test_train_mode_times_the_trainers_step(monkeypatch):
+    """The train runner calls senet.step.train_step (nothing of its own) and returns the loss the clock waits for."""
+    from senet import step
+    from senet.bench import build, get_mode
+    from senet.bench.modes import synthetic_batch
+
+    calls = []
+    real = step.train_step
+    monkeypatch.setattr(step, "train_step", lambda parts, x, y: calls.append(parts) or real(parts, x, y))
+    (spec,) = plan_models(["resnet20"], ["model.num_classes=10"], [], reference=False)
+    images, labels = synthetic_batch(2, 32, 10, 0)
+    model = build(spec)
+    before = [p.numpy().copy() for p in model.parameters()]
+    loss = get_mode("train").runner(model, spec, FP32, images, labels)()
+    assert len(calls) == 1 and calls[0].model is model and calls[0].amp is None and calls[0].scaler is None
+    assert np.isfinite(float(loss)) and any((b != p.numpy()).any() for b, p in zip(before, model.parameters()))
+
+
+def test_a_new_mode_is_one_registry_entry(tmp_path):
+    """A toy mode, registered from outside the package, is timed, recorded, summarised, reported and probed."""
+    import paddle
+
+    built = []
+
+    def toy_runner(model, spec, variant, images, labels):
+        x = paddle.to_tensor(images).astype("float32").transpose([0, 3, 1, 2])
+        built.append(spec.name)
+        model.eval()
+        return lambda: model(x)
+
+    mode = register_mode(Mode("toy", toy_runner, batch="infer_batch", calls="steps", title="toy forward time"))
+    try:
+        assert mode_names()[-1] == "toy" and BenchOptions().modes[-1] == "toy"
+        with pytest.raises(ValueError, match="registered already"):
+            register_mode(mode)
+        opts = BenchOptions(configs=["resnet20", "se_resnet20"], overrides=["model.num_classes=10"], reductions=[],
+                            reference=False, modes=["toy"], engines=["dygraph", "onnxruntime"], image_size=32,
+                            infer_batch=3, warmup_rounds=0, repeats=2, memory=False, loader_images=0,
+                            out_root=str(tmp_path))
+        run_dir = run_bench(opts, log=lambda s: None)
+        assert built == ["resnet20", "se_resnet20 r=16"]  # dygraph only: the mode is not an exported one
+        data = json.load(open(os.path.join(run_dir, "results.json")))
+        assert [(r["name"], r["mode"], r["engine"], r["batch_size"], r["repeats"]) for r in data["results"]] == [
+            ("resnet20", "toy", "dygraph", 3, 2), ("se_resnet20 r=16", "toy", "dygraph", 3, 2)]
+        assert list(data["summary"]["toy_ratio"]) == ["se_resnet20 r=16, dygraph"]
+        assert "| toy forward time, se_resnet20 r=16, dygraph | x" in open(os.path.join(run_dir, "report.md")).read()
+        assert "toy forward time ratio, se_resnet20 r=16, dygraph: x" in format_summary(run_dir)
+        spec = plan_models(["resnet20"], ["model.num_classes=10"], [], reference=False)[0]
+        peaks = measure_peaks({"spec": spec.__dict__, "variant": FP32.__dict__, "engine": "dygraph",
+                               "modes": ["latency", "toy"], "batch": {"latency": 1, "toy": 3}, "image_size": 32,
+                               "threads": 1, "model_dir": None, "seed": 0, "device": "cpu"})
+        assert peaks["kind"] == "rss" and 0 < peaks["peak_mb"]["latency"] <= peaks["peak_mb"]["toy"]
+    finally:
+        unregister_mode("toy")
+    assert "toy" not in mode_names()
+
+
+def test_the_scripts_alternation_settles_and_reverses(monkeypatch):
+    """alternate (scripts/bench_se_block.py, bench_export.py): settle calls untimed before each timed one, rounds
+    reversed every other time, one ms sample per round."""
+    from senet.bench import timing
+
+    now, order = [0.0], []
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: now[0])
+    monkeypatch.setattr(timing.time, "sleep", lambda s: order.append("pause"))
+
+    def fn(name, seconds):
+        def call():
+            order.append(name)
+            now[0] += seconds
+        return call
+
+    times = alternate({"A": fn("A", 0.001), "B": fn("B", 0.002)}, iters=2, warmup=1, settle_calls=1, pause_s=0.3)
+    assert order == ["A", "B"] + ["pause", "A", "A", "pause", "B", "B"] + ["pause", "B", "B", "pause", "A", "A"]
+    assert times["A"] == pytest.approx([1.0, 1.0]) and times["B"] == pytest.approx([2.0, 2.0])
+    assert Timed("x", lambda: None).samples_ms() == []

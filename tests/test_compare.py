@@ -27,6 +27,29 @@ def test_compare_json_matches_paper_figures():
     assert (plain["params"], round(plain["gmacs"], 2), plain["reduction"]) == (25_557_032, 3.86, None)
     assert (se["params"], round(se["gmacs"], 2), se["reduction"]) == (28_088_024, 3.87, 16)
     assert plain["top1"] is None and se["paper_top1_err"] == 23.29 and plain["paper_top5_err"] == 7.48
+    assert se["paper_source"].startswith("Hu et al.") and "Table 2" in se["paper_source"]
+
+
+def test_compare_paper_shows_eca_and_cbam_figures_beside_ours():
+    args = ("-c", "configs/eca_resnet50.yaml", "configs/cbam_resnet50.yaml", "--paper")
+    proc = run_compare(*args, "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    eca, cbam = json.loads(proc.stdout)
+    # Ours: ECA's k = 5, 5, 5, 7 per stage (the authors' rounding) is 13 x 5 + 3 x 7 = 86 weights.
+    assert (eca["params"], eca["attention_params"], eca["reduction"], eca["kernel_sizes"]) == \
+        (25_557_032 + 86, 86, None, [5, 5, 5, 7])
+    assert (cbam["params"], cbam["reduction"], cbam["kernel_sizes"]) == (28_089_592, 16, None)
+    # Theirs, as the papers state them, with the source.
+    assert (eca["paper_top1_err"], eca["paper_extra_params"], eca["paper_extra_gmacs"]) == (22.52, 80, 4.7e-4)
+    assert eca["paper_gmacs"] is None and "ECA-Net" in eca["paper_source"] and "77.48" in eca["paper_source"]
+    assert (cbam["paper_top1_err"], cbam["paper_gmacs"], cbam["paper_params_m"]) == (22.66, 3.864, 28.09)
+    assert "CBAM" in cbam["paper_source"] and "ECCV 2018" in cbam["paper_source"]
+    table = run_compare(*args).stdout
+    rows = {line.split()[0]: line for line in table.splitlines() if line.startswith(("eca_", "cbam_"))}
+    assert "k 5,5,5,7" in rows["eca_resnet50"] and " 86 " in rows["eca_resnet50"] and "0.00047" in rows["eca_resnet50"]
+    assert "3.864" in rows["cbam_resnet50"] and "28.09M" in rows["cbam_resnet50"]
+    assert "paper figures for eca_resnet50: Wang et al." in table
+    assert "paper figures for cbam_resnet50: Woo et al." in table
 
 
 def test_compare_overrides_and_formats():
@@ -117,3 +140,17 @@ def test_paper_figures_only_beside_the_papers_network():
     for extra in ({"se": {"divisor": 8}}, {"branch_relu": True}, {"se": {"reduction": 8}}):
         cfg = validate({"model": {**base["model"], **extra}})
         assert paper_reference(cfg) is None, extra
+    for arch, section in (("eca_resnet50", "eca"), ("cbam_resnet50", "cbam")):
+        assert paper_reference(validate({"model": {"arch": arch, "num_classes": 1000}})) is not None
+        assert paper_reference(validate({"model": {"arch": arch, "num_classes": 100}})) is None
+        cfg = {"model": {"arch": arch, "num_classes": 1000, section: {"stages": [4]}}}
+        assert paper_reference(validate(cfg)) is None
+    for options in ({"kernel_size": 3}, {"gamma": 3}):
+        cfg = {"model": {"arch": "eca_resnet50", "num_classes": 1000, "eca": options}}
+        assert paper_reference(validate(cfg)) is None
+    for options in ({"spatial": False}, {"reduction": 8}, {"spatial_kernel": 3}):
+        cfg = {"model": {"arch": "cbam_resnet50", "num_classes": 1000, "cbam": options}}
+        assert paper_reference(validate(cfg)) is None
+    # An SE ablation setting does not hide the ECA paper's figures: only the arch's own section counts.
+    eca = validate({"model": {"arch": "eca_resnet50", "num_classes": 1000, "se": {"reduction": 8}}})
+    assert paper_reference(eca) == (22.52, None, None)

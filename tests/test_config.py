@@ -1,6 +1,7 @@
 """Config loading: _base_ inheritance, typed -o overrides, and loud errors for every mistake."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -8,6 +9,8 @@ import pytest
 import yaml
 
 from senet.config import (
+    ATTENTION_SECTIONS,
+    CHOICES,
     DEFAULTS,
     LIST_SHAPES,
     RANGES,
@@ -254,15 +257,15 @@ def test_an_oversized_config_is_refused_before_parsing(tmp_path):
 
 
 def test_config_changes_split_harmless_from_another_experiment():
-    old = load_config(None, ["train.epochs=2"])
+    old = load_config(None, ["train.epochs=2", "model.arch=se_resnet50"])
     new = load_config(None, ["train.epochs=5", "train.log_every=10", "data.num_workers=0", "optimizer.lr=0.2",
-                             "model.se.reduction=8", "data.root=/elsewhere", "train.seed=1"])
+                             "model.se.reduction=8", "data.root=/elsewhere", "train.seed=1", "model.arch=se_resnet50"])
     harmless, different = config_changes(old, new)
     assert harmless == ["data.num_workers 4 -> 0", "train.epochs 2 -> 5", "train.log_every 50 -> 10"]
     assert different == ["model.se.reduction 16 -> 8", "data.root 'data/ILSVRC2012' -> '/elsewhere'",
                          "optimizer.lr 0.1 -> 0.2", "train.seed 0 -> 1"]
     del old["train"]["max_steps"]  # a checkpoint older than a setting: it counts as the default
-    assert config_changes(old, load_config(None, ["train.epochs=2"])) == ([], [])
+    assert config_changes(old, load_config(None, ["train.epochs=2", "model.arch=se_resnet50"])) == ([], [])
 
 
 # ---------------------------------------------------------------- issue 13: folders and empty files
@@ -345,3 +348,49 @@ def test_tools_report_folder_config_and_weights_folder_in_one_line(tmp_path):
                               text=True, timeout=120)
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, (tool, proc.stderr)
         assert proc.stderr.strip().startswith("config error: ") and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_every_attention_block_has_its_config_section_with_the_same_defaults():
+    """model.se / model.eca / model.cbam hold exactly the options of their blocks, with the blocks'
+    defaults, and the placement choices are the ones the blocks accept."""
+    import dataclasses
+
+    from senet.attention import PLACEMENTS, REGISTRY
+    from senet.attention.se import GATES, IMPLS, SQUEEZES
+
+    assert ATTENTION_SECTIONS == tuple(REGISTRY)
+    for name, entry in REGISTRY.items():
+        section = DEFAULTS["model"][name]
+        defaults = {f.name: f.default for f in dataclasses.fields(entry.options)}
+        assert section == defaults, name
+        assert CHOICES[f"model.{name}.placement"] == PLACEMENTS
+    assert (CHOICES["model.se.impl"], CHOICES["model.se.squeeze"], CHOICES["model.se.gate"]) == (IMPLS, SQUEEZES, GATES)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.eca.kernel_size=4", "model.eca.kernel_size must be odd"),
+    ("model.cbam.spatial_kernel=6", "model.cbam.spatial_kernel must be odd"),
+    ("model.cbam.reduction=64", "model.cbam.reduction <= 16"),
+    ("model.eca.stages=[4]", "model.eca.stages [4]: eca_resnet20 has stages 1-3"),
+])
+def test_bad_attention_options_are_refused_by_name(override, message):
+    from senet.resnet import build_model
+
+    arch = "eca_resnet20" if "eca" in override else "cbam_resnet20"
+    cfg = load_config(None, [f"model.arch={arch}", "model.num_classes=10", override])
+    with pytest.raises(ValueError, match=re.escape(message)):
+        build_model(cfg)
+
+
+def test_resume_ignores_the_options_of_blocks_neither_arch_has():
+    """A run saved before model.cbam existed resumes under today's demo config (which sets
+    model.cbam.reduction 4 on every arch); a changed setting of the arch's own block still counts."""
+    path = os.path.join(ROOT, "configs", "demo", "se_resnet20_digits.yaml")
+    new = load_config(path)
+    old = {k: v for k, v in new.items()}
+    old["model"] = {k: v for k, v in new["model"].items() if k not in ("eca", "cbam")}
+    assert config_changes(old, new) == ([], [])
+    assert config_changes(old, load_config(path, ["model.eca.kernel_size=5"])) == ([], [])
+    assert config_changes(old, load_config(path, ["model.se.reduction=8"]))[1] == ["model.se.reduction 4 -> 8"]
+    cbam = load_config(path, ["model.arch=cbam_resnet20"])
+    assert "model.cbam.reduction 16 -> 4" in config_changes(old, cbam)[1]  # cbam is used now: the old run had 16

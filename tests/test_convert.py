@@ -23,8 +23,8 @@ import paddle
 import pytest
 from safetensors.numpy import save_file
 
+from senet.attention import SEBlock, se_hidden
 from senet.config import load_config
-from senet.layers import SEBlock, se_hidden
 from senet.profile import count_macs
 from senet.resnet import MODELS, create_model
 from senet.weights.convert import ConversionError, convert_file, convert_to_dir, export_timm, fit_model, timm_target
@@ -259,11 +259,11 @@ def test_se_divisor_widths_and_accounting():
     """model.se.divisor 8 gives timm's seresnet18 SE widths, and the parameter and multiply-add counts
     follow them: each SE block's two FCs add 2 * C * h parameters (+ h + C biases) and, on the pooled
     1x1 map, 2 * C * h multiply-adds."""
-    from senet.layers import SEOptions
-    from senet.profile import count_params, se_param_formula
+    from senet.attention import SEOptions
+    from senet.profile import attention_param_formula, count_params
 
     with paddle.LazyGuard():
-        exact, rounded = (create_model("se_resnet18", se=SEOptions(divisor=d)) for d in (1, 8))
+        exact, rounded = (create_model("se_resnet18", attention=SEOptions(divisor=d)) for d in (1, 8))
     for model in (exact, rounded):
         for p in model.parameters():
             paddle.nn.initializer.Constant(0.0)(p)
@@ -271,7 +271,7 @@ def test_se_divisor_widths_and_accounting():
     assert [s[0].se.hidden for s in exact.stages] == [4, 8, 16, 32]  # the paper's C // 16
     # only stage 1 differs: 2 blocks of C = 64, h 4 -> 8
     assert count_params(rounded)[0] - count_params(exact)[0] == 2 * (2 * 64 * 4 + 4) == 11_779_624 - 11_778_592
-    assert se_param_formula(rounded) - se_param_formula(exact) == 2 * (2 * 64 * 4 + 4)
+    assert attention_param_formula(rounded) - attention_param_formula(exact) == 2 * (2 * 64 * 4 + 4)
     assert count_macs(rounded, 224)[1] - count_macs(exact, 224)[1] == 2 * (2 * 64 * 4)
     with pytest.raises(ValueError, match="divisor"):
         SEOptions(divisor=0)
@@ -583,3 +583,17 @@ def test_every_architecture_through_every_shipped_config():
                     if hasattr(model.layer2[0], "conv3"):
                         assert (model.layer2[0].conv1[0]._stride[0] == 2) == spec.stride_in_1x1, (path, arch)
     assert pairs > 600 and len(macs) == 14 + 24
+
+
+def test_eca_and_cbam_are_refused_by_name(tmp_path):
+    """Conversion reads plain and SE networks only; an ECA or CBAM arch is refused by name, and one of
+    our own ECA files is recognised as already in this project's layout."""
+    from senet.checkpoint import save_safetensors
+
+    for arch in ("eca_resnet50", "cbam_resnet50"):
+        with pytest.raises(ConversionError, match=f"{arch}: weight conversion covers plain and SE networks only"):
+            timm_target({"arch": arch, "stride_in_1x1": None, "stem_pool": None})
+    ours = str(tmp_path / "eca.safetensors")
+    save_safetensors(create_model("eca_resnet18"), ours)
+    assert "already in this project's layout" in one_line_error(lambda: convert_file(ours))
+    assert "plain and SE networks only" in one_line_error(lambda: convert_file(ours, arch="cbam_resnet18"))

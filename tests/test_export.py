@@ -11,6 +11,7 @@ import paddle
 import pytest
 import yaml
 
+from senet.attention import kernels
 from senet.checkpoint import load_weights, save_safetensors
 from senet.config import load_config
 from senet.data import build_loader, normalize_batch
@@ -194,12 +195,38 @@ def test_se_resnet50_exports_offline_and_matches_dygraph(tmp_path):
         recording[0] = False  # audit hooks cannot be removed; this one goes quiet
     assert events == []
     assert info["files"]["onnx"]["opset"] >= 13 and "safetensors" not in info["files"]
-    with pooled_squeezes(model) as swapped:  # every SE squeeze is a pool in the graph, and only there
-        assert swapped == 16 and "squeeze" in model.layer1[0].se.__dict__
-    assert "squeeze" not in model.layer1[0].se.__dict__
+    with pooled_squeezes(model) as blocks:  # every SE squeeze is a pool in the graph, and only there
+        assert blocks == 16 and kernels._pooled_mean
+    assert not kernels._pooled_mean
     assert "pd_op.mean" not in graph_ops(str(tmp_path / "model")) and "onednn_placement" not in info["files"]["paddle"]
     images = np.random.default_rng(3).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
     ref = dygraph_logits(model, images, cfg["data"]["mean"], cfg["data"]["std"])
     for engine in ENGINES:
         err, same_top1 = agree(Predictor(str(tmp_path), engine).predict(images), ref)
         assert err <= 1e-3 and same_top1, (engine, err)
+
+
+@pytest.mark.parametrize("kind", ["eca", "cbam"])
+def test_eca_and_cbam_models_export_and_match_dygraph(kind, tmp_path):
+    """ResNet-20 with ECA (a Conv1D across channels) or CBAM (channel max and mean maps, concat, 7x7 conv)
+    through tools/export.py, then both engines against dygraph at batch 1 and 5. The export runs as a
+    child process: paddle2onnx aborts the whole process on an operator it cannot convert."""
+    overrides = [f"model.arch={kind}_resnet20", "data.name=synthetic", "data.synthetic_val_size=2",
+                 "data.image_size=32", "data.eval_crop=32"]
+    cfg = load_config(os.path.join(ROOT, DEMO), overrides)
+    paddle.seed(0)
+    model = build_model(cfg)
+    model.eval()
+    weights, out = str(tmp_path / "weights.safetensors"), str(tmp_path / "export")
+    save_safetensors(model, weights)
+    proc = run_tool("export.py", "-c", DEMO, "-o", *overrides, f"model.weights={weights}", "--output", out,
+                    "--format", "paddle", "onnx")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "pd_op.mean" not in graph_ops(os.path.join(out, "model")) or kind == "cbam"  # CBAM's mean over channels
+    images = np.random.default_rng(4).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    ref = dygraph_logits(model, images, cfg["data"]["mean"], cfg["data"]["std"])
+    for engine in ENGINES:
+        pred = Predictor(out, engine)
+        for batch in (images[:1], images):
+            err, same_top1 = agree(pred.predict(batch), ref[:len(batch)])
+            assert err <= 1e-3 and same_top1, (engine, len(batch), err)

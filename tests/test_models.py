@@ -5,9 +5,10 @@ import numpy as np
 import paddle
 import pytest
 
+from senet.attention import PLACEMENTS, SEBlock, SEOptions
+from senet.attention.se import GATES, SQUEEZES
 from senet.config import load_config
-from senet.layers import GATES, PLACEMENTS, SQUEEZES, SEBlock, SEOptions
-from senet.profile import count_params, se_param_formula
+from senet.profile import attention_param_formula, count_params
 from senet.resnet import MODELS, BasicBlock, Bottleneck, PreActBottleneck, build_model, create_model
 
 CIFAR = [name for name, spec in MODELS.items() if spec.stem == "cifar"]
@@ -49,22 +50,22 @@ def test_every_architecture_with_and_without_se(arch):
     expansion = spec.block.expansion
     expected = sum(n * (2 * w * expansion * (w * expansion // 16) + w * expansion // 16 + w * expansion)
                    for w, n in zip(widths, spec.layers))
-    assert added == expected == se_param_formula(se)
+    assert added == expected == attention_param_formula(se)
 
 
 def test_se_parameter_formula_without_bias_and_other_reduction():
     plain = create_model("resnet50")
-    se = create_model("se_resnet50", se=SEOptions(reduction=8, bias=False))
+    se = create_model("se_resnet50", attention=SEOptions(reduction=8, bias=False))
     added = count_params(se)[0] - count_params(plain)[0]
     expected = sum(n * 2 * c * (c // 8) for c, n in zip((256, 512, 1024, 2048), (3, 4, 6, 3)))
-    assert added == expected == se_param_formula(se)
+    assert added == expected == attention_param_formula(se)
 
 
 @pytest.mark.parametrize("squeeze", SQUEEZES)
 @pytest.mark.parametrize("gate", GATES)
 @pytest.mark.parametrize("impl", ["conv", "linear"])
 def test_every_squeeze_gate_impl_runs(squeeze, gate, impl):
-    model = create_model("se_resnet20", num_classes=10, se=SEOptions(reduction=4, squeeze=squeeze, gate=gate,
+    model = create_model("se_resnet20", num_classes=10, attention=SEOptions(reduction=4, squeeze=squeeze, gate=gate,
                                                                       impl=impl))
     _check_forward_backward(model, 32, 10)
 
@@ -72,9 +73,9 @@ def test_every_squeeze_gate_impl_runs(squeeze, gate, impl):
 @pytest.mark.parametrize("placement", PLACEMENTS)
 @pytest.mark.parametrize("arch", ["se_resnet20", "se_resnet50", "se_resnet164"])
 def test_every_placement_runs_on_every_block_type(placement, arch):
-    model = create_model(arch, num_classes=5, se=SEOptions(placement=placement, reduction=4))
+    model = create_model(arch, num_classes=5, attention=SEOptions(placement=placement, reduction=4))
     _check_forward_backward(model, _input_size(arch), 5)
-    assert se_param_formula(model) > 0
+    assert attention_param_formula(model) > 0
 
 
 # The first block of a stage whose shortcut is not the identity (zero-padded for the CIFAR ResNet),
@@ -91,7 +92,7 @@ def _trace_block(arch, placement):
     """Run a model once; return the tensors around its first block's SE, by forward hooks."""
     stage, head, tail, act = PLACEMENT_BLOCKS[arch]
     paddle.seed(5)
-    model = create_model(arch, num_classes=3, se=SEOptions(placement=placement, reduction=4))
+    model = create_model(arch, num_classes=3, attention=SEOptions(placement=placement, reduction=4))
     model.eval()
     block = getattr(model, stage)[0]
     assert block.shortcut is not None
@@ -157,7 +158,7 @@ def test_placements_put_se_on_the_right_width():
     se = SEOptions(reduction=4)
 
     def se_width(placement):
-        model = create_model("se_resnet50", se=SEOptions(**{**se.__dict__, "placement": placement}))
+        model = create_model("se_resnet50", attention=SEOptions(**{**se.__dict__, "placement": placement}))
         return model.layer2[0].se.channels  # first block of stage 2: 256 in, 128 wide, 512 out
 
     assert se_width("standard") == 512
@@ -168,7 +169,7 @@ def test_placements_put_se_on_the_right_width():
 
 
 def test_stages_option_limits_se_to_chosen_stages():
-    model = create_model("se_resnet50", se=SEOptions(stages=(3,)))
+    model = create_model("se_resnet50", attention=SEOptions(stages=(3,)))
     with_se = {name.split(".")[0] for name, layer in model.named_sublayers() if isinstance(layer, SEBlock)}
     assert with_se == {"layer3"}
     assert count_params(model)[0] - count_params(create_model("resnet50"))[0] == \
@@ -211,34 +212,6 @@ def test_se_block_computes_the_paper_equations():
     z = x.numpy().mean(axis=(2, 3))
     s = 1 / (1 + np.exp(-(np.maximum(z @ w1 + b1, 0) @ w2 + b2)))
     np.testing.assert_allclose(block(x).numpy(), x.numpy() * s[:, :, None, None], rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize("impl", ["conv", "linear"])
-def test_inference_scale_equals_the_multiply(impl):
-    """Without gradients the scale runs as a batch-norm kernel (SEBlock._scale_by_batch_norm): the
-    same numbers as x * s up to float32 rounding (bit for bit on an AMD EPYC; within 2 ulp on an
-    Intel Xeon, whose kernel computes 1 / sqrt(1) inexactly), each sample by its own weights, and
-    its constant inputs stay constant."""
-    paddle.seed(3)
-    block = SEBlock(16, SEOptions(reduction=4, impl=impl))
-    block.eval()
-    x = paddle.randn([3, 16, 7, 5])
-    with paddle.no_grad():
-        s = block.excite(block.squeeze(x))
-        assert block._fast_inference_scale(x, s)
-        want = (x * s).numpy()
-        for _ in range(2):  # the second call reuses the cached zeros and ones
-            np.testing.assert_allclose(block(x).numpy(), want, rtol=3e-7, atol=0)
-    zeros, ones = block._bn_constants
-    assert zeros.shape == [48] and (zeros.numpy() == 0).all() and (ones.numpy() == 1).all()
-    with paddle.no_grad():  # another batch size replaces the constants instead of adding more
-        np.testing.assert_allclose(block(x[:2]).numpy(), want[:2], rtol=3e-7, atol=0)
-    assert block._bn_constants[0].shape == [32]
-    # With gradients wanted it is the plain multiply, which has a backward.
-    x.stop_gradient = False
-    assert not block._fast_inference_scale(x, block.excite(block.squeeze(x)))
-    block(x).sum().backward()
-    assert x.grad is not None and block.fc1.weight.grad is not None
 
 
 def test_se_model_traces_with_to_static_default_mode():
@@ -345,7 +318,7 @@ def test_unknown_architecture_lists_known_names_and_suggests():
 
 def test_zero_width_se_layer_names_the_layer_and_channels():
     with pytest.raises(ValueError, match=r"'layer1\.0\.se': C=16 // reduction 32 = 0"):
-        create_model("se_resnet20", se=SEOptions(reduction=32))
+        create_model("se_resnet20", attention=SEOptions(reduction=32))
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -362,4 +335,4 @@ def test_bad_se_options_are_clear_errors(kwargs, message):
 
 def test_bad_stage_number_is_an_error():
     with pytest.raises(ValueError, match="stages 1-3"):
-        create_model("se_resnet20", se=SEOptions(stages=(4,)))
+        create_model("se_resnet20", attention=SEOptions(stages=(4,)))

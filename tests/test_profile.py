@@ -4,7 +4,7 @@ import paddle
 import paddle.nn as nn
 import pytest
 
-from senet.layers import SEBlock, SEOptions
+from senet.attention import SEBlock, SEOptions
 from senet.profile import count_macs, count_params, profile_model
 from senet.resnet import create_model
 

@@ -30,7 +30,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from senet import checkpoint as ckpt
-from senet import train as train_mod
+from senet import step as step_mod
 from senet.config import load_config
 from senet.data import BadImageError, DatasetError, build_dataset
 from senet.data.datasets import load_cifar
@@ -325,15 +325,16 @@ def test_failed_final_write_names_the_file_and_resume_auto_writes_it_again(tmp_p
 def nan_loss_at(monkeypatch, steps):
     """Make the training loss NaN at the given (1-based) global steps, before any loss scaling, as a
     diverging run would. tests/test_train.py uses it too."""
-    real = train_mod._forward_loss
+    real = step_mod.forward_loss
 
-    def forward_loss(state, images, labels, train):
-        logits, loss = real(state, images, labels, train)
-        if train and state.global_step + 1 in steps:
+    def forward_loss(parts, images, targets, train=True):
+        logits, loss = real(parts, images, targets, train)
+        # The trainer's LR scheduler counts the steps done (it steps once per step; a resume restores it).
+        if train and parts.scheduler.last_epoch + 1 in steps:
             loss = loss * float("nan")
         return logits, loss
 
-    monkeypatch.setattr(train_mod, "_forward_loss", forward_loss)
+    monkeypatch.setattr(step_mod, "forward_loss", forward_loss)
 
 
 def test_nan_policy_stop_names_the_step_and_the_checkpoint_it_resumed_from(tmp_path, monkeypatch):

@@ -15,7 +15,7 @@ import yaml
 from senet.compare import PAPER_TABLE2, paper_reference
 from senet.config import ConfigError, dump_config, load_config
 from senet.resnet import build_model
-from senet.sweep import Run, plan, status, train_command
+from senet.sweep import Run, plan, status, sweep_rows, train_command, write_table
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ABLATIONS = sorted(glob.glob(os.path.join(ROOT, "configs", "ablation", "*.yaml")))
@@ -25,6 +25,7 @@ TINY = ["model.num_classes=4", "model.se.reduction=4", "data.name=synthetic", "d
         "data.eval_crop=16", "data.synthetic_train_size=32", "data.synthetic_val_size=16", "data.batch_size=16",
         "data.num_workers=0", "train.epochs=1", "train.amp.enabled=false"]
 DEMOS = ["configs/demo/resnet20_digits.yaml", "configs/demo/se_resnet20_digits.yaml"]
+ALL_DEMOS = DEMOS + ["configs/demo/eca_resnet20_digits.yaml", "configs/demo/cbam_resnet20_digits.yaml"]
 
 
 def flat(d, prefix=""):
@@ -109,6 +110,27 @@ def test_plan_status_and_commands(tmp_path):
     assert "--resume" not in train_command(run, [], resume=False)
 
 
+def test_demo_configs_differ_only_in_the_architecture():
+    base, *others = [flat(load_config(os.path.join(ROOT, path))) for path in ALL_DEMOS]
+    for path, cfg in zip(ALL_DEMOS[1:], others):
+        changed = {k for k in base.keys() | cfg.keys() if base.get(k) != cfg.get(k)}
+        assert changed == {"model.arch", "name", "output_dir"}, (path, changed)
+
+
+def test_rows_name_each_block_and_its_reduction(tmp_path):
+    # No run has finished: the rows hold the counts only, which is all this test needs.
+    rows = sweep_rows(plan(ALL_DEMOS, [0], str(tmp_path), TINY), TINY)
+    assert [(r["name"], r["block"], r["reduction"], r["runs"]) for r in rows] == [
+        ("resnet20_digits", None, None, 0), ("se_resnet20_digits", "SE", 4, 0),
+        ("eca_resnet20_digits", "ECA", None, 0), ("cbam_resnet20_digits", "CBAM", 4, 0)]
+    assert rows[0]["params"] < rows[2]["params"] < rows[1]["params"] < rows[3]["params"]  # ECA: a few k-weights
+    md = write_table(rows, str(tmp_path))["md"].splitlines()
+    assert md[0].startswith("| name | arch | block | r | params | GMACs | top-1 err % |")
+    assert md[2].startswith("| resnet20_digits | resnet20 | - | - |")
+    assert md[4].startswith("| eca_resnet20_digits | eca_resnet20 | ECA | - |")
+    assert md[5].startswith("| cbam_resnet20_digits | cbam_resnet20 | CBAM | 4 |")
+
+
 def write_config(folder, name):
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, name)
@@ -137,8 +159,12 @@ def test_sweep_runs_resumes_and_tabulates(tmp_path):
     dump_config(load_config(DEMOS[1], TINY + ["train.seed=1", f"output_dir={started}"]), str(started / "config.yaml"))
     (started / "metrics.json").write_text(json.dumps({"finished": False}))
 
-    proc = sweep("-c", *DEMOS, "--seeds", "0", "1", "--out", str(out), "-o", *TINY)
+    proc = sweep("-c", *DEMOS, "--seeds", "0", "1", "--out", str(out), "--jobs", "2", "-o", *TINY)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # --jobs 2: the two runs trained side by side, each with one of the cores and its own console log
+    for run in (out / "resnet20_digits" / "seed1", started):
+        assert "epoch 1/" in (run / "console.log").read_text()
+        assert load_config(str(run / "config.yaml"))["train"]["threads"] == max(1, os.cpu_count() // 2)
     assert "[1/4] resnet20_digits seed 0: finished before, skipped" in proc.stdout
     assert "[2/4] resnet20_digits seed 1: starting" in proc.stdout
     assert "[3/4] se_resnet20_digits seed 0: finished before, skipped" in proc.stdout
@@ -152,14 +178,14 @@ def test_sweep_runs_resumes_and_tabulates(tmp_path):
     rows = json.loads((out / "results.json").read_text())
     assert [r["name"] for r in rows] == ["resnet20_digits", "se_resnet20_digits"]
     plain, se = rows
-    assert plain["runs"] == se["runs"] == 2 and plain["reduction"] is None and se["reduction"] == 4
+    assert plain["runs"] == se["runs"] == 2 and (plain["block"], se["block"]) == (None, "SE") and se["reduction"] == 4
     assert se["params"] > plain["params"] and se["gmacs"] > plain["gmacs"] and plain["images_per_s"] > 0
     real = json.loads((out / "resnet20_digits" / "seed1" / "metrics.json").read_text())["best"]["top1"]
     assert plain["top1_err"] == pytest.approx(100 - (40.0 + real) / 2)
     assert plain["top1_err_std"] == pytest.approx(abs(40.0 - real) / 2 ** 0.5)
     assert plain["paper_top1_err"] is None  # no paper figure for a CIFAR-size net on synthetic data
     md = (out / "results.md").read_text()
-    assert md.startswith("| name | arch | r | params | GMACs | top-1 err % | top-5 err % | seeds |")
+    assert md.startswith("| name | arch | block | r | params | GMACs | top-1 err % | top-5 err % | seeds |")
     assert md.count(" ± ") >= 4 and md in proc.stdout
     table = list(csv.DictReader(io.StringIO((out / "results.csv").read_text())))
     assert float(table[0]["top1_err_std"]) == pytest.approx(plain["top1_err_std"])

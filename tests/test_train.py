@@ -15,7 +15,7 @@ import pytest
 from test_reliability import nan_loss_at
 
 from senet.config import load_config
-from senet.train import lr_factor, scaled_lr
+from senet.optim import lr_factor, scaled_lr
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A tiny, quick run: 64 synthetic 16 px images in 4 classes, 4 steps per epoch.
@@ -94,9 +94,10 @@ def test_full_run_checkpoints_metrics_safetensors_and_eval(tmp_path):
     assert ema["loss"] == pytest.approx(metrics["history"][-1]["ema_eval_loss"], rel=1e-5)
 
 
-def test_visualdl_events_hold_the_expected_tags(tmp_path):
+@pytest.mark.parametrize("arch, spatial", [("se_resnet20", False), ("cbam_resnet20", True)])
+def test_visualdl_events_hold_the_expected_tags(tmp_path, arch, spatial):
     out = tmp_path / "run"
-    train(out, "train.epochs=1", "train.log_se_every=2")
+    train(out, "train.epochs=1", "train.log_se_every=2", f"model.arch={arch}")
     from visualdl import LogReader
 
     files = [f for f in os.listdir(out / "vdl") if f.startswith("vdlrecords")]
@@ -108,9 +109,11 @@ def test_visualdl_events_hold_the_expected_tags(tmp_path):
         assert tag in tags, (tag, tags)
     steps = [r.id for r in reader.get_data("scalar", "train/loss")]
     assert steps == [2, 4]
-    # train.log_se_every: one gate histogram per SE block (9 in SE-ResNet-20) every 2 steps
+    # train.log_se_every: one gate histogram per attention block (9 in a ResNet-20) every 2 steps, and
+    # for CBAM one more of its spatial gates
     histograms = set(reader.get_tags()["histogram"])
-    assert len(histograms) == 9 and "se/layer1.0.se" in histograms and "se/layer3.2.se" in histograms
+    assert len(histograms) == (18 if spatial else 9) and {"se/layer1.0.se", "se/layer3.2.se"} <= histograms
+    assert ("se/layer3.2.se.spatial" in histograms) == spatial
     assert [r.id for r in reader.get_data("histogram", "se/layer2.1.se")] == [2, 4]
 
 
@@ -225,12 +228,12 @@ def tiny_cfg(out, *extra):
                        [*TINY, "train.log_every=1", f"output_dir={out}", *extra])
 
 
-def fit_here(cfg):
+def fit_here(cfg, batch_transform=None):
     """fit() as in a fresh process: Paddle's parameter-name counter restarts (checkpoints are keyed by it)."""
     from senet.train import fit
 
     with paddle.utils.unique_name.guard():
-        return fit(cfg)
+        return fit(cfg, batch_transform=batch_transform)
 
 
 class FakeScaler:
@@ -352,3 +355,43 @@ def test_nan_policy_skip_in_a_two_rank_job_skips_on_every_rank(tmp_path):
     rank0, rank1 = np.load(out / "rank0.npz"), np.load(out / "rank1.npz")
     for k in rank0:
         assert np.isfinite(rank0[k]).all() and np.array_equal(rank0[k], rank1[k]), k
+
+
+# ---------------------------------------------------------------- the batch-transform slot and soft targets
+
+def test_a_batch_transform_decides_what_is_trained(tmp_path):
+    """fit(batch_transform=...) runs on every training batch before the step, and its targets are what is
+    trained: one that makes every image a (soft, one-hot) class 2 gives a model that answers 2 to everything."""
+    from senet.data import build_loader
+
+    calls = []
+
+    def everything_is_class_2(images, labels):
+        calls.append((images.shape, images.dtype, labels.shape))
+        return images, paddle.nn.functional.one_hot(paddle.full_like(labels, 2), 4)
+
+    cfg = tiny_cfg(tmp_path / "run")
+    metrics = fit_here(cfg, batch_transform=everything_is_class_2)
+    assert len(calls) == metrics["global_step"] == 8
+    assert all(call == ([16, 16, 16, 3], paddle.uint8, [16]) for call in calls)  # the loader's batch, not eval's
+    val_labels = np.concatenate([labels.numpy() for _, labels in build_loader(cfg, "val")])
+    assert 0 < np.mean(val_labels == 2) < 1
+    assert metrics["final"]["top1"] == pytest.approx(100 * np.mean(val_labels == 2))  # eval: against the real labels
+    assert metrics["history"][-1]["train_top1"] == 100  # train top-1: against the targets trained on
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_soft_targets_give_the_loss_of_the_labels_they_encode(smoothing):
+    from senet.step import StepParts, forward_loss
+
+    paddle.seed(0)
+    model = paddle.nn.Sequential(paddle.nn.Conv2D(3, 5, 3), paddle.nn.AdaptiveAvgPool2D(1), paddle.nn.Flatten())
+    parts = StepParts(model, None, [0.5, 0.5, 0.5], [0.25, 0.25, 0.25], label_smoothing=smoothing)
+    images = paddle.randint(0, 256, [6, 8, 8, 3]).astype("uint8")
+    a, b = paddle.to_tensor([0, 4, 2, 2, 1, 3]), paddle.to_tensor([1, 1, 0, 3, 4, 2])
+    one_hot = paddle.nn.functional.one_hot
+    loss_a, loss_b = (float(forward_loss(parts, images, labels)[1]) for labels in (a, b))
+    assert float(forward_loss(parts, images, one_hot(a, 5))[1]) == pytest.approx(loss_a, rel=1e-6)
+    # A mixup target (0.3 a + 0.7 b) gives the mix of the two losses: cross-entropy is linear in the target.
+    mixed = float(forward_loss(parts, images, 0.3 * one_hot(a, 5) + 0.7 * one_hot(b, 5))[1])
+    assert loss_a != pytest.approx(loss_b) and mixed == pytest.approx(0.3 * loss_a + 0.7 * loss_b, rel=1e-6)

@@ -1,6 +1,8 @@
-"""Compare models side by side: parameters, GMACs, SE share, and accuracy from training runs.
+"""Compare models side by side: parameters, GMACs, the attention blocks' share, and accuracy from training runs.
 
     .venv/bin/python tools/compare.py -c configs/resnet50.yaml configs/se_resnet50.yaml --paper
+    .venv/bin/python tools/compare.py -c configs/se_resnet50.yaml configs/eca_resnet50.yaml \
+        configs/cbam_resnet50.yaml --paper
     .venv/bin/python tools/compare.py -c configs/demo/*.yaml --runs output/demo/* --format md   # after make demo
 """
 
@@ -23,7 +25,9 @@ def main() -> int:
     parser.add_argument("--input-size", type=int, default=None,
                         help="pixels for the multiply-add count (default: each config's data.eval_crop)")
     parser.add_argument("--format", choices=["table", "md", "csv", "json"], default="table")
-    parser.add_argument("--paper", action="store_true", help="add the SENet paper's Table 2 figures")
+    parser.add_argument("--paper", action="store_true",
+                        help="add each paper's figures (SE: Hu et al. Table 2; ECA; CBAM) beside "
+                        "configs with exactly its setup, and name the source")
     args = parser.parse_args()
     if not args.config and not args.runs:
         parser.error("give at least one -c CONFIG or --runs RUN_DIR")
@@ -38,7 +42,9 @@ def main() -> int:
     print(format_rows(rows, args.format))
     if args.format in ("table", "md"):
         print("\nGMACs are multiply-adds for one image (the SENet paper's 'GFLOPs'); GFLOPs = 2 x GMACs. "
-              "params exclude BatchNorm running statistics; 'incl. BN stats' counts them as paddle.summary does.")
+              "params exclude BatchNorm running statistics; 'incl. BN stats' counts them as paddle.summary does. "
+              "r / k: the reduction ratio (SE, CBAM) or ECA's kernel size per stage. attn: inside the attention "
+              "blocks, their pooling and scaling counted too (docs/analysis.md says where the papers count less).")
     return 0
 
 

@@ -50,8 +50,9 @@ def main() -> int:
 
     from senet.checkpoint import CheckpointError, load_weights
     from senet.data import DatasetError, build_loader
+    from senet.device import device_notices
     from senet.resnet import build_model
-    from senet.train import device_notices, evaluate
+    from senet.train import evaluate
 
     if paddle.distributed.get_world_size() > 1:  # launched: each rank evaluates its shard, metrics are summed
         paddle.distributed.init_parallel_env()

@@ -5,7 +5,8 @@
     .venv/bin/python tools/sweep.py -c configs/resnet50.yaml configs/se_resnet50.yaml --nproc 8 \\
         --out output/sweeps/table2
     .venv/bin/python tools/sweep.py -c CFG1 CFG2 --out DIR --table-only     # just (re)build the table
-    .venv/bin/python tools/sweep.py -c configs/demo/*.yaml --seeds 0 1 --out output/sweeps/demo   # no dataset needed
+    .venv/bin/python tools/sweep.py -c configs/demo/*.yaml --out output/sweeps/digits   # no dataset needed:
+        # ResNet-20 and its SE, ECA and CBAM twins on the digits, 3 seeds (docs/sweep.md)
 
 The ImageNet ones need the dataset first (docs/data.md).
 
@@ -35,10 +36,16 @@ def main() -> int:
     parser.add_argument("--nproc", type=int, default=0,
                         help="processes per run through paddle.distributed.launch (default: one plain process)")
     parser.add_argument("--devices", default=None, help="devices for paddle.distributed.launch, e.g. 0,1,2,3")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs trained at once, each with cores // jobs threads (default 1; 2 on a 2-core CPU "
+                             "trains the digits sweep about 1.4x faster)")
     parser.add_argument("--dry-run", action="store_true", help="print each run's state and command; train nothing")
     parser.add_argument("--table-only", action="store_true", help="train nothing; build the table from finished runs")
     args = parser.parse_args()
     overrides = split_override_args(args.override)
+    if args.jobs < 1:
+        print(f"error: --jobs must be at least 1, got {args.jobs}", file=sys.stderr)
+        return 2
     from senet import sweep
 
     try:
@@ -54,7 +61,7 @@ def main() -> int:
         return 0
     outcome = {"failed": [], "interrupted": []}
     if not args.table_only:
-        outcome = sweep.run_sweep(runs, overrides, args.nproc, args.devices)
+        outcome = sweep.run_sweep(runs, overrides, args.nproc, args.devices, jobs=args.jobs)
     if outcome["interrupted"]:
         return 130  # stop now; the table is built when the sweep completes (or with --table-only)
     setup_cpu(0)  # the table profiles each model once, in this process

@@ -43,8 +43,8 @@ BN_PADDLE_TO_TORCH = {v: k for k, v in BN_TORCH_TO_PADDLE.items()}
 NOT_SUPPORTED = (
     "Not supported: Caffe .caffemodel files (timm's legacy_se* weights are their exact conversion: use those); "
     "torch files in the legacy pre-1.6 format; deep-stem and avg-pool-shortcut variants (timm resnet*c/d/s/t, "
-    "PaddleClas *_vd, senet154); ECA (no ECA block here yet); widths without an architecture here "
-    "(wide_resnet*, resnext*_32x8d, *_64x4d)")
+    "PaddleClas *_vd, senet154); ECA and CBAM weights (only plain and SE networks convert); widths without "
+    "an architecture here (wide_resnet*, resnext*_32x8d, *_64x4d)")
 
 
 class ConversionError(ValueError):
@@ -165,7 +165,12 @@ _VARIANTS = (
      "original 7x7 stem"),
     (r"downsample\.2\.",
      "an average-pool shortcut (the 'd' variants); the shortcuts here are a strided 1x1 conv"),
-    (r"\.se\.conv\.weight$", "ECA attention (timm ecaresnet*); this project has no ECA block yet"),
+    # timm's EcaModule is `se.conv` ([1, 1, k], as our ECA block's). Conversion reads plain and SE networks
+    # only, and every timm ecaresnet* (26t, 50d, 50t, light, 101d, 200d, 269d, the pruned 50d/101d) has
+    # avg_down shortcuts, all but ecaresnetlight a deep stem too: the rules above refuse those first.
+    (r"\.se\.conv\.weight$", "ECA attention (timm ecaresnet*): conversion reads plain and SE networks only, and "
+     "timm's ecaresnet* also have a deep stem or an average-pool shortcut, which this project does not build; "
+     "train an eca_ model here instead"),
 )
 
 
@@ -178,10 +183,11 @@ def _refuse_variants(raw: dict[str, np.ndarray], path: str) -> None:
 
 def detect_layout(raw: dict[str, np.ndarray], path: str) -> str:
     """The key layout of a state dict, or a ConversionError naming the known ones."""
-    _refuse_variants(raw, path)
     keys = set(raw)
+    # Before the variants: our own blocks' keys (layer1.0.conv1.0.weight, ECA's se.conv) match their patterns.
     if "stem.0.0.weight" in keys and "fc.weight" in keys:
         raise ConversionError(f"{path} is already in this project's layout: load it with -o model.weights=")
+    _refuse_variants(raw, path)
     if {"layer0.conv1.weight", "last_linear.weight"} <= keys:
         return "timm_legacy"
     if {"conv1.weight", "layer1.0.conv1.weight", "fc.weight"} <= keys:
@@ -313,7 +319,7 @@ def infer_model(weights: dict[str, np.ndarray], layout_name: str, path: str) -> 
 def _se_widths(pairs: set[tuple[int, int]], path: str) -> tuple[int, int]:
     """(reduction, divisor) that give every (channels, hidden) pair: the paper's C // r (divisor 1) if
     one r fits, else timm's rounding to multiples of 8 (seresnet18/34); r = 16 where it fits."""
-    from senet.layers import se_hidden
+    from senet.attention import se_hidden
 
     for divisor in (1, 8):
         fits = [r for r in range(1, max(c for c, _ in pairs) + 1)
@@ -325,13 +331,26 @@ def _se_widths(pairs: set[tuple[int, int]], path: str) -> tuple[int, int]:
                           f"rounded to multiples of 8 (timm's seresnet*)")
 
 
+def plain_or_se(arch: str) -> None:
+    """Refuse an architecture with another attention block than SE: the layouts here (timm, torchvision,
+    PaddleClas) hold plain and SE networks only."""
+    from senet.attention import split_arch
+
+    entry, base = split_arch(arch)
+    if entry is not None and entry.name != "se":
+        raise ConversionError(f"{arch}: weight conversion covers plain and SE networks only; none of the timm, "
+                              f"torchvision or PaddleClas layouts it reads holds {entry.title} blocks on {base}")
+
+
 def build_from_section(model_cfg: dict) -> Any:
-    from senet.layers import SEOptions
+    from senet.attention import SEOptions
     from senet.resnet import create_model
 
+    plain_or_se(model_cfg["arch"])
     se = dict(model_cfg["se"])
     se["stages"] = tuple(se["stages"]) if se.get("stages") else None
-    return create_model(model_cfg["arch"], num_classes=model_cfg["num_classes"], se=SEOptions(**se),
+    options = SEOptions(**se) if model_cfg["arch"].startswith("se_") else None  # a plain arch takes none
+    return create_model(model_cfg["arch"], num_classes=model_cfg["num_classes"], attention=options,
                         stride_in_1x1=model_cfg["stride_in_1x1"], stem_pool=model_cfg["stem_pool"],
                         branch_relu=model_cfg.get("branch_relu", False),
                         first_block_projection=model_cfg.get("first_block_projection", False))
@@ -425,6 +444,8 @@ _FORMATS = {"timm": ("safetensors", "torch"), "torchvision": ("torch",), "paddle
 def convert_file(path: str, source: str = "auto", arch: str | None = None,
                  num_classes: int | None = None) -> Converted:
     """Read, recognise, rename, infer and fit. `arch` / `num_classes`, if given, must be what the file holds."""
+    if arch is not None:
+        plain_or_se(arch)
     tensors, fmt = read_source(path)
     if source != "auto" and fmt not in _FORMATS[source]:
         raise ConversionError(f"{path} is a {fmt} file; {source} weights come as "
@@ -528,6 +549,7 @@ def timm_target(model_cfg: dict) -> tuple[str, str]:
     from senet.resnet import MODELS, Bottleneck
 
     arch = model_cfg["arch"]
+    plain_or_se(arch)
     base = arch.removeprefix("se_")
     spec = MODELS.get(base)
     if spec is None or spec.stem != "imagenet":
@@ -575,7 +597,7 @@ def timm_target(model_cfg: dict) -> tuple[str, str]:
 def to_timm(weights: dict[str, np.ndarray], model_cfg: dict) -> tuple[dict[str, np.ndarray], str]:
     """Our weights under timm's names, with Linear weights back to [out, in] and a zero
     num_batches_tracked per BatchNorm (timm's modules have one; a strict load needs it)."""
-    from senet.layers import se_hidden
+    from senet.attention import se_hidden
 
     name, layout_name = timm_target(model_cfg)
     layout = LAYOUTS[layout_name]

@@ -1,0 +1,282 @@
+"""The run: time every planned model in every mode, engine and variant; record, probe memory, report.
+
+Order: the data loader, then per variant each dygraph mode in registry order (each group of models
+built fresh and freed after), then the exported engines on fp32 graphs, then the memory probes.
+results.json is rewritten after every group, so a stopped run keeps what it measured.
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import json
+import math
+import os
+import shutil
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from senet.bench.environment import environment, have, loadavg
+from senet.bench.memory import probe_memory
+from senet.bench.modes import Mode, get_mode, mode_names, synthetic_batch
+from senet.bench.options import EXPORTED, BenchOptions
+from senet.bench.plan import FP32, ModelSpec, Variant, build, plan_models, profile, resolve_variants
+from senet.bench.report import summary, write_outputs, write_text
+from senet.bench.timing import on_gpu, run_alternating
+from senet.config import DEFAULTS
+from senet.runtime import cpu_count, setup_cpu
+
+
+@dataclass
+class Task:
+    """One model in one mode on one engine: its timing samples, round by round."""
+
+    spec: ModelSpec
+    mode: str
+    engine: str
+    variant: Variant
+    batch_size: int
+    run: Callable[[], Any] | None = None
+    rounds: list[list[float]] = field(default_factory=list)  # seconds per step (per call in latency mode)
+
+    @property
+    def name(self) -> str:  # for run_alternating's log
+        return self.spec.name
+
+
+def task_record(task: Task, plain: Task | None, image_size: int, opts: BenchOptions, device: str,
+                threads: int, calls: int) -> dict:
+    """One results.json record. Times are per step (per call in latency mode)."""
+    samples = [s for r in task.rounds for s in r]
+    med, lo, hi = statistics.median(samples), min(samples), max(samples)
+    b = task.batch_size
+    ratios = None
+    if plain is not None and len(plain.rounds) == len(task.rounds):
+        ratios = [statistics.median(a) / statistics.median(p) for a, p in zip(task.rounds, plain.rounds)]
+    s = task.spec
+    return {
+        "model": f"paddle.vision.{s.arch}" if s.reference else s.arch, "reduction": s.reduction, "name": s.name,
+        "reference": s.reference, "sweep": s.sweep, "mode": task.mode, "engine": task.engine,
+        "precision": task.variant.precision, "data_format": task.variant.data_format, "device": device,
+        "threads": threads, "batch_size": b,
+        "image_size": image_size, "images_per_s": b / med, "images_per_s_min": b / hi, "images_per_s_max": b / lo,
+        "latency_ms": 1e3 * med, "latency_ms_min": 1e3 * lo, "latency_ms_max": 1e3 * hi,
+        "overhead_vs_plain": statistics.median(ratios) if ratios else None,
+        "overhead_min": min(ratios) if ratios else None, "overhead_max": max(ratios) if ratios else None,
+        "plain_model": s.plain, "peak_memory_mb": None, "memory_kind": None, "params": None, "gmacs": None,
+        "warmup_rounds": opts.warmup_rounds, "repeats": len(task.rounds), "calls_per_round": calls,
+        "attention": s.attention, "samples_s": samples,
+    }
+
+
+class Run:
+    """The state of one `make bench` run: options, models, records, notices, output folder."""
+
+    def __init__(self, opts: BenchOptions, log: Callable[[str], None]) -> None:
+        self.opts, self.log = opts, log
+        self.gpu = on_gpu()
+        self.device = "gpu" if self.gpu else "cpu"
+        self.threads = setup_cpu(opts.threads)  # Paddle's math libraries, the predictors and the memory probes
+        self.notices: list[str] = []
+        self.specs = plan_models(opts.configs, opts.overrides, opts.reductions, opts.reference)
+        self.variants = resolve_variants(opts, self.gpu, self.notices)
+        self.records: list[dict] = []
+        self.profiles: dict[str, dict] = {}
+        self.loader: dict | None = None
+        self.exports: dict[str, str] = {}  # spec name -> exported model folder
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        self.dir = os.path.join(opts.out_root, stamp)
+        n = 1
+        while os.path.exists(self.dir):
+            n += 1
+            self.dir = os.path.join(opts.out_root, f"{stamp}-{n}")
+        os.makedirs(self.dir)
+        self.env = environment(self.threads, self.gpu)
+
+    def notice(self, message: str) -> None:
+        self.notices.append(message)
+        self.log(f"notice: {message}")
+
+    def wanted(self, spec: ModelSpec, mode: str, engine: str, variant: Variant) -> bool:
+        """Is (model, mode, engine, variant) part of this run? See BenchOptions for the rules."""
+        if mode not in self.opts.modes or engine not in self.opts.engines:
+            return False
+        if engine != "dygraph" and not get_mode(mode).exported:
+            return False
+        if spec.reference and (engine != "dygraph" or variant.data_format != "NCHW"):
+            return False  # paddle.vision's ResNet is NCHW only; it is a dygraph parity check
+        if spec.sweep and (mode not in self.opts.sweep_modes or (engine != "dygraph" and not self.opts.sweep_engines)):
+            return False
+        return engine == "dygraph" or variant == FP32  # exported graphs are fp32 NCHW
+
+    def timed(self, tasks: list[Task], mode: Mode) -> None:
+        """Time a group of tasks of one mode, engine and variant in turns; add their records."""
+        if not tasks:
+            return
+        t0 = tasks[0]
+        self.log(f"[{mode.name} | {t0.engine} | {t0.variant.precision} {t0.variant.data_format} | "
+                 f"batch {t0.batch_size}]")
+        calls = mode.calls_per_round(self.opts)
+        run_alternating(tasks, calls, mode.per_call, self.opts.warmup_rounds, self.opts.repeats, self.log,
+                        interleave_calls=t0.engine == "dygraph")
+        by_name = {t.spec.name: t for t in tasks}
+        for t in tasks:  # a plain model's baseline is itself (or the first plain model of its arch)
+            self.records.append(task_record(t, by_name.get(t.spec.plain or ""), self.opts.image_size, self.opts,
+                                            self.device, self.threads, calls))
+            t.run = None  # drop the model before the next group
+        self.save()
+
+    def dygraph(self, variant: Variant) -> None:
+        """Every mode in registry order, each group of models built fresh and freed after."""
+        o = self.opts
+        for mode in map(get_mode, mode_names()):
+            specs = [s for s in self.specs if self.wanted(s, mode.name, "dygraph", variant)]
+            if not specs:
+                continue
+            b = mode.batch_size(o)
+            images, labels = synthetic_batch(b, o.image_size, specs[0].cfg["model"]["num_classes"], o.seed)
+            tasks = []
+            for s in specs:
+                model = build(s, variant, o.seed)
+                if s.name not in self.profiles and variant == FP32:
+                    self.profiles[s.name] = profile(s, o.image_size, model)
+                tasks.append(Task(s, mode.name, "dygraph", variant, b, mode.runner(model, s, variant, images, labels)))
+            self.timed(tasks, mode)
+            del tasks
+            _free()
+
+    def export_models(self) -> list[ModelSpec]:
+        """Export every model the exported engines need (fp32 NCHW static graph, and ONNX if wanted)."""
+        from senet.export import export
+
+        engines = [e for e in self.opts.engines if e in EXPORTED]
+        if "onnxruntime" in engines and not have("onnxruntime", "paddle2onnx"):
+            self.notice("onnxruntime or paddle2onnx is not installed: the ONNX Runtime engine is skipped")
+            engines.remove("onnxruntime")
+        self.opts.engines = [e for e in self.opts.engines if e == "dygraph" or e in engines]
+        specs = [s for s in self.specs if any(self.wanted(s, m, e, FP32) for m in mode_names() for e in engines)]
+        formats = ["paddle"] + (["onnx"] if "onnxruntime" in engines else [])
+        done = []
+        for s in specs:
+            folder = os.path.join(self.dir, "export", _slug(s.name))
+            # The graph takes image_size; a 1-image synthetic val split names the classes. Only the keys
+            # that matter are taken from the config, so the data source has nothing to ignore.
+            cfg = copy.deepcopy(s.cfg)
+            cfg["data"] = dict(DEFAULTS["data"], name="synthetic", synthetic_val_size=1, eval_crop=self.opts.image_size,
+                               mean=cfg["data"]["mean"], std=cfg["data"]["std"])
+            self.log(f"exporting {s.name} ({', '.join(formats)})")
+            try:
+                model = build(s, FP32, self.opts.seed)
+                model.eval()
+                export(cfg, folder, formats, model=model)
+            except Exception as e:  # noqa: BLE001 - one model that cannot be exported must not end the run
+                self.notice(f"{s.name} could not be exported ({str(e).splitlines()[0]}): exported engines skip it")
+                continue
+            self.exports[s.name] = folder
+            done.append(s)
+        return done
+
+    def exported(self) -> None:
+        """The exported modes through Paddle Inference and ONNX Runtime, on the exported fp32 graphs."""
+        from senet.inference import Predictor
+
+        modes = [get_mode(m) for m in mode_names() if get_mode(m).exported and m in self.opts.modes]
+        if not modes or not any(e in EXPORTED for e in self.opts.engines):
+            return
+        specs = self.export_models()
+        for engine in [e for e in self.opts.engines if e in EXPORTED]:
+            for mode in modes:
+                b = mode.batch_size(self.opts)
+                images, _ = synthetic_batch(b, self.opts.image_size, 2, self.opts.seed)
+                tasks = []
+                for s in [s for s in specs if self.wanted(s, mode.name, engine, FP32)]:
+                    try:  # one call first: e.g. a TensorRT profile may not take this batch size
+                        p = Predictor(self.exports[s.name], EXPORTED[engine], threads=self.threads, device=self.device)
+                        p.predict(images)
+                    except Exception as e:  # noqa: BLE001 - skip this engine for this model, keep the run going
+                        self.notice(f"{engine} could not load {s.name} ({str(e).splitlines()[0]}): skipped")
+                        continue
+                    tasks.append(Task(s, mode.name, engine, FP32, b, lambda p=p, x=images: p.predict(x)))
+                self.timed(tasks, mode)
+                del tasks
+                _free()
+
+    def save(self) -> None:
+        """results.json (rewritten after every group, so a stopped run keeps what it measured)."""
+        for r in self.records:
+            r.update(self.profiles.get(r["name"], {}))
+        data = {"environment": self.env, "options": asdict(self.opts), "notices": self.notices,
+                "summary": summary(self.records), "data_loader": self.loader, "results": self.records}
+        write_text(os.path.join(self.dir, "results.json"), json.dumps(data, indent=2, default=str))
+
+
+def run_bench(opts: BenchOptions, log: Callable[[str], None] | None = None) -> str:
+    """Run the benchmark; write results.json, results.csv, report.md and the plots; return the run folder."""
+    start = time.perf_counter()
+    out = log or (lambda s: print(s, file=sys.stderr, flush=True))
+
+    def log(message: str) -> None:
+        out(f"[{time.perf_counter() - start:6.1f} s] {message}")
+
+    run = Run(copy.deepcopy(opts), log)
+    log(f"bench: {len(run.specs)} models, writing {run.dir}")
+    for message in run.notices:
+        log(f"notice: {message}")
+    if opts.loader_images > 0:
+        log("data loader vs plain decoding")
+        run.loader = bench_loader(run.specs[0].cfg, opts.loader_images, opts.train_batch, opts.image_size, run.dir)
+    for variant in run.variants:
+        run.dygraph(variant)
+    run.exported()
+    for s in run.specs:  # models measured only on exported engines were not profiled yet
+        if s.name not in run.profiles and any(r["name"] == s.name for r in run.records):
+            run.profiles[s.name] = profile(s, opts.image_size)
+    if opts.memory:
+        probe_memory(run)
+    run.env["load_average_end"] = loadavg()
+    run.env["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    run.save()
+    write_outputs(run.dir, run.env, run.records, run.notices, run.loader)
+    if not opts.keep_export:
+        shutil.rmtree(os.path.join(run.dir, "export"), ignore_errors=True)
+    return run.dir
+
+
+def bench_loader(cfg: dict, images: int, batch_size: int, image_size: int, work_dir: str, repeats: int = 3) -> dict:
+    """Training-loader images/s against plain decode+crop (senet.data.check.bench) on generated JPEGs."""
+    from senet.data.check import WARMUP_BATCHES, bench
+    from senet.data.fake import make_fake_imagenet
+
+    classes = 4
+    files = (WARMUP_BATCHES + math.ceil(images / batch_size) + 1) * batch_size  # warm-up + timed + spare
+    folder = os.path.join(work_dir, "loader_data")
+    make_fake_imagenet(folder, classes=classes, train_per_class=math.ceil(files / classes), val_per_class=1,
+                       size=(image_size, image_size), jpeg_only=True)
+    cfg = copy.deepcopy(cfg)
+    workers = max(1, min(cfg["data"]["num_workers"], cpu_count()))  # more workers than cores only adds contention
+    cfg["data"].update(name="imagenet", root=folder, train_list=None, val_list=None, batch_size=batch_size,
+                       num_workers=workers, image_size=image_size)
+    cfg["model"]["num_classes"] = classes
+    cfg["output_dir"] = folder  # the index cache goes here
+    try:
+        out = bench(cfg, images, repeats)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    out.update(image_size=image_size, files="generated RGB JPEGs", file_size=f"{image_size}x{image_size}")
+    return out
+
+
+def _free() -> None:
+    gc.collect()
+    if on_gpu():
+        import paddle
+
+        paddle.device.cuda.empty_cache()
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)

@@ -1,0 +1,98 @@
+"""The one training step: normalise, forward under autocast, loss, backward (with or without a loss
+scaler), optimizer and scheduler step, EMA.
+
+The trainer (senet.train), `make bench` (senet.bench) and scripts/bench_trainer.py all call
+`train_step`, so what the benchmark times is what the trainer runs. Policies around a step (non-finite
+losses, logging, checkpoints, stop signals) belong to the caller; the step never reads a value back
+to the host.
+
+Targets are either int class labels [N] or soft targets, float [N, classes] (each row a probability
+distribution, as mixup and cutmix make); `forward_loss` takes both. train.label_smoothing applies to
+soft targets as well, so a transform that folds smoothing into its targets (as timm's Mixup does)
+wants train.label_smoothing=0.
+
+The batch-transform slot (`BatchTransform`) is where mixup or cutmix goes, as timm's `mixup_fn`: a
+callable (images, labels) -> (images, targets), applied by the trainer to every training batch after
+loading and before the step, never to eval batches; None (the default) is the identity. Unlike timm,
+it sees the batch as the loader hands it to the step: uint8 NHWC images on the device, before the
+on-device normalisation (an affine map, so mixing before it equals mixing after). It may return
+float32 NHWC images in the same 0-255 range; the trainer's top-1 then counts against the argmax of
+the soft targets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+
+from senet.data import normalize_batch
+
+
+@dataclass
+class StepParts:
+    """What a training step needs, built once per run."""
+
+    model: nn.Layer
+    optimizer: Any
+    mean: list[float]  # data.mean / data.std: the on-device normalisation of the uint8 batch
+    std: list[float]
+    data_format: str = "NCHW"
+    amp: dict | None = None  # {"enabled", "level", "dtype"} as resolved for the device; None: fp32
+    scaler: paddle.amp.GradScaler | None = None  # fp16 loss scaling
+    scheduler: Any = None  # stepped once per call, updated or not (the LR schedule counts iterations)
+    ema: Any = None  # anything with update(model), e.g. senet.optim.ModelEMA
+    label_smoothing: float = 0.0
+
+
+# (images, labels) -> (images, targets): see the module docstring.
+BatchTransform = Callable[[paddle.Tensor, paddle.Tensor], tuple[paddle.Tensor, paddle.Tensor]]
+
+
+def forward_loss(parts: StepParts, images: paddle.Tensor, targets: paddle.Tensor,
+                 train: bool = True) -> tuple[paddle.Tensor, paddle.Tensor]:
+    """(fp32 logits, cross-entropy) of a uint8 NHWC batch; label smoothing only when training.
+
+    `targets`: int labels [N] or soft targets, float [N, classes].
+    """
+    amp = parts.amp or {"enabled": False, "level": "O1", "dtype": "float16"}
+    x = normalize_batch(images, parts.mean, parts.std, parts.data_format)
+    use_amp = amp["enabled"] and (train or amp.get("eval", False))
+    with paddle.amp.auto_cast(enable=use_amp, level=amp["level"], dtype=amp["dtype"]):
+        logits = parts.model(x)
+    logits = logits.astype("float32")
+    loss = F.cross_entropy(logits, targets, soft_label=paddle.is_floating_point(targets),
+                           label_smoothing=parts.label_smoothing if train else 0.0)
+    return logits, loss
+
+
+def train_step(parts: StepParts, images: paddle.Tensor, targets: paddle.Tensor,
+               update_if: Callable[[paddle.Tensor], bool] | None = None
+               ) -> tuple[paddle.Tensor, paddle.Tensor, bool]:
+    """One step on a uint8 NHWC batch: (logits, loss, whether backward and the update ran).
+
+    `targets` as in forward_loss.
+
+    `update_if(loss)`, if given, decides before backward whether this step updates the weights (the
+    trainer's nan_policy=skip); the scheduler steps either way.
+    """
+    logits, loss = forward_loss(parts, images, targets, train=True)
+    updated = update_if is None or update_if(loss)
+    if updated:
+        if parts.scaler is not None:
+            parts.scaler.scale(loss).backward()
+            parts.scaler.step(parts.optimizer)  # skips the update when gradients overflowed
+            parts.scaler.update()
+        else:
+            loss.backward()
+            parts.optimizer.step()
+        parts.optimizer.clear_grad(set_to_zero=False)
+        if parts.ema is not None:
+            parts.ema.update(parts.model)
+    if parts.scheduler is not None:
+        parts.scheduler.step()
+    return logits, loss, updated
