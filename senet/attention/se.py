@@ -13,6 +13,7 @@ a batch-norm-kernel scale) live in senet.attention.kernels, each tested equal to
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -140,7 +141,5 @@ class SEBlock(AttentionBlock):
     def elementwise_macs(self, shape: list[int]) -> int:
         """The squeeze, one add per input element (one compare for max, none for NoSqueeze), and the
         scale, one multiply per element. paddle.flops leaves both out."""
-        elements = 1
-        for d in shape[1:]:
-            elements *= d
+        elements = math.prod(shape[1:])
         return (0 if self.options.squeeze == "none" else elements) + elements
