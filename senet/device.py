@@ -9,9 +9,14 @@ from __future__ import annotations
 import paddle
 
 
+def has_gpu() -> bool:
+    """Whether Paddle was built with CUDA and sees a GPU."""
+    return paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
+
+
 def device_notices(cfg: dict) -> dict:
     """Resolve GPU-only settings against the device, with a one-line notice for each fallback."""
-    on_gpu = paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
+    on_gpu = has_gpu()
     amp = dict(cfg["train"]["amp"])
     data_format = cfg["train"]["data_format"]
     notices = []

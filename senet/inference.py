@@ -271,7 +271,9 @@ class Predictor:
         config.switch_ir_optim(True)  # conv+BN folding, conv+bias+activation fusion
         # Not enable_memory_optim(): with the PIR graphs of Paddle 3.3.1 it fails ("Not find
         # predictor_id 0 and pass_name memory_optimize_pass").
-        gpu = device == "gpu" and paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
+        from senet.device import has_gpu
+
+        gpu = device == "gpu" and has_gpu()
         if device == "gpu" and not gpu:
             notice("no CUDA GPU available to Paddle; running Paddle Inference on the CPU")
         if gpu:

@@ -44,9 +44,9 @@ class Timed:
 
 @lru_cache(maxsize=1)
 def on_gpu() -> bool:
-    import paddle
+    from senet.device import has_gpu  # imports paddle: only once it is wanted
 
-    return paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
+    return has_gpu()
 
 
 def sync(out: Any = None) -> None:
