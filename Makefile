@@ -28,8 +28,11 @@ $(PADDLECLAS_REF): $(STAMP)
 	$(PY) -m pip install -q --no-deps --upgrade --target $(VENV)/paddleclas_ref paddleclas==2.6.0
 	touch $(PADDLECLAS_REF)
 
+# Two pytest workers (pytest-xdist), one test file each at a time: most tests wait on child processes
+# that start Paddle, so two at once use 2 cores better (on 2 cores: 12 min instead of 15, 2026-12-07).
+# `$(PY) -m pytest -q tests` runs them in one process.
 test: install $(PADDLECLAS_REF) browser
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 lint: install
 	$(PY) -m ruff check senet tools scripts tests
@@ -42,12 +45,13 @@ DEMO_OUT := output/demo
 demo: install
 	PY=$(PY) DEMO_OUT=$(DEMO_OUT) VDL_PORT=$(VDL_PORT) bash scripts/demo.sh
 
-# ResNet-20 and its SE, ECA and CBAM twins on the digits, 3 seeds each, two runs at a time; docs/sweep.md.
+# ResNet-20 and its SE, ECA and CBAM twins on the digits, 3 seeds each, 5 epochs, two runs at a time
+# (about 20 minutes on 2 cores); docs/sweep.md.
 sweep-demo: install
 	PYTHON=$(PY) bash scripts/sweep.sh digits
 
 # ResNet-50 vs SE-ResNet-50 (r = 2..32), ECA-, CBAM- and paddle.vision's ResNet-50: speed, memory, cost; docs/bench.md.
-# About 5 minutes on 2 idle CPU cores without ECA and CBAM, about 8 with them (an estimate, docs/bench.md; budget: 10).
+# 8 min 15 s on 2 idle (and slow) CPU cores, measured 2026-12-07 (docs/bench.md; budget: 10).
 # `.venv/bin/python tools/bench.py --full` for the paper's sizes on a GPU.
 bench: install
 	$(PY) tools/bench.py

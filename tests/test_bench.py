@@ -162,7 +162,8 @@ def test_plan_models_sweep_reference_and_errors():
 
 def test_default_run_and_full_sizes():
     d, f = default_options(), default_options(full=True)
-    assert (d.train_batch, d.image_size, d.reductions) == (8, 224, [2, 4, 8, 16, 32])
+    assert (d.train_batch, d.image_size, d.reductions) == (4, 224, [2, 4, 8, 16, 32])
+    assert (d.infer_batch, d.repeats, d.latency_calls, d.sweep_modes) == (4, 4, 5, ["latency"])  # 10 min on a CPU
     assert (f.train_batch, f.image_size, f.sweep_modes) == (256, 224, ["latency", "infer", "train"])
 
 

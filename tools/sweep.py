@@ -5,8 +5,8 @@
     .venv/bin/python tools/sweep.py -c configs/resnet50.yaml configs/se_resnet50.yaml --nproc 8 \\
         --out output/sweeps/table2
     .venv/bin/python tools/sweep.py -c CFG1 CFG2 --out DIR --table-only     # just (re)build the table
-    .venv/bin/python tools/sweep.py -c configs/demo/*.yaml --out output/sweeps/digits   # no dataset needed:
-        # ResNet-20 and its SE, ECA and CBAM twins on the digits, 3 seeds (docs/sweep.md)
+    .venv/bin/python tools/sweep.py -c configs/demo/*.yaml -o train.epochs=5 --jobs 2 --out output/sweeps/digits
+        # no dataset needed: ResNet-20 and its SE, ECA and CBAM twins on the digits, 3 seeds, ~20 min (docs/sweep.md)
 
 The ImageNet ones need the dataset first (docs/data.md).
 

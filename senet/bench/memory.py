@@ -33,7 +33,8 @@ def probe_memory(run: Run) -> None:
     """Fill peak_memory_mb of the run's records from one fresh child process per model, engine and variant.
 
     The timings are done, so on a CPU the probes run `cores` at a time (each process's peak is
-    its own); on a GPU one at a time, since they share the device's memory.
+    its own), each on cores / probes threads: two 2-thread processes on 2 cores spend their time
+    in each other's OpenMP spin-waits. On a GPU one at a time, since they share the device's memory.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -41,17 +42,19 @@ def probe_memory(run: Run) -> None:
     for r in run.records:
         groups.setdefault((r["name"], r["engine"], r["precision"], r["data_format"]), []).append(r)
     specs = {s.name: s for s in run.specs}
+    parallel = 1 if run.gpu else max(1, min(cpu_count(), len(groups)))
     payloads = []
     for (name, engine, precision, fmt), recs in groups.items():
         variant = next(v for v in run.variants + [FP32] if v.precision == precision and v.data_format == fmt)
         modes = [m for m in mode_names() if any(r["mode"] == m for r in recs)]
         payloads.append({"spec": asdict(specs[name]), "variant": asdict(variant), "engine": engine,
                          "modes": modes, "batch": {m: get_mode(m).batch_size(run.opts) for m in modes},
-                         "image_size": run.opts.image_size, "threads": run.threads,
+                         "image_size": run.opts.image_size, "threads": max(1, run.threads // parallel),
                          "model_dir": run.exports.get(name), "seed": run.opts.seed, "device": run.device})
     run.log(f"memory: {len(payloads)} probe processes")
-    with ThreadPoolExecutor(1 if run.gpu else cpu_count()) as pool:
+    with ThreadPoolExecutor(parallel) as pool:
         results = list(pool.map(run_probe, payloads))
+    run.log("memory: probes done")
     for recs, payload, peaks in zip(groups.values(), payloads, results):
         if "error" in peaks:
             run.notice(f"memory probe failed for {payload['spec']['name']} on {payload['engine']}: {peaks['error']}")

@@ -80,7 +80,8 @@ class Run:
         self.opts, self.log = opts, log
         self.gpu = on_gpu()
         self.device = "gpu" if self.gpu else "cpu"
-        self.threads = setup_cpu(opts.threads)  # Paddle's math libraries, the predictors and the memory probes
+        # Paddle's math libraries and the predictors; each memory probe gets threads / probes at once.
+        self.threads = setup_cpu(opts.threads)
         self.notices: list[str] = []
         self.specs = plan_models(opts.configs, opts.overrides, opts.reductions, opts.reference)
         self.variants = resolve_variants(opts, self.gpu, self.notices)
@@ -189,21 +190,33 @@ class Run:
             return
         specs = self.export_models()
         for engine in [e for e in self.opts.engines if e in EXPORTED]:
+            predictors: dict[str, Any] = {}  # one per model for all modes: Paddle Inference takes ~3 s to load one
+            unloadable: set[str] = set()
             for mode in modes:
                 b = mode.batch_size(self.opts)
                 images, _ = synthetic_batch(b, self.opts.image_size, 2, self.opts.seed)
                 tasks = []
-                for s in [s for s in specs if self.wanted(s, mode.name, engine, FP32)]:
+                for s in [s for s in specs if self.wanted(s, mode.name, engine, FP32) and s.name not in unloadable]:
+                    if s.name not in predictors:
+                        try:
+                            predictors[s.name] = Predictor(self.exports[s.name], EXPORTED[engine],
+                                                           threads=self.threads, device=self.device)
+                        except Exception as e:  # noqa: BLE001 - skip this engine for this model, keep the run going
+                            self.notice(f"{engine} could not load {s.name} ({str(e).splitlines()[0]}): skipped")
+                            unloadable.add(s.name)
+                            continue
+                    p = predictors[s.name]
                     try:  # one call first: e.g. a TensorRT profile may not take this batch size
-                        p = Predictor(self.exports[s.name], EXPORTED[engine], threads=self.threads, device=self.device)
                         p.predict(images)
-                    except Exception as e:  # noqa: BLE001 - skip this engine for this model, keep the run going
-                        self.notice(f"{engine} could not load {s.name} ({str(e).splitlines()[0]}): skipped")
+                    except Exception as e:  # noqa: BLE001 - skip this mode for this model, keep the run going
+                        self.notice(f"{engine} could not run {s.name} at batch {b} ({str(e).splitlines()[0]}): "
+                                    f"{mode.name} skipped")
                         continue
                     tasks.append(Task(s, mode.name, engine, FP32, b, lambda p=p, x=images: p.predict(x)))
                 self.timed(tasks, mode)
                 del tasks
-                _free()
+            p = predictors = None  # free the engine's predictors before the next engine
+            _free()
 
     def save(self) -> None:
         """results.json (rewritten after every group, so a stopped run keeps what it measured)."""
