@@ -4,7 +4,8 @@
     .venv/bin/python scripts/bench_se_block.py --skip-block --iters 30 --impl linear
 
 Prints two ratios (issue 2's targets): training step (the trainer's own, senet.step.train_step, as
-`make bench` runs it; batch 8, `make bench` now 4) se_resnet50 / resnet50, and batch-1 eval inference under no_grad.
+`make bench` runs it; batch 8 here, 4 in make bench's CPU default) se_resnet50 / resnet50, and batch-1
+eval inference under no_grad.
 The two models run alternately (A B, B A, ...) in one process, through `make bench`'s timing
 (senet.bench.timing), and we report medians, so load from other processes on a shared machine hits
 both sides alike. The load average is printed too: above the core count, expect the ratios to move

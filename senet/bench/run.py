@@ -183,28 +183,18 @@ class Run:
 
     def exported(self) -> None:
         """The exported modes through Paddle Inference and ONNX Runtime, on the exported fp32 graphs."""
-        from senet.inference import Predictor
-
         modes = [get_mode(m) for m in mode_names() if get_mode(m).exported and m in self.opts.modes]
         if not modes or not any(e in EXPORTED for e in self.opts.engines):
             return
         specs = self.export_models()
         for engine in [e for e in self.opts.engines if e in EXPORTED]:
-            predictors: dict[str, Any] = {}  # one per model for all modes: Paddle Inference takes ~3 s to load one
-            unloadable: set[str] = set()
+            predictors = self.load_predictors(engine, [s for s in specs if any(
+                self.wanted(s, m.name, engine, FP32) for m in modes)])
             for mode in modes:
                 b = mode.batch_size(self.opts)
                 images, _ = synthetic_batch(b, self.opts.image_size, 2, self.opts.seed)
                 tasks = []
-                for s in [s for s in specs if self.wanted(s, mode.name, engine, FP32) and s.name not in unloadable]:
-                    if s.name not in predictors:
-                        try:
-                            predictors[s.name] = Predictor(self.exports[s.name], EXPORTED[engine],
-                                                           threads=self.threads, device=self.device)
-                        except Exception as e:  # noqa: BLE001 - skip this engine for this model, keep the run going
-                            self.notice(f"{engine} could not load {s.name} ({str(e).splitlines()[0]}): skipped")
-                            unloadable.add(s.name)
-                            continue
+                for s in [s for s in specs if s.name in predictors and self.wanted(s, mode.name, engine, FP32)]:
                     p = predictors[s.name]
                     try:  # one call first: e.g. a TensorRT profile may not take this batch size
                         p.predict(images)
@@ -215,8 +205,22 @@ class Run:
                     tasks.append(Task(s, mode.name, engine, FP32, b, lambda p=p, x=images: p.predict(x)))
                 self.timed(tasks, mode)
                 del tasks
-            p = predictors = None  # free the engine's predictors before the next engine
+            p = predictors = None  # the loop's last predictor too: all of this engine's go before the next engine
             _free()
+
+    def load_predictors(self, engine: str, specs: list[ModelSpec]) -> dict[str, Any]:
+        """{model name: predictor} on `engine`, one per model for every mode (a Paddle Inference predictor
+        takes ~3 s to build); a model that cannot be loaded gets a notice and is left out."""
+        from senet.inference import Predictor
+
+        predictors = {}
+        for s in specs:
+            try:
+                predictors[s.name] = Predictor(self.exports[s.name], EXPORTED[engine], threads=self.threads,
+                                               device=self.device)
+            except Exception as e:  # noqa: BLE001 - skip this engine for this model, keep the run going
+                self.notice(f"{engine} could not load {s.name} ({str(e).splitlines()[0]}): skipped")
+        return predictors
 
     def save(self) -> None:
         """results.json (rewritten after every group, so a stopped run keeps what it measured)."""
