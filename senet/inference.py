@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from senet.runtime import cpu_count, restore_threads
+from senet.runtime import cpu_count, env_threads, restore_threads
 
 ENGINES = ("paddle", "onnxruntime")
 DEVICES = ("cpu", "gpu")
@@ -219,7 +219,7 @@ class Predictor:
         # senet.data.normalize_batch, so exported and dygraph evaluation see identical inputs.
         self._scale = np.array([1 / (255 * s) for s in pre["std"]], dtype=np.float32)
         self._shift = np.array([-m / s for m, s in zip(pre["mean"], pre["std"])], dtype=np.float32)
-        self.threads = threads if threads > 0 else cpu_count()
+        self.threads = threads if threads > 0 else env_threads() or cpu_count()
         files = self.info["files"]
         fmt = "onnx" if engine == "onnxruntime" else "paddle"
         if fmt not in files:

@@ -210,12 +210,24 @@ def tune_malloc() -> bool:
         return False
 
 
+def env_threads() -> int:
+    """SENET_THREADS from the environment: a thread count for every process that would use all cores
+    (0 or unset: all cores). `SENET_THREADS=1 make test` runs the whole suite single-threaded, since
+    another thread count sums in another order (senet/numerics.py)."""
+    value = os.environ.get("SENET_THREADS", "").strip()
+    if not value:
+        return 0
+    if not value.isdigit():
+        raise ValueError(f"SENET_THREADS={value!r}: expected a whole number of threads (0 or unset: every core)")
+    return int(value)
+
+
 def setup_cpu(threads: int = 0) -> int:
-    """Use `threads` CPU threads (0 = all cores, shared out among the ranks that
-    paddle.distributed.launch started on this machine), tune the allocator, then import paddle
+    """Use `threads` CPU threads (0 = SENET_THREADS if set, else all cores, shared out among the ranks
+    that paddle.distributed.launch started on this machine), tune the allocator, then import paddle
     without its OMP_NUM_THREADS notice (when it is imported, see _QuietPaddleImport). Returns the count."""
     local_ranks = int(os.environ.get("PADDLE_LOCAL_SIZE", "1") or 1)
-    n = threads if threads > 0 else max(1, cpu_count() // local_ranks)
+    n = threads if threads > 0 else env_threads() or max(1, cpu_count() // local_ranks)
     global _configured_threads
     _configured_threads = n
     os.environ["OMP_NUM_THREADS"] = str(n)  # read by OpenMP when paddle is first imported

@@ -1,4 +1,8 @@
-"""Gate analysis (SE, ECA, CBAM): the recorder is exact and leaves the model alone; the tool writes plots and stats."""
+"""Gate analysis (SE, ECA, CBAM): the recorder is exact and leaves the model alone; the tool writes plots and stats.
+
+Comparisons follow senet/numerics.py: a gate recorded by the hooks and the same gate recomputed by the
+same layers are bit for bit; the papers' math by hand (float64) against the float64 twin; another
+layout within the measured float32 noise."""
 
 import json
 import os
@@ -8,6 +12,7 @@ import sys
 import numpy as np
 import paddle
 import pytest
+from float_checks import assert_within_noise, float64_twin
 
 from senet.analysis import (
     default_blocks,
@@ -19,6 +24,7 @@ from senet.analysis import (
 )
 from senet.attention import CBAMBlock, ECABlock, SEBlock, attention_blocks
 from senet.config import load_config
+from senet.numerics import SAFETY, float16_step, float32_noise, float32_spacing
 from senet.resnet import build_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,14 +70,14 @@ def test_record_gates_is_exact_and_leaves_the_model_unchanged(se):
         s = s.transpose(0, 2, 3, 1) if s.shape[1] == block.channels and s.ndim == 4 else s
         want = s.reshape(3, -1, block.channels).mean(axis=1)
         assert gates[name].shape == (3, block.channels) and gates[name].dtype == np.float32
-        np.testing.assert_allclose(gates[name], want, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(gates[name], want)  # the same layers on the same input
     assert model.training and not model.layer1.training and model.layer2.training
     assert all(not b.gate._forward_post_hooks for b in blocks.values())
     after = model.state_dict()
     assert all(np.array_equal(before[k], after[k].numpy()) for k in before)
     model.eval()
     with paddle.no_grad():
-        np.testing.assert_allclose(model(x).numpy(), y_plain, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(model(x).numpy(), y_plain)  # the same forward again: the model is unchanged
 
 
 def test_block_names_follow_the_paper():
@@ -101,8 +107,10 @@ def test_statistics_on_known_values():
     assert row["label"] == "SE_2_1" and row["channels"] == 2
     assert row["frac_low"] == pytest.approx(2 / 6) and row["frac_high"] == pytest.approx(2 / 6)
     assert row["mean"] == pytest.approx(0.5) and row["quantiles"]["0.5"] == pytest.approx(0.5)
-    np.testing.assert_allclose(arrays["layer1.0.se/all_mean"], [0.52 / 3, 2.48 / 3], rtol=1e-6)
-    np.testing.assert_allclose(arrays["layer1.0.se/class_mean"], [[0.25, 0.75], [0.21, 0.79]], rtol=1e-6)
+    # Means of two or three float32 values: within SAFETY spacings of the exact means (a sum of n values
+    # rounds n - 1 times, a division once).
+    for key, exact in (("all_mean", [0.52 / 3, 2.48 / 3]), ("class_mean", [[0.25, 0.75], [0.21, 0.79]])):
+        assert_within_noise(arrays["layer1.0.se/" + key], np.array(exact), float32_spacing(np.array(exact)), key)
     gap = np.abs(arrays["layer1.0.se/class_mean"] - arrays["layer1.0.se/all_mean"]).mean()
     assert row["class_gap"] == pytest.approx(gap)
 
@@ -166,7 +174,9 @@ def test_analyze_loads_weights_and_refuses_models_without_se(tmp_path):
     want = np.concatenate([record_gates(model, normalize_batch(images, cfg["data"]["mean"], cfg["data"]["std"]))
                            ["layer3.2.se"] for images, _ in build_loader(cfg, "val")])
     got = np.load(report["paths"]["excitations.npz"])["layer3.2.se"]
-    np.testing.assert_allclose(got, want, atol=2e-3)  # stored as float16
+    # Stored as float16 (senet/numerics.py, rule 4): half a float16 spacing of each gate, plus the float32
+    # noise of a gate (values in [0, 1]) recomputed in other batches.
+    assert (np.abs(got - want) <= float16_step(want) + SAFETY * float32_spacing(np.ones(1))).all()
     cfg, _ = tiny_model("model.arch=resnet20")
     with pytest.raises(ValueError, match="has no attention blocks with channel gates"):
         analyze(cfg, samples=4, out_dir=str(tmp_path / "b"))
@@ -197,7 +207,8 @@ def block_inputs(model, x):
 
 
 def test_eca_gates_are_the_papers_w():
-    """w = sigmoid(C1D_k(mean over H x W)), recomputed in numpy from each block's input and conv weight."""
+    """w = sigmoid(C1D_k(mean over H x W)), recomputed in numpy from each block's input and conv weight: the
+    recorded gates within the float32 noise of that computation (by hand in float32 against float64)."""
     paddle.seed(0)
     _, model = tiny_model("model.arch=eca_resnet20", "model.eca.stages=[1, 3]")
     x = paddle.randn([3, 3, 16, 16])
@@ -205,13 +216,19 @@ def test_eca_gates_are_the_papers_w():
     gates = record_gates(model, x)
     blocks = attention_blocks(model)
     assert list(gates) == list(blocks) and len(blocks) == 6 and all(isinstance(b, ECABlock) for b in blocks.values())
-    for name, block in blocks.items():
-        y = inputs[name].numpy().mean(axis=(2, 3))  # [N, C]
+
+    def by_hand(block, a, dtype):
+        y = a.astype(dtype).mean(axis=(2, 3))  # [N, C]
         k = block.kernel_size
-        kernel = block.conv.weight.numpy().reshape(k)
+        kernel = block.conv.weight.numpy().reshape(k).astype(dtype)
         padded = np.pad(y, ((0, 0), (k // 2, k // 2)))
         conv = np.stack([padded[:, c:c + k] @ kernel for c in range(block.channels)], axis=1)
-        np.testing.assert_allclose(gates[name], sigmoid(conv), rtol=1e-5, atol=1e-6)
+        return sigmoid(conv)
+
+    for name, block in blocks.items():
+        a = inputs[name].numpy()
+        want = by_hand(block, a, np.float64)
+        assert_within_noise(gates[name], want, float32_noise(by_hand(block, a, np.float32), want), name)
     assert all(not b.gate._forward_post_hooks for b in blocks.values())
 
 
@@ -232,9 +249,13 @@ def test_cbam_channel_and_spatial_gates_in_either_layout():
     with paddle.no_grad():
         for name, block in blocks.items():
             m_c = block.channel_attention(inputs[name])
-            m_s = block.spatial_attention(inputs[name] * m_c).numpy()
-            np.testing.assert_allclose(channel[name], m_c.numpy().reshape(2, -1), rtol=1e-5, atol=1e-6)
-            np.testing.assert_allclose(every[name + ".spatial"], m_s.reshape(2, -1), rtol=1e-5, atol=1e-6)
+            np.testing.assert_array_equal(channel[name], m_c.numpy().reshape(2, -1))  # the same layers, same input
+            # The block scales by M_c through the batch-norm kernel (senet.attention.kernels), this by a
+            # multiply: within the float32 noise of M_s, measured against the block's float64 twin.
+            m_s = block.spatial_attention(inputs[name] * m_c).numpy().reshape(2, -1)
+            twin, in64 = float64_twin(block), inputs[name].astype("float64")
+            m_s64 = twin.spatial_attention(in64 * twin.channel_attention(in64)).numpy().reshape(2, -1)
+            assert_within_noise(every[name + ".spatial"], m_s, float32_noise(m_s, m_s64), name)
             np.testing.assert_array_equal(every[name], channel[name])
     side = {16: 16, 32: 8, 64: 4}  # the CIFAR stages' maps at a 16 px input
     assert [v.shape for v in spatial.values()] == [(2, side[b.channels] ** 2) for b in blocks.values()]
@@ -242,8 +263,11 @@ def test_cbam_channel_and_spatial_gates_in_either_layout():
     twin.set_state_dict(model.state_dict())
     twin_gates = record_gates(twin, x.transpose([0, 2, 3, 1]), kinds=None)
     assert list(twin_gates) == list(every)
+    # Another layout sums in another order: within the float32 noise of each gate, measured against the
+    # gates of the model's float64 twin (recorded as float32, whose rounding the spacing floor covers).
+    gates64 = record_gates(float64_twin(model), x.astype("float64"), kinds=None)
     for key, values in every.items():
-        np.testing.assert_allclose(twin_gates[key], values, rtol=1e-4, atol=1e-5)
+        assert_within_noise(twin_gates[key], values, float32_noise(values, gates64[key]), key)
 
 
 @pytest.mark.parametrize("kind", ["eca", "cbam"])

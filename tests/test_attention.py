@@ -1,6 +1,11 @@
 """The attention blocks as plug-ins: the CPU kernels against their references, ECA and CBAM against the
 papers' math by hand, their accounting by hand, where each block sits in every residual block, a toy
-block registered from outside, and the state dicts of models saved before the registry existed."""
+block registered from outside, and the state dicts of models saved before the registry existed.
+
+Comparisons follow senet/numerics.py: another path within SAFETY x the measured float32 noise, the
+papers' math by hand in float64 against the block's float64 twin, bitwise where the operation is
+exact. Tests marked cpu_paths run at 1 thread and at every core (the `threads` fixture), and again
+under MKL's and oneDNN's other instruction sets (tests/test_cpu_paths.py)."""
 
 import json
 import math
@@ -13,6 +18,15 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 import pytest
+from float_checks import (
+    assert_engine_agrees,
+    assert_float64_matches,
+    assert_layer_matches,
+    assert_within_noise,
+    dygraph_reference,
+    float64_twin,
+    run,
+)
 
 from senet.attention import (
     REGISTRY,
@@ -32,6 +46,7 @@ from senet.attention import (
     kernels,
     register,
 )
+from senet.numerics import float32_noise, float32_spacing
 from senet.profile import attention_param_formula, count_macs, count_params
 from senet.resnet import BasicBlock, Bottleneck, PreActBottleneck, all_archs, create_model
 
@@ -55,15 +70,27 @@ def sigmoid(a):
 
 # --------------------------------------------------------------------------- kernels against their references
 
+def mean_noise(x, axes):
+    """The float32 noise of the reference mean: Paddle's mean of x in float32 against float64."""
+    return float32_noise(x.mean(axis=axes, keepdim=True).numpy(),
+                         x.astype("float64").mean(axis=axes, keepdim=True).numpy())
+
+
+@pytest.mark.cpu_paths
 @pytest.mark.parametrize("channel_last", [False, True])
-def test_global_mean_and_max_equal_the_reductions(channel_last):
+def test_global_mean_and_max_equal_the_reductions(channel_last, threads):
+    """The matmul mean (MKL: AVX-512, AVX2 or SSE by CPU) within the reference mean's float32 noise; the
+    pooled max is exact."""
     x = randn(3, 7, 5, 16) if channel_last else randn(3, 16, 7, 5)
     axes = [1, 2] if channel_last else [2, 3]
     cache = kernels.KernelCache()
     want = x.mean(axis=axes, keepdim=True).numpy()
     for _ in range(2):  # the second call reuses the cached 1/(H*W) vector
-        np.testing.assert_allclose(kernels.global_mean(x, channel_last, cache).numpy(), want, rtol=1e-6, atol=1e-7)
+        assert_within_noise(kernels.global_mean(x, channel_last, cache).numpy(), want, mean_noise(x, axes))
     assert len(cache.mean_weights) == 1
+    big = randn(8, 256, 56, 56) if not channel_last else randn(8, 56, 56, 256)  # a ResNet-50 stage-1 map
+    assert_within_noise(kernels.global_mean(big, channel_last, cache).numpy(),
+                        big.mean(axis=axes, keepdim=True).numpy(), mean_noise(big, axes), "8x256x56x56")
     np.testing.assert_array_equal(kernels.global_max(x, channel_last).numpy(), x.max(axis=axes, keepdim=True).numpy())
 
 
@@ -82,17 +109,26 @@ def test_channel_max_equals_the_reduction_and_its_gradient(channel_last):
     np.testing.assert_array_equal(x.grad.numpy(), (a == a.max(axis=axis, keepdims=True)).astype("float32"))
 
 
-def test_scale_positions_equals_the_broadcasting_multiply():
+def sum_noise(a, axis):
+    """The float32 noise of a sum of a's values along axis: numpy's float32 sum against its float64 sum."""
+    return float32_noise(a.sum(axis=axis, keepdims=True), a.astype(np.float64).sum(axis=axis, keepdims=True))
+
+
+@pytest.mark.cpu_paths
+def test_scale_positions_equals_the_broadcasting_multiply(threads):
+    """Products are exact (IEEE rounds each one); the gradient of s is a sum over channels, within its noise."""
     x, s = paddle.randn([2, 5, 4, 3]), paddle.rand([2, 1, 4, 3])
     x.stop_gradient = s.stop_gradient = False
     got = kernels.scale_positions(x, s)
     np.testing.assert_array_equal(got.numpy(), (x * s).numpy())
     got.sum().backward()
-    np.testing.assert_allclose(s.grad.numpy(), x.numpy().sum(axis=1, keepdims=True), rtol=1e-6)
+    a = x.numpy()
+    assert_within_noise(s.grad.numpy(), a.astype(np.float64).sum(axis=1, keepdims=True), sum_noise(a, 1))
     np.testing.assert_array_equal(x.grad.numpy(), np.broadcast_to(s.numpy(), x.shape))
 
 
-def test_pooled_means_makes_global_mean_a_pool_and_restores_the_flag():
+@pytest.mark.cpu_paths
+def test_pooled_means_makes_global_mean_a_pool_and_restores_the_flag(threads):
     x = randn(2, 8, 6, 6)
     cache = kernels.KernelCache()
     want = kernels.global_mean(x, False, cache).numpy()
@@ -103,30 +139,37 @@ def test_pooled_means_makes_global_mean_a_pool_and_restores_the_flag():
             pass
         assert kernels._pooled_mean
     assert not kernels._pooled_mean
-    np.testing.assert_allclose(pooled.numpy(), want, rtol=1e-6, atol=1e-7)
+    assert_within_noise(pooled.numpy(), want, mean_noise(x, [2, 3]))
     with pytest.raises(RuntimeError), kernels.pooled_means():
         raise RuntimeError("export failed")
     assert not kernels._pooled_mean
 
 
-def test_batch_norm_scale_equals_the_multiply():
+def product_noise(x, s):
+    """The float32 noise of x * s: the float32 product against the float64 one (half an ulp of each
+    product, so the floor of one spacing of the largest value decides)."""
+    return float32_noise((x * s).numpy(), x.numpy().astype(np.float64) * s.numpy())
+
+
+@pytest.mark.cpu_paths
+def test_batch_norm_scale_equals_the_multiply(threads):
     """Without gradients an fp32 NCHW scale on the CPU runs as the inference batch-norm kernel: the same
-    numbers as x * s up to float32 rounding (bit for bit on an AMD EPYC; within 2 ulp on an Intel Xeon,
-    whose kernel computes 1 / sqrt(1) inexactly), each sample by its own weights, with its constants
-    made once per batch size."""
+    numbers as x * s up to float32 rounding (bit for bit on an AMD EPYC; 1 ulp of the largest value off
+    on an Intel Xeon, whose kernel computes 1 / sqrt(1) inexactly), each sample by its own weights,
+    with its constants made once per batch size."""
     cache = kernels.KernelCache()
     x, s = randn(3, 16, 7, 5, seed=1), F.sigmoid(randn(3, 16, 1, 1, seed=2))
     with paddle.no_grad():
         assert kernels._batch_norm_applies(x, s, False)
-        want = (x * s).numpy()
-        np.testing.assert_allclose(kernels.scale_channels(x, s, False, cache).numpy(), want, rtol=3e-7, atol=0)
+        want, noise = (x * s).numpy(), product_noise(x, s)
+        assert_within_noise(kernels.scale_channels(x, s, False, cache).numpy(), want, noise)
         zeros, ones = cache.bn_constants
         assert zeros.shape == [48] and (zeros.numpy() == 0).all() and (ones.numpy() == 1).all()
-        np.testing.assert_allclose(kernels.scale_channels(x, s, False, cache).numpy(), want, rtol=3e-7, atol=0)
+        assert_within_noise(kernels.scale_channels(x, s, False, cache).numpy(), want, noise)
         assert cache.bn_constants[0] is zeros  # reused, not made again
         # another batch size replaces the constants instead of adding more
-        np.testing.assert_allclose(kernels.scale_channels(x[:2], s[:2], False, cache).numpy(), want[:2],
-                                   rtol=3e-7, atol=0)
+        assert_within_noise(kernels.scale_channels(x[:2], s[:2], False, cache).numpy(), want[:2],
+                            product_noise(x[:2], s[:2]))
         assert cache.bn_constants[0].shape == [32]
         # channels-last keeps the plain multiply
         x_nhwc, s_nhwc = x.transpose([0, 2, 3, 1]), s.transpose([0, 2, 3, 1])
@@ -138,19 +181,21 @@ def test_batch_norm_scale_equals_the_multiply():
     assert not kernels._batch_norm_applies(x, s, False)
     kernels.scale_channels(x, s, False, kernels.KernelCache()).sum().backward()
     np.testing.assert_array_equal(x.grad.numpy(), np.broadcast_to(s.numpy(), x.shape))
-    np.testing.assert_allclose(s.grad.numpy(), x.numpy().sum(axis=(2, 3), keepdims=True), rtol=1e-5, atol=1e-5)
+    a = x.numpy()
+    assert_within_noise(s.grad.numpy(), a.astype(np.float64).sum(axis=(2, 3), keepdims=True), sum_noise(a, (2, 3)))
 
 
+@pytest.mark.cpu_paths
 @pytest.mark.parametrize("impl", ["conv", "linear"])
-def test_se_block_inference_scale_equals_the_multiply(impl):
+def test_se_block_inference_scale_equals_the_multiply(impl, threads):
     """The same inside the SE block, whose cache holds the constants."""
     paddle.seed(3)
     block = SEBlock(16, SEOptions(reduction=4, impl=impl))
     block.eval()
     x = randn(3, 16, 7, 5, seed=4)
     with paddle.no_grad():
-        want = (x * block.excite(block.squeeze(x))).numpy()
-        np.testing.assert_allclose(block(x).numpy(), want, rtol=3e-7, atol=0)
+        s = block.excite(block.squeeze(x))
+        assert_within_noise(block(x).numpy(), (x * s).numpy(), product_noise(x, s))
     assert block.cache.bn_constants[0].shape == [48]
     x.stop_gradient = False
     block(x).sum().backward()
@@ -180,17 +225,26 @@ def eca_by_hand(x, w):
     return x * sigmoid(conv)[:, :, None, None]
 
 
+def assert_block_by_hand(block, x, by_hand):
+    """The block's float64 twin equals the paper's math by hand in float64 (senet/numerics.py rule 3),
+    and the float32 inference path (batch-norm scale) is within float32 noise of the training path."""
+    a = x.numpy()
+    train32 = block(x).numpy()
+    twin = float64_twin(block)
+    assert_float64_matches(twin(paddle.to_tensor(a.astype(np.float64))).numpy(), by_hand(a.astype(np.float64)),
+                           train32, "float64 twin against the math by hand")
+    assert_layer_matches(run(block, x), block, a, what="inference path")
+
+
+@pytest.mark.cpu_paths
 @pytest.mark.parametrize("kernel_size, k", [(None, 3), (5, 5), (1, 1)])
-def test_eca_block_by_hand(kernel_size, k):
+def test_eca_block_by_hand(kernel_size, k, threads):
     paddle.seed(0)
     block = ECABlock(16, ECAOptions(kernel_size=kernel_size))
     assert block.kernel_size == k and block.param_formula() == k
     block.conv.weight.set_value(np.random.default_rng(5).standard_normal([1, 1, k]).astype("float32"))
-    x = randn(2, 16, 5, 6)
-    want = eca_by_hand(x.numpy().astype(np.float64), block.conv.weight.numpy()[0, 0].astype(np.float64))
-    np.testing.assert_allclose(block(x).numpy(), want, rtol=1e-5, atol=1e-6)
-    with paddle.no_grad():  # the inference path (batch-norm scale) too
-        np.testing.assert_allclose(block(x).numpy(), want, rtol=1e-5, atol=1e-6)
+    w = block.conv.weight.numpy()[0, 0].astype(np.float64)
+    assert_block_by_hand(block, randn(2, 16, 5, 6), lambda a: eca_by_hand(a, w))
 
 
 def test_eca_even_or_bad_kernel_is_refused():
@@ -240,23 +294,18 @@ def random_cbam(options, data_format="NCHW"):
     return block
 
 
+@pytest.mark.cpu_paths
 @pytest.mark.parametrize("spatial", [True, False])
-def test_cbam_block_by_hand(spatial):
+def test_cbam_block_by_hand(spatial, threads):
     block = random_cbam(CBAMOptions(reduction=4, spatial=spatial))
     assert hasattr(block, "spatial_conv") == spatial and list(block.gates()) == ["channel", "spatial"][:1 + spatial]
-    x = randn(2, 16, 6, 5)
-    want = cbam_by_hand(x.numpy().astype(np.float64), block)
-    np.testing.assert_allclose(block(x).numpy(), want, rtol=1e-5, atol=1e-6)
-    with paddle.no_grad():
-        np.testing.assert_allclose(block(x).numpy(), want, rtol=1e-5, atol=1e-6)
+    assert_block_by_hand(block, randn(2, 16, 6, 5), lambda a: cbam_by_hand(a, block))
 
 
 def test_cbam_spatial_kernel_option():
     block = random_cbam(CBAMOptions(reduction=4, spatial_kernel=3))
     assert block.spatial_conv.weight.shape == [1, 2, 3, 3] and block.param_formula() == 2 * 16 * 4 + 4 + 16 + 18
-    x = randn(2, 16, 6, 5)
-    np.testing.assert_allclose(block(x).numpy(), cbam_by_hand(x.numpy().astype(np.float64), block), rtol=1e-5,
-                               atol=1e-6)
+    assert_block_by_hand(block, randn(2, 16, 6, 5), lambda a: cbam_by_hand(a, block))
     with pytest.raises(ValueError, match="odd"):
         CBAMOptions(spatial_kernel=4)
 
@@ -271,8 +320,9 @@ def test_cbam_gradients_reach_every_weight_and_the_input():
     assert float(x.grad.abs().sum()) > 0
 
 
+@pytest.mark.cpu_paths
 @pytest.mark.parametrize("kind", ["eca", "cbam"])
-def test_nhwc_block_equals_nchw_block(kind):
+def test_nhwc_block_equals_nchw_block(kind, threads):
     options = small_options(kind)
     if kind == "cbam":
         nchw, nhwc = random_cbam(options), random_cbam(options, "NHWC")
@@ -281,9 +331,8 @@ def test_nhwc_block_equals_nchw_block(kind):
         nchw, nhwc = ECABlock(16, options), ECABlock(16, options, data_format="NHWC")
         nhwc.set_state_dict(nchw.state_dict())
     x = randn(2, 16, 6, 5)
-    want = nchw(x).numpy()
     got = nhwc(x.transpose([0, 2, 3, 1])).numpy().transpose(0, 3, 1, 2)
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert_layer_matches(got, nchw, x.numpy(), what="NHWC against NCHW")
 
 
 # --------------------------------------------------------------------------- accounting by hand
@@ -412,7 +461,9 @@ def trace(block_type, kind, placement):
 
 
 def same(a, b):
-    return a.shape == b.shape and np.allclose(a, b, rtol=1e-5, atol=1e-6)
+    """Whether two traced tensors are the same tensor: bit for bit, since each is a hooked output or
+    an IEEE-rounded sum of hooked outputs (exact on every CPU: senet/numerics.py, rule 1)."""
+    return np.array_equal(a, b)
 
 
 @pytest.mark.parametrize("placement", list(READS))
@@ -569,12 +620,12 @@ def test_toy_block_gates_are_recorded(toy):
     gates = record_gates(toy, x)
     assert list(gates) == list(seen) and gates["layer1.0.se"].shape == (3, 16)
     for name, s in seen.items():
-        np.testing.assert_allclose(gates[name], s, rtol=1e-6, atol=1e-7)
+        np.testing.assert_array_equal(gates[name], s)  # the same gate tensor, read twice
 
 
 def test_toy_block_exports_to_paddle_inference(toy, tmp_path):
     from senet.config import load_config
-    from senet.export import dygraph_logits, export
+    from senet.export import export
     from senet.inference import Predictor
 
     cfg = load_config(None, ["model.arch=toy_resnet20", "model.num_classes=10", "data.name=synthetic",
@@ -582,9 +633,8 @@ def test_toy_block_exports_to_paddle_inference(toy, tmp_path):
     info = export(cfg, str(tmp_path), ["paddle", "safetensors"], model=toy)
     assert info["arch"] == "toy_resnet20" and set(info["files"]) == {"paddle", "safetensors"}
     images = np.random.default_rng(3).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
-    ref = dygraph_logits(toy, images, cfg["data"]["mean"], cfg["data"]["std"])
-    got = Predictor(str(tmp_path), "paddle").predict(images)
-    assert np.abs(got - ref).max() <= 1e-3 * np.abs(ref).max() and (got.argmax(1) == ref.argmax(1)).all()
+    ref, noise = dygraph_reference(toy, images, cfg["data"]["mean"], cfg["data"]["std"])
+    assert_engine_agrees(Predictor(str(tmp_path), "paddle").predict(images), ref, noise, "toy through Paddle Inference")
 
 
 def test_safetensors_export_records_the_blocks_own_options(tmp_path):
@@ -604,7 +654,8 @@ def test_safetensors_export_records_the_blocks_own_options(tmp_path):
 
 # --------------------------------------------------------------------------- state dicts written before the registry
 
-def test_checkpoint_from_before_the_registry_loads():
+@pytest.mark.cpu_paths
+def test_checkpoint_from_before_the_registry_loads(threads):
     """tests/fixtures/se_resnet20_before_attention.safetensors was written by the code of commit 54bea73
     (the last before senet.attention), with the same .venv:
 
@@ -616,10 +667,11 @@ def test_checkpoint_from_before_the_registry_loads():
             save_safetensors(model, ..., metadata={"arch": "se_resnet20", "num_classes": 10})
             np.save("se_resnet20_before_attention_logits.npy", logits)
 
-    Today's model must take every tensor under its old name and give the same logits: bit for bit at
-    the same thread count (checked: old and new code give identical bytes single-threaded and with
-    senet.runtime.setup_cpu(0)); the tests run on every core, whose matmuls sum in another order
-    than the fixture's single thread did, hence 1 ulp of tolerance."""
+    Today's model must take every tensor under its old name and give the same logits. On the machine
+    that wrote them, old and new code gave identical bytes (single-threaded and on every core). The
+    fixture was written on an AMD EPYC, whose MKL runs other kernels than an Intel Xeon's (issue 21: 1.9e-7
+    off, against an rtol of 1e-6): so the stored logits are compared within the float32 noise of this
+    forward pass, measured here against the model's float64 twin (senet/numerics.py, rule 2)."""
     from senet.checkpoint import load_weights
 
     model = create_model("se_resnet20", num_classes=10)
@@ -627,17 +679,18 @@ def test_checkpoint_from_before_the_registry_loads():
                  expected_arch="se_resnet20")
     assert "layer1.0.se.fc1.weight" in model.state_dict()
     model.eval()
-    x = paddle.to_tensor(np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype("float32"))
-    with paddle.no_grad():
-        logits = model(x).numpy()
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype("float32")
     want = np.load(os.path.join(FIXTURES, "se_resnet20_before_attention_logits.npy"))
-    np.testing.assert_allclose(logits, want, rtol=1e-6, atol=1e-7)
+    assert_layer_matches(want, model, x, what="logits stored by the old code")
 
 
 def test_a_seed_builds_the_same_initial_weights_as_before_the_registry():
     """The fixture above holds seed 0's initial weights from the old code (no optimizer step ran, only
     BN statistics moved): today's model from the same seed must start from the same numbers, so that
-    an old run's seed still reproduces its network."""
+    an old run's seed still reproduces its network. The fixture comes from another machine, so each
+    tensor may differ by the float32 rounding of the initialiser's arithmetic (scaling a normal draw):
+    within SAFETY spacings of its largest value (senet/numerics.py, rule 2, an elementwise computation).
+    Another seed's weights differ by the weights' own size."""
     from safetensors.numpy import load_file
 
     paddle.seed(0)
@@ -646,7 +699,7 @@ def test_a_seed_builds_the_same_initial_weights_as_before_the_registry():
     weights = {k: v.numpy() for k, v in model.state_dict().items() if not k.endswith(("_mean", "_variance"))}
     assert set(weights) <= set(old) and any(".se.fc1." in k for k in weights)
     for k, v in weights.items():
-        np.testing.assert_array_equal(v, old[k], err_msg=k)
+        assert_within_noise(v, old[k], float32_spacing(old[k]), k)
 
 
 def test_weights_of_another_attention_kind_are_refused_by_the_recorded_arch(tmp_path):

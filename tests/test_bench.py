@@ -251,7 +251,7 @@ def test_bench_options_threads_sets_the_run(monkeypatch, tmp_path):
 
     import senet.bench as bench
     from senet.bench import run as run_module
-    from senet.runtime import cpu_count, setup_cpu
+    from senet.runtime import cpu_count, env_threads, setup_cpu
 
     calls: list[int] = []
     real = paddle.base.core.set_num_threads
@@ -264,7 +264,7 @@ def test_bench_options_threads_sets_the_run(monkeypatch, tmp_path):
         assert calls == [1] and "with 1 threads" in run.notices[0]
     finally:
         setup_cpu(0)  # back to the test process's setting
-    assert calls[-1] == cpu_count()
+    assert calls[-1] == (env_threads() or cpu_count())  # SENET_THREADS, else every core
 
 
 def test_summary_figures():

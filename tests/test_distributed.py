@@ -32,9 +32,13 @@ def test_two_ranks_stay_identical_and_match_one_process_with_double_batch(tmp_pa
     run([sys.executable, "tests/dist_worker.py", str(one), *common, "data.batch_size=16", f"output_dir={one}"])
     rank0, rank1, single = (np.load(two / "rank0.npz"), np.load(two / "rank1.npz"), np.load(one / "rank0.npz"))
     assert set(rank0) == set(rank1) == set(single)
+    # Two ranks average two half-batch gradients where one process sums one batch: the same math, whose
+    # float32 rounding 6 SGD steps carry on (senet/numerics.py, rule 5). Measured on an Intel Xeon
+    # (docs/reliability.md): up to 5.3e-6 of a tensor's largest value between the two runs, and 1.5e-6
+    # between the one-process run on MKL's AVX-512 and on its AVX2 kernels. The bound is 20x the larger.
     for k in rank0:
         assert np.array_equal(rank0[k], rank1[k]), k  # DataParallel keeps the ranks bitwise identical
-        np.testing.assert_allclose(rank0[k], single[k], rtol=1e-4, atol=1e-5, err_msg=k)
+        assert np.abs(rank0[k] - single[k]).max() <= 1e-4 * np.abs(single[k]).max(), k
     moved = [k for k in single if "conv" in k and not np.allclose(single[k], 0)]
     assert moved  # sanity: there are real weights being compared
 

@@ -1,4 +1,9 @@
-"""Export and inference end to end: tools/export.py, both engines against dygraph, eval, tools/infer.py, errors."""
+"""Export and inference end to end: tools/export.py, both engines against dygraph, eval, tools/infer.py, errors.
+
+An engine runs other kernels than dygraph (oneDNN, ONNX Runtime's MLAS, each picking AVX-512, AVX2 or
+SSE code by CPU), so its logits are compared within SAFETY x the float32 noise of the dygraph forward,
+measured against the model's float64 twin (senet/numerics.py, rule 2), and its top-1 class must agree
+wherever dygraph's top two are further apart than that."""
 
 import json
 import os
@@ -10,6 +15,7 @@ import numpy as np
 import paddle
 import pytest
 import yaml
+from float_checks import assert_engine_agrees, dygraph_reference
 
 from senet.attention import kernels
 from senet.checkpoint import load_weights, save_safetensors
@@ -17,6 +23,7 @@ from senet.config import load_config
 from senet.data import build_loader, normalize_batch
 from senet.export import ExportError, dygraph_logits, export, graph_ops, parse_formats, pooled_squeezes
 from senet.inference import ModelDirError, Predictor, evaluate_exported
+from senet.numerics import SAFETY
 from senet.resnet import build_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,11 +34,6 @@ ENGINES = ("paddle", "onnxruntime")
 def run_tool(name, *args):
     return subprocess.run([sys.executable, os.path.join(ROOT, "tools", name), *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
-
-
-def agree(logits, ref):
-    """Max error relative to the largest reference logit, and whether every top-1 matches."""
-    return float(np.abs(logits - ref).max() / np.abs(ref).max()), bool((logits.argmax(1) == ref.argmax(1)).all())
 
 
 def fitted_model(cfg, batches=4):
@@ -59,13 +61,16 @@ def fitted_model(cfg, batches=4):
 
 
 def dygraph_eval(model, cfg):
-    hits = n = 0
-    with paddle.no_grad():
-        for images, labels in build_loader(cfg, "val"):
-            logits = model(normalize_batch(images, cfg["data"]["mean"], cfg["data"]["std"]))
-            hits += int((logits.argmax(1) == labels).sum())
-            n += len(labels)
-    return 100.0 * hits / n
+    """Dygraph's correct top-1 count on the val split, and the count of images whose top two logits are
+    within 2 x SAFETY x the forward pass's float32 noise: an engine may flip those, and only those."""
+    hits = close = 0
+    mean, std = cfg["data"]["mean"], cfg["data"]["std"]
+    for images, labels in build_loader(cfg, "val"):
+        ref, noise = dygraph_reference(model, images.numpy(), mean, std)
+        hits += int((ref.argmax(1) == labels.numpy()).sum())
+        top2 = np.sort(ref, axis=1)[:, -2:]
+        close += int((top2[:, 1] - top2[:, 0] <= 2 * SAFETY * noise).sum())
+    return hits, close
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +85,8 @@ def exported(tmp_path_factory):
     out = str(tmp / "model")
     proc = run_tool("export.py", "-c", DEMO, "-o", *overrides, f"model.weights={weights}", "--output", out)
     assert proc.returncode == 0, proc.stderr
-    return SimpleNamespace(cfg=cfg, model=model, weights=weights, out=out, dygraph_top1=dygraph_eval(model, cfg))
+    hits, close = dygraph_eval(model, cfg)
+    return SimpleNamespace(cfg=cfg, model=model, weights=weights, out=out, dygraph_hits=hits, close_calls=close)
 
 
 def test_inference_yml_records_preprocessing_and_labels(exported):
@@ -100,10 +106,9 @@ def test_engines_match_dygraph_at_any_batch_size(exported, engine):
     pred = Predictor(exported.out, engine)
     images = np.random.default_rng(1).integers(0, 256, (7, 32, 32, 3), dtype=np.uint8)
     mean, std = exported.cfg["data"]["mean"], exported.cfg["data"]["std"]
-    ref = dygraph_logits(exported.model, images, mean, std)
+    ref, noise = dygraph_reference(exported.model, images, mean, std)
     for batch in (images[:1], images):
-        err, same_top1 = agree(pred.predict(batch), ref[:len(batch)])
-        assert err <= 1e-3 and same_top1, (engine, len(batch), err)
+        assert_engine_agrees(pred.predict(batch), ref[:len(batch)], noise, f"{engine} at batch {len(batch)}")
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -111,7 +116,8 @@ def test_exported_eval_agrees_with_dygraph_eval(exported, engine):
     metrics = evaluate_exported(exported.out, exported.cfg, engine)
     assert metrics["images"] == 360
     assert 50.0 < metrics["top1"] <= metrics["top5"]  # well above chance (10%): the predictions mean something
-    assert abs(metrics["top1"] - exported.dygraph_top1) <= 0.1
+    hits = round(metrics["top1"] * 360 / 100)
+    assert abs(hits - exported.dygraph_hits) <= exported.close_calls, (hits, exported.dygraph_hits)
 
 
 def test_predictor_names_what_is_missing(exported, tmp_path):
@@ -172,6 +178,7 @@ def test_export_refuses_an_unknown_format(exported, tmp_path):
         parse_formats(["pdmodel"])
 
 
+@pytest.mark.cpu_paths
 def test_se_resnet50_exports_offline_and_matches_dygraph(tmp_path):
     """The ImageNet model at a small size; paddle2onnx must not spawn processes (pip) or open sockets."""
     cfg = load_config(None, ["model.arch=se_resnet50", "model.num_classes=100", "data.name=synthetic",
@@ -200,12 +207,12 @@ def test_se_resnet50_exports_offline_and_matches_dygraph(tmp_path):
     assert not kernels._pooled_mean
     assert "pd_op.mean" not in graph_ops(str(tmp_path / "model")) and "onednn_placement" not in info["files"]["paddle"]
     images = np.random.default_rng(3).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
-    ref = dygraph_logits(model, images, cfg["data"]["mean"], cfg["data"]["std"])
+    ref, noise = dygraph_reference(model, images, cfg["data"]["mean"], cfg["data"]["std"])
     for engine in ENGINES:
-        err, same_top1 = agree(Predictor(str(tmp_path), engine).predict(images), ref)
-        assert err <= 1e-3 and same_top1, (engine, err)
+        assert_engine_agrees(Predictor(str(tmp_path), engine).predict(images), ref, noise, engine)
 
 
+@pytest.mark.cpu_paths
 @pytest.mark.parametrize("kind", ["eca", "cbam"])
 def test_eca_and_cbam_models_export_and_match_dygraph(kind, tmp_path):
     """ResNet-20 with ECA (a Conv1D across channels) or CBAM (channel max and mean maps, concat, 7x7 conv)
@@ -224,9 +231,8 @@ def test_eca_and_cbam_models_export_and_match_dygraph(kind, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "pd_op.mean" not in graph_ops(os.path.join(out, "model")) or kind == "cbam"  # CBAM's mean over channels
     images = np.random.default_rng(4).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
-    ref = dygraph_logits(model, images, cfg["data"]["mean"], cfg["data"]["std"])
+    ref, noise = dygraph_reference(model, images, cfg["data"]["mean"], cfg["data"]["std"])
     for engine in ENGINES:
         pred = Predictor(out, engine)
         for batch in (images[:1], images):
-            err, same_top1 = agree(pred.predict(batch), ref[:len(batch)])
-            assert err <= 1e-3 and same_top1, (engine, len(batch), err)
+            assert_engine_agrees(pred.predict(batch), ref[:len(batch)], noise, f"{engine} at batch {len(batch)}")

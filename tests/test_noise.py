@@ -21,7 +21,7 @@ SCRIPT = r"""
 import os, sys
 sys.path.insert(0, {root!r})
 mode, out = sys.argv[1], sys.argv[2]
-if mode == "senet":
+if mode == "senet":  # 2 threads: the OMP_NUM_THREADS notice shows only above 1
     from senet.runtime import setup_cpu
     setup_cpu(2)
 else:
@@ -126,3 +126,17 @@ def test_setup_cpu_does_not_import_paddle():
            "print('paddle' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout.strip() == "False", proc.stderr
+
+
+def test_senet_threads_sets_every_all_core_count():
+    """SENET_THREADS=N stands for "all cores" (setup_cpu(0), a Predictor's default); an explicit count
+    still wins, and a value that is not a count is refused with the variable's name."""
+    code = (f"import os, sys; sys.path.insert(0, {ROOT!r}); from senet.runtime import setup_cpu\n"
+            "print(setup_cpu(0), os.environ['OMP_NUM_THREADS'], setup_cpu(2))")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={**env, "SENET_THREADS": "1"})
+    assert proc.returncode == 0 and proc.stdout.split() == ["1", "1", "2"], proc.stdout + proc.stderr
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={**env, "SENET_THREADS": "two"})
+    assert proc.returncode != 0 and "SENET_THREADS='two': expected a whole number of threads" in proc.stderr

@@ -180,8 +180,8 @@ def test_sigusr1_to_every_rank_of_a_launched_job_stops_all_ranks_at_one_step_and
     out, log = tmp_path / "run", tmp_path / "launch.log"
     launch = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir",
               str(tmp_path / "logs")]
-    # 8 per rank: 4 steps per epoch of 2 x 8 images, with 1 worker per rank; the default log_every of
-    # the tiny run (1) lets the ranks agree at every step.
+    # 8 per rank: 4 steps per epoch of 2 x 8 images, with 1 worker per rank and 1 thread (two ranks on two
+    # cores); the default log_every of the tiny run (1) lets the ranks agree at every step.
     job = [*launch, *cmd(out, data["small"], "data.batch_size=8", "data.num_workers=1", "train.threads=1")[1:]]
     proc = start(job, log)
     try:
