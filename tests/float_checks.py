@@ -3,6 +3,8 @@ of layers (senet/numerics.py says which kind of comparison gets which bound; the
 of conftest.py runs a comparison at 1 thread and at every core)."""
 
 import copy
+import json
+import os
 
 import numpy as np
 import paddle
@@ -10,8 +12,19 @@ import paddle
 from senet.numerics import float32_noise, float64_noise, top1_disagreements, within_noise
 
 
-def assert_within_noise(a, b, noise: float, what: str = "") -> None:
+def check(a, b, noise: float, what: str = ""):
+    """within_noise(a, b, noise), appended as a JSON line to the file SENET_NOISE_LOG names, if set: each
+    comparison's difference, noise and bound, per test (the figures of docs/reliability.md)."""
     agreement = within_noise(np.asarray(a), np.asarray(b), noise)
+    if os.environ.get("SENET_NOISE_LOG"):
+        with open(os.environ["SENET_NOISE_LOG"], "a") as f:
+            f.write(json.dumps({"test": os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0], "what": what,
+                                "diff": agreement.diff, "noise": agreement.noise, "bound": agreement.bound}) + "\n")
+    return agreement
+
+
+def assert_within_noise(a, b, noise: float, what: str = "") -> None:
+    agreement = check(a, b, noise, what)
     assert agreement.ok, f"{what}: {agreement}"
 
 
@@ -28,12 +41,17 @@ def run(layer, *inputs) -> np.ndarray:
         return layer(*[paddle.to_tensor(x) if isinstance(x, np.ndarray) else x for x in inputs]).numpy()
 
 
-def assert_layer_matches(got: np.ndarray, layer: paddle.nn.Layer, *inputs: np.ndarray, what: str = "") -> None:
-    """got (float32, another path) within SAFETY x the float32 noise of layer(*inputs), the noise
-    measured against the layer's float64 twin on the same (float32) inputs."""
+def layer_noise(layer: paddle.nn.Layer, *inputs: np.ndarray) -> tuple[np.ndarray, float]:
+    """layer(*inputs) in float32, and its float32 noise: against the layer's float64 twin on the same
+    (float32) inputs."""
     f32 = run(layer, *inputs)
-    f64 = run(float64_twin(layer), *[np.asarray(x, dtype=np.float64) for x in inputs])
-    assert_within_noise(got, f32, float32_noise(f32, f64), what)
+    return f32, float32_noise(f32, run(float64_twin(layer), *[np.asarray(x, dtype=np.float64) for x in inputs]))
+
+
+def assert_layer_matches(got: np.ndarray, layer: paddle.nn.Layer, *inputs: np.ndarray, what: str = "") -> None:
+    """got (float32, another path) within SAFETY x the float32 noise of layer(*inputs)."""
+    f32, noise = layer_noise(layer, *inputs)
+    assert_within_noise(got, f32, noise, what)
 
 
 def assert_float64_matches(got64: np.ndarray, want64: np.ndarray, f32: np.ndarray, what: str = "") -> None:
@@ -55,6 +73,6 @@ def dygraph_reference(model: paddle.nn.Layer, images: np.ndarray, mean, std) -> 
 def assert_engine_agrees(logits: np.ndarray, ref: np.ndarray, noise: float, what: str = "") -> None:
     """An engine's logits within SAFETY x noise of dygraph's, and the same top-1 class wherever dygraph's
     top two are further apart than that."""
-    agreement = within_noise(logits, ref, noise)
+    agreement = check(logits, ref, noise, what)
     assert agreement.ok, f"{what}: {agreement}"
     assert top1_disagreements(logits, ref, agreement.bound) == 0, f"{what}: top-1 differs"

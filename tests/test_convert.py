@@ -26,11 +26,12 @@ import types
 import numpy as np
 import paddle
 import pytest
+from float_checks import check
 from safetensors.numpy import save_file
 
 from senet.attention import SEBlock, se_hidden
 from senet.config import load_config
-from senet.numerics import FLOAT64_PER_FLOAT32, float32_noise, top1_disagreements, within_noise
+from senet.numerics import FLOAT64_PER_FLOAT32, float32_noise, top1_disagreements
 from senet.profile import count_macs
 from senet.resnet import MODELS, create_model
 from senet.weights.convert import ConversionError, convert_file, convert_to_dir, export_timm, fit_model, timm_target
@@ -52,9 +53,9 @@ def assert_same_function(ours32, ours64, theirs32, theirs64, what: str) -> None:
     """Ours and theirs, in float64 and in float32, within the noise of the noisier side (see the module
     docstring); and the same top-1 class wherever the reference's top two are further apart than the bound."""
     noise32 = max(float32_noise(ours32, ours64), float32_noise(theirs32, theirs64))
-    f64 = within_noise(ours64, theirs64, noise32 * FLOAT64_PER_FLOAT32)
+    f64 = check(ours64, theirs64, noise32 * FLOAT64_PER_FLOAT32, f"{what}, float64")
     assert f64.ok, f"{what}, float64: {f64}"
-    f32 = within_noise(ours32, theirs32, noise32)
+    f32 = check(ours32, theirs32, noise32, f"{what}, float32")
     assert f32.ok, f"{what}, float32: {f32}"
     assert top1_disagreements(ours32, theirs64, f32.bound) == 0, f"{what}: top-1 differs"
 

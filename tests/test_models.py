@@ -5,7 +5,14 @@ Comparisons across code paths follow senet/numerics.py (within the measured floa
 import numpy as np
 import paddle
 import pytest
-from float_checks import assert_float64_matches, assert_layer_matches, assert_within_noise, float64_twin, run
+from float_checks import (
+    assert_float64_matches,
+    assert_layer_matches,
+    assert_within_noise,
+    float64_twin,
+    layer_noise,
+    run,
+)
 
 from senet.attention import PLACEMENTS, SEBlock, SEOptions
 from senet.attention.se import GATES, SQUEEZES
@@ -205,7 +212,9 @@ def test_conv_and_linear_implementations_agree(squeeze, gate, data_format):
     linear.fc2.bias.set_value(paddle.randn([32]))
     conv.fc2.bias.set_value(linear.fc2.bias)
     x = paddle.randn([3, 6, 5, 32] if data_format == "NHWC" else [3, 32, 6, 5])
-    assert_layer_matches(run(linear, x), conv, x.numpy(), what="linear against conv")
+    # Both paths can run in float64: the bound takes the noisier one (senet/numerics.py, rule 2).
+    (want, conv_noise), (got, linear_noise) = layer_noise(conv, x.numpy()), layer_noise(linear, x.numpy())
+    assert_within_noise(got, want, max(conv_noise, linear_noise), "linear against conv")
 
 
 def test_se_block_computes_the_paper_equations():
