@@ -2,23 +2,37 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-# paddlepaddle-gpu on a machine where nvidia-smi sees a GPU, the CPU build otherwise.
-# Override with e.g. `make install PADDLE=paddlepaddle-gpu==3.3.1`.
-PADDLE ?= $(shell if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q GPU; \
-            then echo paddlepaddle-gpu==3.3.1; else echo paddlepaddle==3.3.1; fi)
 STAMP  := $(VENV)/.installed
+DALI_STAMP := $(VENV)/.dali-installed
 
-.PHONY: install test lint demo sweep-demo bench vdl browser clean
+# scripts/install_requirements.py picks the set for this machine and prints its choice on one line. On a
+# GPU machine (nvidia-smi lists a GPU): paddlepaddle-gpu 3.3.1 from Paddle's own index, in the newest CUDA
+# build that the driver runs (PyPI has no 3.x GPU build), and onnxruntime-gpu for that CUDA instead of
+# onnxruntime. Elsewhere: requirements.txt as written, from PyPI. Overrides, e.g. for a Docker build
+# that sees no GPU: `make install PADDLE=paddlepaddle-gpu==3.3.1 PADDLE_INDEX=https://www.paddlepaddle.org.cn/packages/stable/cu126/`
+# (a venv already installed keeps its set: `make clean` first). DALI=1 adds NVIDIA DALI.
+PADDLE       ?=
+PADDLE_INDEX ?=
+INSTALL_ARGS  = --out $(VENV)/requirements.resolved.txt $(if $(PADDLE),--paddle '$(PADDLE)') \
+                $(if $(PADDLE_INDEX),--paddle-index '$(PADDLE_INDEX)')
 
-install: $(STAMP)
+.PHONY: install test lint demo sweep-demo bench vdl browser clean doctor
 
-$(STAMP): requirements.txt
+install: $(STAMP) $(if $(filter 1,$(DALI)),$(DALI_STAMP))
+
+# The venv's own Python runs the script: it needs only the standard library, and pip then installs into the venv.
+$(STAMP): requirements.txt scripts/install_requirements.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	sed 's/^paddlepaddle==.*/$(PADDLE)/' requirements.txt > $(VENV)/requirements.resolved.txt
-	$(PY) -m pip install -q -r $(VENV)/requirements.resolved.txt
-	$(PY) -m pip check
-	echo "$(PADDLE)" > $(STAMP)
+	$(PY) scripts/install_requirements.py $(INSTALL_ARGS)
+	touch $(STAMP)
+
+# NVIDIA DALI (data.loader: dali): the build for the driver's CUDA (nvidia-dali-cuda120 or -cuda130; the
+# CUDA 12 one on a CPU machine, where DALI's CPU pipelines run). Its own stamp, so that `make install
+# DALI=1` over an installed venv adds it, and `make test` installs it for the DALI tests.
+$(DALI_STAMP): $(STAMP)
+	$(PY) scripts/install_requirements.py --dali $(INSTALL_ARGS)
+	touch $(DALI_STAMP)
 
 # PaddleClas's model code, the reference of tests/test_convert.py. Outside site-packages and without
 # its dependencies, which pin numpy 1.24 and opencv-python against this set; its models need only paddle.
@@ -31,8 +45,13 @@ $(PADDLECLAS_REF): $(STAMP)
 # Two pytest workers (pytest-xdist), one test file each at a time: most tests wait on child processes
 # that start Paddle, so two at once use 2 cores better (on 2 cores: 12 min instead of 15, 2026-12-07).
 # `$(PY) -m pytest -q tests` runs them in one process.
-test: install $(PADDLECLAS_REF) browser
+test: install $(PADDLECLAS_REF) $(DALI_STAMP) browser
 	$(PY) -m pytest -q -n 2 --dist loadfile tests
+
+# The one-minute self-check to run first on a new machine and attach to a bug report: what the machine
+# is, then PASS / FAIL / SKIP for every path it can run; writes doctor.json.
+doctor: install
+	$(PY) tools/doctor.py
 
 lint: install
 	$(PY) -m ruff check senet tools scripts tests

@@ -2,11 +2,12 @@
 
     .venv/bin/python scripts/make_fake_data.py --out data/fake
     .venv/bin/python tools/check_data.py -o data.root=data/fake/imagenet model.num_classes=4 --decode
-    .venv/bin/python tools/check_data.py -o data.name=cifar10 data.root=data/fake/cifar model.num_classes=10
+    .venv/bin/python tools/check_data.py -o data.name=cifar10 data.root=data/fake/cifar model.num_classes=10 \
+        data.verify_md5=false
 
 Images mix JPEG and PNG, RGB, grayscale, CMYK, alpha and 16-bit, with extensions in mixed case.
 The CIFAR tarballs carry the official names and layout but not the official MD5, so the loader
-warns about that, as it would for any repacked copy.
+refuses them unless told `data.verify_md5=false` (then it warns), as it would any repacked copy.
 """
 
 from __future__ import annotations

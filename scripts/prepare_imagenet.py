@@ -8,9 +8,12 @@
     .venv/bin/python scripts/prepare_imagenet.py --sort-val data/ILSVRC2012/val --val-labels LOC_val_solution.csv
     # only count
     .venv/bin/python scripts/prepare_imagenet.py --verify data/ILSVRC2012
+    # a copy with every image's shorter side at most 256 px (less to decode: docs/data.md)
+    .venv/bin/python scripts/prepare_imagenet.py --short-side 256 --src data/ILSVRC2012 --out data/ILSVRC2012-256
 
 Exit status 1 if the counts differ from the expected ones (1,281,167 train, 50,000 val, 1,000
-classes; change them with --expect-* for a subset), 2 on bad arguments or archives.
+classes; change them with --expect-* for a subset; a resized copy is checked against its source's
+counts), 2 on bad arguments or archives.
 """
 
 from __future__ import annotations
@@ -21,12 +24,20 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from senet.runtime import setup_cpu  # noqa: E402
+
+# Before senet.data, which brings in Paddle: quietly, and at one thread (this script's work is files and
+# OpenCV, one thread per process).
+setup_cpu(1)
+
 from senet.data.prepare import (  # noqa: E402
     EXPECTED,
+    RESIZE_QUALITY,
     extract_train,
     extract_val,
     parse_val_labels,
     read_devkit_labels,
+    resize_copy,
     sort_val_folder,
     verify,
 )
@@ -54,10 +65,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--devkit", help="ILSVRC2012_devkit_t12.tar.gz, as the val ground truth")
     p.add_argument("--sort-val", metavar="DIR", help="sort this flat val folder into class folders in place")
     p.add_argument("--verify", metavar="ROOT", help="only count ROOT/train and ROOT/val")
+    p.add_argument("--short-side", type=int, metavar="N",
+                   help="with --src and --out: copy the dataset with every image's shorter side at most N px")
+    p.add_argument("--src", metavar="ROOT", help="the dataset that --short-side copies")
+    p.add_argument("--quality", type=int, default=RESIZE_QUALITY,
+                   help=f"JPEG quality of --short-side ({RESIZE_QUALITY})")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes for --short-side (all cores)")
     p.add_argument("--expect-train", type=int, default=EXPECTED["train"])
     p.add_argument("--expect-val", type=int, default=EXPECTED["val"])
     p.add_argument("--expect-classes", type=int, default=EXPECTED["classes"])
     args = p.parse_args(argv)
+    if args.short_side is not None:
+        return _short_side(p, args)
     needs_labels = args.val_tar or args.sort_val
     if needs_labels and not (args.val_labels or args.devkit):
         p.error("--val-tar and --sort-val need --val-labels or --devkit")
@@ -88,6 +107,30 @@ def main(argv: list[str] | None = None) -> int:
     for problem in problems:
         print(f"problem: {problem}", file=sys.stderr)
     return 1 if problems else 0
+
+
+def _short_side(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    if not (args.src and args.out) or args.short_side < 1 or not 1 <= args.quality <= 100:
+        p.error("--short-side N (N >= 1) needs --src ROOT and --out DIR; --quality is 1..100")
+    if not os.path.isdir(args.src):
+        print(f"error: --src {args.src} is not a folder", file=sys.stderr)
+        return 2
+    try:
+        done = resize_copy(args.src, args.out, args.short_side, args.quality, max(1, args.workers))
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{args.out}: {done['resized']:,} images resized to a shorter side of {args.short_side} px, "
+          f"{done['copied']:,} copied as they were (already that small), {done['exists']:,} already there")
+    for line in done["bad"]:
+        print(f"bad image {line}", file=sys.stderr)
+    (src_counts, _), (counts, _) = verify(args.src), verify(args.out)
+    print(f"{args.out}: train {counts['train']:,} images in {counts['train_classes']} classes, "
+          f"val {counts['val']:,} images in {counts['val_classes']} classes")
+    if counts != src_counts:
+        print(f"problem: the copy holds {counts}, its source {src_counts}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

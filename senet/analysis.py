@@ -61,6 +61,8 @@ def collect(model: nn.Layer, loader, cfg: dict, data_format: str = "NCHW") -> tu
     parts: dict[str, list[np.ndarray]] = {}
     labels = []
     for images, y in loader:
+        if not y.shape[0]:  # a batch of only bad images, skipped (data.on_bad_image=skip)
+            continue
         x = normalize_batch(images, cfg["data"]["mean"], cfg["data"]["std"], data_format)
         for name, s in record_gates(model, x).items():
             parts.setdefault(name, []).append(s)
@@ -351,7 +353,7 @@ def analyze(cfg: dict, split: str = "val", samples: int = 1000, classes: Sequenc
             "class_names": [str(dataset.classes[k]) for k in chosen],
             "class_images": [int((labels == k).sum()) for k in chosen], "plot_blocks": plot_blocks,
             "thresholds": {"low": LOW, "high": HIGH}, "kind": kind, "attention": entry.name,
-            "options": cfg["model"][entry.name]}
+            "options": cfg["model"].get(entry.name, {})}
     report = {"meta": meta, "blocks": rows}
     raw_arrays = None
     if raw:

@@ -6,6 +6,12 @@ RNG states of python, numpy and paddle, and the resolved config. It is written t
 in the same folder, fsynced, then renamed over the old one, so a crash or kill at any moment
 leaves either the old or the new checkpoint, never a half-written one.
 
+Under AMP O2 (senet.step.decorate_o2) a checkpoint holds float32 weights, the optimizer's fp32
+master weights with their names (restore_optimizer makes them tensors again) and the EMA of those
+master weights; `set_weights` casts the weights back to the fp16/bf16 the model holds. The paddle RNG
+state is the CPU generator's and this process's own GPU's, so a resume works whatever number of GPUs
+the new process sees.
+
 Integrity: after the pickle comes a 48-byte trailer, `senet:sha256:v1\n` and the SHA-256 of the
 pickle bytes (paddle.load and pickle stop at the pickle's end and ignore it). Loading checks it
 before unpickling, so a flipped bit anywhere is refused by name instead of resuming wrong weights.
@@ -33,15 +39,28 @@ import math
 import os
 import pickle
 import random
+import re
 import sys
 from typing import Any
 
 import numpy as np
 import paddle
 
-from senet.limits import TreeTooLarge, check_tree, regular_file_problem
+from senet.limits import (
+    RENAMED,
+    TreeTooLarge,
+    array_budget,
+    check_tree,
+    file_kind,
+    open_regular,
+    regular_file_problem,
+    shared_arrays,
+)
 
 MARKER = "senet_checkpoint"  # key present in every checkpoint this harness writes
+# The names the trainer gives its checkpoints in <output_dir>/checkpoints; group 2 is an epoch number.
+# Anything else there is the user's: pruning and --resume auto leave it alone.
+CHECKPOINT_NAME = re.compile(r"(last|best|epoch_(\d+))\.pdparams")
 VERSION = 2  # 2: SHA-256 trailer after the pickle; 1: no checksum (still loaded, with a notice)
 TRAILER_MAGIC = b"senet:sha256:v1\n"  # 16 bytes, then the 32-byte digest of everything before it
 TRAILER_SIZE = len(TRAILER_MAGIC) + 32
@@ -142,11 +161,14 @@ def _verify_trailer(path: str) -> bool:
 def _unpickle_checked(path: str, trust: bool) -> tuple[Any, bool]:
     """(the unpickled data with tensors as arrays, whether a checksum trailer verified it)."""
     _file_problem(path)
+    kind = file_kind(path)
+    if kind not in (None, "pickle"):  # another format under a checkpoint's name
+        raise CheckpointError(f"{path} is not a checkpoint but {RENAMED[kind]}")
     try:
         verified = _verify_trailer(path)
         with open(path, "rb") as f:
             obj = _SafeUnpickler(f).load()
-        check_tree(obj)
+        check_tree(obj, max_array_bytes=array_budget(os.path.getsize(path)))
         return _to_arrays(obj), verified
     except CheckpointError:
         raise
@@ -154,7 +176,7 @@ def _unpickle_checked(path: str, trust: bool) -> tuple[Any, bool]:
         if trust:
             try:
                 obj = paddle.load(path, return_numpy=True)
-                check_tree(obj)
+                check_tree(obj, max_array_bytes=array_budget(os.path.getsize(path)))
                 return _to_arrays(obj), False
             except Exception as e2:  # noqa: BLE001  (any failure of a foreign file is "cannot load it")
                 raise CheckpointError(f"{path} could not be loaded even as a trusted pickle "
@@ -194,8 +216,12 @@ def unpickle_restricted(file: Any, source: str, extra_globals: dict[tuple[str, s
     if persistent_load is not None:
         unpickler.persistent_load = persistent_load
     try:
+        size = os.fstat(file.fileno()).st_size if hasattr(file, "fileno") else None
+    except (OSError, ValueError, io.UnsupportedOperation):  # a zip member: the caller bounds what it reads
+        size = None
+    try:
         obj = unpickler.load()
-        check_tree(obj)
+        check_tree(obj, max_array_bytes=array_budget(size) if size is not None else None)
         return obj
     except CheckpointError:
         raise
@@ -215,8 +241,13 @@ def atomic_write(path: str, data: bytes | list[bytes]) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     tmp = f"{path}.tmp.{os.getpid()}"
+    if os.path.lexists(tmp):  # left by an earlier process of the same pid; removed, never written through
+        os.remove(tmp)
     try:
-        with open(tmp, "wb") as f:
+        # O_EXCL: a new file, never through a link planted at the temporary name (issue 23). The rename
+        # then replaces whatever stands at `path` (a link included) without following it.
+        fd = open_regular(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        with os.fdopen(fd, "wb") as f:
             for part in data if isinstance(data, list) else [data]:
                 f.write(part)
             f.flush()
@@ -234,21 +265,54 @@ def atomic_write(path: str, data: bytes | list[bytes]) -> None:
 
 
 def rng_state() -> dict:
-    """The RNG states of python, numpy and paddle (CPU generator), as plain picklable values."""
+    """The RNG states of python, numpy and paddle, as plain picklable values.
+
+    Paddle's: its CPU generator, and on a GPU the generator of this process's own device alone.
+    paddle.get_rng_state() would give one state per visible GPU (and no CPU state), which
+    paddle.set_rng_state refuses (ValueError) in a process that sees another number of GPUs: a resume
+    on another machine, or with another CUDA_VISIBLE_DEVICES, would fail. Each rank needs only its own.
+    """
+    gpu = _current_gpu()
     return {"python": random.getstate(), "numpy": np.random.get_state(),
-            "paddle": [s.__getstate__() for s in paddle.get_rng_state()]}
+            "paddle": {"cpu": paddle.base.core.default_cpu_generator().get_state().__getstate__(),
+                       "gpu": _cuda_generator(gpu).get_state().__getstate__() if gpu is not None else None}}
 
 
 def set_rng_state(state: dict) -> None:
+    """Restore rng_state()'s states. The GPU state goes to this process's own device; one saved on a CPU
+    leaves the GPU generator as seeded, and a GPU state is ignored on a CPU.
+
+    Checkpoints written before the format above hold paddle.get_rng_state()'s list: on a CPU its one
+    CPU state; from a GPU one state per GPU then visible, of which this process's own device is taken
+    where it exists (a state's first field is its device: -1 for the CPU).
+    """
     random.setstate(_tuples(state["python"]))
     np.random.set_state(tuple(state["numpy"]))
+    saved, gpu = state["paddle"], _current_gpu()
+    if isinstance(saved, list):  # the earlier format
+        cpu, gpus = [s for s in saved if s[0] == -1], [s for s in saved if s[0] != -1]
+        saved = {"cpu": cpu[0] if cpu else None, "gpu": gpus[gpu] if gpu is not None and gpu < len(gpus) else None}
+    if saved.get("cpu") is not None:
+        paddle.base.core.default_cpu_generator().set_state(_generator_state(saved["cpu"]))
+    if gpu is not None and saved.get("gpu") is not None:
+        _cuda_generator(gpu).set_state(_generator_state(saved["gpu"]))
+
+
+def _current_gpu() -> int | None:
+    """The index of the GPU this process computes on ("gpu:3" -> 3), None on a CPU."""
+    device = paddle.get_device()
+    return int(device.split(":")[1]) if device.startswith("gpu:") else None
+
+
+def _cuda_generator(index: int) -> Any:
+    return paddle.base.core.default_cuda_generator(index)
+
+
+def _generator_state(values: Any) -> Any:
     cls = paddle.base.libpaddle.GeneratorState
-    restored = []
-    for s in state["paddle"]:
-        g = cls.__new__(cls)
-        g.__setstate__(tuple(s))
-        restored.append(g)
-    paddle.set_rng_state(restored)
+    g = cls.__new__(cls)
+    g.__setstate__(tuple(values))
+    return g
 
 
 def _tuples(x: Any) -> Any:
@@ -297,6 +361,83 @@ def _checked_checkpoint(path: str, state: Any, verified: bool) -> dict:
     return state
 
 
+def _as_float32(value: Any) -> Any:
+    """A pickled weight array as float32: fp16 and fp64 converted; uint16 read as bfloat16 bits, which is
+    how paddle.save stores bf16 tensors (and paddle.to_tensor reads uint16 arrays back as bf16)."""
+    if not isinstance(value, np.ndarray):
+        return value
+    if value.dtype == np.uint16:
+        return (value.astype(np.uint32) << 16).view(np.float32)
+    return value.astype(np.float32) if value.dtype in (np.float16, np.float64) else value
+
+
+def _float32_array(name: str, tensor: paddle.Tensor) -> np.ndarray:
+    """A weight as a float32 numpy array, for a file that the float32 models load.
+
+    fp16 and bf16 weights (a model decorated for AMP O2 without save_dtype) are widened exactly on the
+    device first: numpy has no bfloat16, so a bf16 tensor's .numpy() is its raw bits as uint16, which
+    would be written as U16 and refused on reading. Any other non-float32 dtype is refused by name.
+    """
+    if tensor.dtype in (paddle.float16, paddle.bfloat16, paddle.float64):
+        tensor = tensor.astype("float32")
+    if tensor.dtype != paddle.float32:
+        raise CheckpointError(f"weight {name!r} is {tensor.dtype}, not a float: a model's weights are floats, "
+                              f"and this writer stores them as float32")
+    return np.ascontiguousarray(tensor.numpy())
+
+
+def set_weights(model: paddle.nn.Layer, weights: dict) -> None:
+    """Load checked weights (arrays or tensors, float32 as saved) into `model`, each cast to the dtype the
+    model holds it in: fp16 or bf16 for the conv weights of an AMP O2 model. Paddle's set_value refuses
+    any dtype other than the tensor's own."""
+    own = model.state_dict(use_hook=False) if not isinstance(model, paddle.DataParallel) \
+        else model._layers.state_dict(use_hook=False)
+    tensors = {}
+    for k, v in weights.items():
+        t = v if isinstance(v, paddle.Tensor) else paddle.to_tensor(v)
+        if k in own and t.dtype != own[k].dtype:
+            if paddle.is_floating_point(own[k]) and not paddle.is_floating_point(t):
+                raise CheckpointError(f"weight {k!r} is {t.dtype}, not a float: casting would load integers as "
+                                      f"weights; re-save the weights as floats")
+            t = t.astype(own[k].dtype)
+        tensors[k] = t
+    model.set_state_dict(tensors)
+
+
+def optimizer_state(optimizer: Any) -> dict:
+    """optimizer.state_dict(), plus the names of its AMP O2 master weights (`master_weight_names`).
+
+    Paddle keys each master weight's accumulators (Momentum's velocity, Adam's moments) by the master
+    weight's own tensor name, which the loaded arrays no longer carry: restore_optimizer gives it back.
+    """
+    state = dict(optimizer.state_dict())
+    masters = state.get("master_weights") or {}
+    if masters:
+        state["master_weight_names"] = {k: v.name for k, v in masters.items()}
+    return state
+
+
+def restore_optimizer(optimizer: Any, saved: dict) -> None:
+    """optimizer.set_state_dict from a loaded checkpoint's arrays (optimizer_state's dict).
+
+    Paddle keeps `master_weights` as it is given: numpy arrays there make the first step after a resume
+    fail (Paddle reads `.name` of each master weight). So they become float32 device tensors with their
+    saved names. A checkpoint written before the names were recorded gets the name Paddle gives the
+    first master weight of a parameter in a fresh process (`<parameter>_fp32_master_0`).
+    """
+    state = {k: paddle.to_tensor(v) if isinstance(v, np.ndarray) else v for k, v in saved.items()
+             if k not in ("master_weights", "master_weight_names")}
+    masters = saved.get("master_weights") or {}
+    if masters:
+        names = saved.get("master_weight_names") or {}
+        state["master_weights"] = {}
+        for param_name, value in masters.items():
+            tensor = paddle.to_tensor(np.asarray(value, dtype=np.float32))
+            tensor.name = names.get(param_name, f"{param_name}_fp32_master_0")
+            state["master_weights"][param_name] = tensor
+    optimizer.set_state_dict(state)
+
+
 def check_finite(weights: dict, source: str) -> None:
     """Refuse weights holding NaN or Inf, naming the first such tensor (a diverged or damaged run)."""
     for name, value in weights.items():
@@ -340,6 +481,9 @@ def read_safetensors(path: str, integer_ok: Any = None) -> tuple[dict[str, np.nd
     with open(path, "rb") as f:
         n = int.from_bytes(f.read(8), "little")
         if size < 8 or n < 2 or n > min(size - 8, MAX_SAFETENSORS_HEADER):
+            kind = file_kind(path)
+            if kind not in (None, "safetensors"):
+                raise CheckpointError(f"{path} is not a safetensors file but {RENAMED[kind]}")
             raise CheckpointError(f"{path} is not a safetensors file: its header length ({n:,} bytes) does not fit "
                                   f"the file ({size:,} bytes) or the {MAX_SAFETENSORS_HEADER:,}-byte limit")
         try:
@@ -365,6 +509,15 @@ def read_safetensors(path: str, integer_ok: Any = None) -> tuple[dict[str, np.nd
             if not ok:
                 raise CheckpointError(f"{path}: tensor {name!r} has a malformed entry {json.dumps(spec)[:200]} "
                                       f"(dtype, shape and offsets must agree and fit the file); re-save the file")
+            raw[name] = (code, shape, (begin, end))
+        # Each tensor its own bytes (the format's rule): 1,000 entries over one byte range made a 4 MB file
+        # materialise 4 GB (issue 23). With no overlap, what is read is at most the file's own size.
+        spans = sorted((begin, end, name) for name, (_, _, (begin, end)) in raw.items() if end > begin)
+        for (_, end_a, a), (begin_b, _, b) in zip(spans, spans[1:]):
+            if begin_b < end_a:
+                raise CheckpointError(f"{path} is refused: tensors {a!r} and {b!r} share bytes of the file (a "
+                                      f"safetensors file stores each tensor once); re-save it")
+        for name, (code, shape, (begin, end)) in raw.items():
             buf = bytearray(end - begin)
             f.seek(8 + n + begin)
             if f.readinto(buf) != len(buf):
@@ -401,21 +554,56 @@ def extract_model_state(path: str, trust: bool = False, prefer_ema: bool = False
     return _weights_and_config(path, trust, prefer_ema)[0]
 
 
-def _weights_and_config(path: str, trust: bool, prefer_ema: bool) -> tuple[dict[str, np.ndarray], Any]:
-    """The checked weights, and the resolved config the file records (None if it records none)."""
-    recorded = None
+def _weights_and_config(path: str, trust: bool, prefer_ema: bool) -> tuple[dict[str, np.ndarray], Any, Any]:
+    """The checked weights, the resolved config the file records and its class list (None for either
+    if it records none)."""
+    recorded = classes = None
     if path.endswith(".safetensors"):
         weights, metadata = read_safetensors(path)
         try:
             recorded = json.loads(metadata.get("config", "null"))
+            classes = json.loads(metadata.get("classes", "null"))
         except ValueError:
-            recorded = None
+            recorded = recorded if isinstance(recorded, dict) else None
         if recorded is None and isinstance(metadata.get("arch"), str):  # an export records its arch alone
             recorded = {"model": {"arch": metadata["arch"]}}
     else:
-        weights, recorded = _pickled_weights(path, trust, prefer_ema)
+        weights, recorded, classes = _pickled_weights(path, trust, prefer_ema)
+        # The models are float32. Checkpoints of AMP O2 runs made before decorate's save_dtype was set
+        # hold fp16 or bf16 weights: widen them exactly, as read_safetensors does.
+        weights = {k: _as_float32(v) for k, v in weights.items()}
     check_finite(weights, path)
-    return weights, recorded
+    valid = isinstance(classes, list) and all(isinstance(c, str) for c in classes)
+    return weights, recorded, classes if valid else None
+
+
+def class_list_problem(recorded: list[str] | None, current: list[str] | None) -> str | None:
+    """How the data's class list differs from the one the weights record: classes added, missing, or the
+    same classes in another order (which trains and evaluates every label as another class); None if
+    they are equal or either is unknown."""
+    if recorded is None or current is None or list(recorded) == list(current):
+        return None
+    added = [c for c in current if c not in set(recorded)]
+    missing = [c for c in recorded if c not in set(current)]
+
+    def few(names: list[str]) -> str:
+        return ", ".join(names[:5]) + (f" (and {len(names) - 5} more)" if len(names) > 5 else "")
+
+    if added or missing:
+        parts = ([f"added {few(added)}"] if added else []) + ([f"missing {few(missing)}"] if missing else [])
+        return "the data's classes differ from those the weights were trained on: " + "; ".join(parts)
+    moved = [f"{c} (was label {recorded.index(c)}, now {i})" for i, c in enumerate(current) if recorded[i] != c]
+    return f"the data's classes are those the weights were trained on, reordered: {few(moved)}"
+
+
+def check_classes(recorded: list[str] | None, current: list[str] | None, source: str, allow: bool) -> None:
+    """Refuse data whose class list differs from the one the weights in `source` record (issue 23: a
+    renamed class folder resumed training on permuted labels, silently), unless `allow`
+    (data.allow_class_change=true: fine-tuning on other classes, knowingly)."""
+    problem = class_list_problem(recorded, current)
+    if problem and not allow:
+        raise CheckpointError(f"{source}: {problem}. Check data.root, or set -o data.allow_class_change=true "
+                              f"to use these weights with these classes (fine-tuning on new classes)")
 
 
 def check_stem_era(model: paddle.nn.Layer, recorded_cfg: Any, source: str) -> None:
@@ -436,36 +624,34 @@ def check_stem_era(model: paddle.nn.Layer, recorded_cfg: Any, source: str) -> No
             f"resuming or fine-tuning)")
 
 
-def _pickled_weights(path: str, trust: bool, prefer_ema: bool) -> tuple[dict[str, np.ndarray], Any]:
+def _pickled_weights(path: str, trust: bool, prefer_ema: bool) -> tuple[dict[str, np.ndarray], Any, Any]:
     state, verified = _unpickle_checked(path, trust)
     if isinstance(state, dict) and MARKER in state:
         state = _checked_checkpoint(path, state, verified)  # version, checksum and structure
-        if prefer_ema and state.get("ema") is not None:
-            return state["ema"], state.get("config")
-        return state["model"], state.get("config")
+        weights = state["ema"] if prefer_ema and state.get("ema") is not None else state["model"]
+        return weights, state.get("config"), state.get("classes")
     if not trust:
         raise CheckpointError(f"{path} is a pickle from outside this project (not a senet checkpoint). Unpickling "
                               f"can run code: convert it to .safetensors, or if you trust it pass "
                               f"-o model.trust_pickle=true")
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} holds a {type(state).__name__}, not a state_dict")
-    out = {}
-    for name, value in state.items():
-        value = np.asarray(value) if isinstance(value, np.ndarray) else value
-        if isinstance(value, np.ndarray) and value.dtype in (np.float16, np.float64):
-            value = value.astype(np.float32)
-        out[name] = value
-    return out, None
+    if shared := shared_arrays(state):
+        raise CheckpointError(f"{path} is refused: {shared[0]!r} and {shared[1]!r} are one array stored under two "
+                              f"names (a state dict stores each tensor once)")
+    return dict(state), None, None  # fp16 and fp64 are widened or narrowed to float32 by _weights_and_config
 
 
 def load_weights(model: paddle.nn.Layer, path: str, trust: bool = False, prefer_ema: bool = False,
-                 expected_arch: str | None = None) -> None:
-    """Load weights into `model`, refusing any missing, unexpected or mis-shaped tensor by name."""
-    weights, recorded_cfg = _weights_and_config(path, trust, prefer_ema)
+                 expected_arch: str | None = None) -> list[str] | None:
+    """Load weights into `model`, refusing any missing, unexpected or mis-shaped tensor by name. Returns
+    the class list the file records (None if it records none: converted or older weights)."""
+    weights, recorded_cfg, classes = _weights_and_config(path, trust, prefer_ema)
     check_compatible(model, weights, path, expected_arch, _recorded_arch(recorded_cfg))
     check_attention_kind(recorded_cfg, expected_arch, path)  # what shapes cannot tell apart
     check_stem_era(model, recorded_cfg, path)
-    model.set_state_dict({k: paddle.to_tensor(v) for k, v in weights.items()})
+    set_weights(model, weights)
+    return classes
 
 
 def _recorded_arch(recorded_cfg: Any) -> str | None:
@@ -514,10 +700,11 @@ def check_compatible(model: paddle.nn.Layer, weights: dict, source: str, expecte
 
 def save_safetensors(model: paddle.nn.Layer, path: str, metadata: dict | None = None) -> None:
     """Weights only, no pickle: safe to share. Metadata values are stored as JSON strings, plus the
-    SHA-256 digest (`senet_sha256`) that read_safetensors checks."""
+    SHA-256 digest (`senet_sha256`) that read_safetensors checks. Floats are written as F32 whatever the
+    model holds (see _float32_array)."""
     from safetensors.numpy import save
 
-    tensors = {k: np.ascontiguousarray(v.numpy()) for k, v in model.state_dict().items()}
+    tensors = {k: _float32_array(k, v) for k, v in model.state_dict().items()}
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
     meta.pop(SAFETENSORS_DIGEST_KEY, None)
     meta[SAFETENSORS_DIGEST_KEY] = _tensors_digest(

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from senet.limits import regular_file_problem
+from senet.limits import open_regular, regular_file_problem
 
 # One commented dict of every setting. Units are in the comments.
 DEFAULTS: dict[str, Any] = {
@@ -69,7 +69,11 @@ DEFAULTS: dict[str, Any] = {
         "train_list": None,  # optional "relative/path.jpg label" list files
         "val_list": None,
         "batch_size": 32,  # per device
-        "num_workers": 4,  # loader worker processes
+        "num_workers": 4,  # loader worker processes (DALI: its CPU threads)
+        # paddle: paddle.io.DataLoader, decoding with OpenCV in worker processes. dali: NVIDIA DALI
+        # (make install DALI=1), decoding on the GPU where there is one; image folders only, with the
+        # same files, shards, crops and flips (senet/data/dali.py, docs/data.md)
+        "loader": "paddle",
         "image_size": 224,  # train crop, pixels
         "eval_resize": 256,  # eval: shorter side resized to this, pixels
         "eval_crop": 224,  # eval: centre crop, pixels
@@ -81,6 +85,13 @@ DEFAULTS: dict[str, Any] = {
         "color_jitter": 0.0,  # brightness/contrast/saturation strength, 0 = off
         "pad_crop": 4,  # CIFAR-style pad-and-random-crop, pixels (CIFAR and digits)
         "on_bad_image": "error",  # error | skip
+        # CIFAR: a tarball under its official name must have the published MD5 (false: use it anyway,
+        # e.g. scripts/make_fake_data.py's stand-ins, or a repacked copy whose numbers you accept)
+        "verify_md5": True,
+        # Weights record their class list (checkpoints, model.safetensors, exports). Resume, eval,
+        # export and training from model.weights on data whose classes differ (added, missing, or
+        # reordered: a renamed class folder) are refused; true accepts it (fine-tuning on new classes).
+        "allow_class_change": False,
         "synthetic_train_size": 1024,  # images in the synthetic train split
         "synthetic_val_size": 256,
     },
@@ -108,7 +119,7 @@ DEFAULTS: dict[str, Any] = {
             "dtype": "float16",  # float16 | bfloat16
             "init_loss_scaling": 65536.0,
             "dynamic": True,
-            "eval": False,  # evaluate under autocast too; by default eval runs in fp32
+            "eval": False,  # evaluate under autocast too; by default eval runs in fp32 (under O2 in the AMP dtype)
         },
         "ema": {"enabled": False, "decay": 0.9999},
         "data_format": "NCHW",  # NCHW | NHWC
@@ -157,6 +168,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.cbam.placement": PLACEMENTS,
     "data.name": ("imagenet", "cifar10", "cifar100", "digits", "synthetic"),
     "data.on_bad_image": ("error", "skip"),
+    "data.loader": ("paddle", "dali"),
     "optimizer.name": ("momentum", "sgd", "adamw"),
     "lr_scheduler.name": ("step", "multistep", "cosine"),
     "train.amp.level": ("O1", "O2"),
@@ -253,6 +265,8 @@ LIST_SHAPES: dict[str, tuple[type, int | None]] = {
 RESUME_MAY_CHANGE = (
     "name", "output_dir", "model.weights", "model.trust_pickle",  # weights: the checkpoint replaces them
     "data.num_workers", "data.on_bad_image",  # augmentation is seeded per sample, not per worker
+    "data.verify_md5", "data.allow_class_change",  # checks of the data, not the data (classes: checked apart)
+    "data.loader",  # the same crops and flips either way; only the resize filter differs
     "data.val_list", "data.synthetic_val_size", "data.eval_resize", "data.eval_crop",  # eval only
     "train.epochs", "train.eval_every", "train.log_every", "train.save_every", "train.save_every_steps",
     "train.threads", "train.keep_last", "train.nan_policy", "train.nan_skip_limit", "train.log_se_every",
@@ -275,8 +289,9 @@ MAX_YAML_DEPTH = 50  # nested lists and mappings
 
 
 class _ConfigLoader(yaml.SafeLoader):
-    """PyYAML's SafeLoader that also bounds nesting and alias expansion, and refuses duplicate keys
-    (plain YAML lets the last one win silently) and keys that are not strings (`yes:` is a bool)."""
+    """PyYAML's SafeLoader that also bounds nesting and alias expansion, refuses duplicate keys
+    (plain YAML lets the last one win silently) and keys that are not strings (`yes:` is a bool), and
+    reads numbers as YAML 1.2 does (below)."""
 
     depth = 0
 
@@ -313,6 +328,15 @@ class _ConfigLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+# PyYAML follows YAML 1.1, where a float needs a dot and a signed exponent: 1e-4, 5e3 and .5e0 are
+# strings there, so `-o data.mean=[.5,.5,.5e0]` was refused as a string. YAML 1.2 (and every other
+# parser) reads them as floats; so does this loader, in config files and -o values alike.
+_ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9]+\.[0-9]*(?:[eE][-+]?[0-9]+)?|\.[0-9]+(?:[eE][-+]?[0-9]+)?|[0-9]+[eE][-+]?[0-9]+)$"),
+    list("-+0123456789."))
+
+
 def _check_expanded_size(root: yaml.Node) -> None:
     """Refuse a document whose aliases expand beyond MAX_YAML_SIZE, or refer to themselves. Each node
     is measured once (memoised), so this takes time linear in the file however far it would expand."""
@@ -347,10 +371,18 @@ def safe_yaml(source: str | Any, name: str | None = None) -> Any:
     """Parse YAML text or an open text file with plain types only and the bounds above. Every error
     is a ConfigError naming `name` (or the file) and, where it helps, the line."""
     name = name or getattr(source, "name", "<yaml>")
-    text = source if isinstance(source, str) else source.read(MAX_YAML_SIZE + 1)
+    try:
+        text = source if isinstance(source, str) else source.read(MAX_YAML_SIZE + 1)
+    except UnicodeDecodeError as e:  # a binary file given as a config
+        raise ConfigError(f"{name} is not a text file (byte {e.start:,} is not UTF-8): give a YAML config") from None
     if len(text) > MAX_YAML_SIZE:
         raise ConfigError(f"{name} is larger than {MAX_YAML_SIZE:,} characters; a config is a few thousand")
-    loader = _ConfigLoader(text)
+    try:
+        loader = _ConfigLoader(text)  # checks every character first: a control character fails here
+    except yaml.reader.ReaderError as e:
+        line = text.count("\n", 0, e.position) + 1
+        raise ConfigError(f"{name}:{line}: holds the control character {e.character!r}, which YAML does not allow; "
+                          f"remove it") from None
     loader.name = name
     try:
         return loader.get_single_data()
@@ -380,10 +412,18 @@ def _suggest(key: str) -> str:
     return f" Did you mean '{close[0]}'?" if close else ""
 
 
+# How many _base_ files one config may stand on. One level is the norm here (STYLE.md); a chain of
+# 1,200 files used to end in RecursionError.
+MAX_BASE_DEPTH = 8
+
+
 def _load_yaml(path: str, chain: tuple[str, ...] = ()) -> dict:
     path = os.path.abspath(path)
     if path in chain:
         raise ConfigError(f"circular _base_: {' -> '.join(chain + (path,))}")
+    if len(chain) > MAX_BASE_DEPTH:
+        raise ConfigError(f"{chain[0]}: its _base_ chain is deeper than {MAX_BASE_DEPTH} files (at {path}); "
+                          f"merge the settings into fewer files")
     where = f" (the _base_ of {chain[-1]})" if chain else ""
     if os.path.isdir(path):
         saved = os.path.join(path, "config.yaml")  # a run folder holds its resolved config
@@ -394,7 +434,7 @@ def _load_yaml(path: str, chain: tuple[str, ...] = ()) -> dict:
         raise ConfigError(f"config file not found: {path}{where}")
     if problem:
         raise ConfigError(f"config file {path}{where} {problem}: give a YAML file")
-    with open(path) as f:
+    with open(path, encoding="utf-8") as f:
         cfg = safe_yaml(f, path)  # raises ConfigError naming the file (and line)
     if cfg is None:  # an empty file (or only comments) is a mistake, not a request for every default
         raise ConfigError(f"config file is empty: {path}{where}; write at least one setting, e.g. model.arch")
@@ -576,8 +616,7 @@ def weights_file(path: str) -> str:
     final = os.path.join(path, "model.safetensors")
     if os.path.isfile(final):
         return final
-    found = sorted(os.path.relpath(os.path.join(d, f), path) for d, _, files in os.walk(path)
-                   for f in files if f.endswith((".safetensors", ".pdparams")))
+    found = sorted(os.path.relpath(f, path) for f in _weights_files_near(path))
     if found:  # an unfinished run: it has checkpoints but no final weights yet
         pick = "checkpoints/last.pdparams" if "checkpoints/last.pdparams" in found else found[0]
         raise ConfigError(f"model.weights={path} is a folder without model.safetensors (a run writes it when "
@@ -590,11 +629,38 @@ def weights_file(path: str) -> str:
                       f"give a .safetensors file or a .pdparams checkpoint")
 
 
+def _weights_files_near(folder: str, depth: int = 2, budget: int = 10_000) -> list[str]:
+    """Weights files (.safetensors, .pdparams) in `folder` and up to `depth` levels below (a run folder's
+    checkpoints/, an export's folder), looking at no more than `budget` entries: model.weights=/ must not
+    walk the whole file system, nor a folder nested 1,500 deep overflow the stack."""
+    found, level, seen = [], [folder], 0
+    for _ in range(depth + 1):
+        below = []
+        for d in level:
+            try:
+                with os.scandir(d) as entries:
+                    for entry in entries:
+                        seen += 1
+                        if seen > budget:
+                            return found
+                        if entry.is_dir(follow_symlinks=False):
+                            below.append(entry.path)
+                        elif entry.name.endswith((".safetensors", ".pdparams")):
+                            found.append(entry.path)
+            except OSError:
+                continue
+        level = below
+    return found
+
+
 def dump_config(cfg: dict, path: str) -> None:
     """Write the resolved config, atomically, so the run records exactly what it used."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    tmp = f"{path}.tmp.{os.getpid()}"  # the trainer's clean-up of interrupted saves removes it if left
+    if os.path.lexists(tmp):
+        os.remove(tmp)
+    # A new file (O_EXCL), never through a link; the rename replaces a link at `path` without following it.
+    with os.fdopen(open_regular(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL), "w") as f:
         yaml.safe_dump(cfg, f, sort_keys=False)
     os.replace(tmp, path)
 

@@ -32,7 +32,8 @@ import numpy as np
 import paddle
 import yaml
 
-from senet.checkpoint import atomic_write, load_weights, save_safetensors
+from senet.checkpoint import atomic_write, check_classes, load_weights, save_safetensors
+from senet.folders import new_temp_folder, swap_into_place
 from senet.imagenet_classes import imagenet_names_for
 from senet.limits import sha256_file
 from senet.resnet import build_model
@@ -68,16 +69,17 @@ def parse_formats(names: list[str]) -> list[str]:
     return [f for f in FORMATS if f in wanted]
 
 
-def load_model(cfg: dict) -> paddle.nn.Layer:
-    """The config's model, NCHW, in eval mode, with `model.weights` loaded (shape-checked, pickle-safe)."""
+def load_model(cfg: dict) -> tuple[paddle.nn.Layer, list[str] | None]:
+    """The config's model, NCHW, in eval mode, with `model.weights` loaded (shape-checked, pickle-safe),
+    and the class list the weights record (None if they record none)."""
     weights = cfg["model"]["weights"]
     if not weights:
         raise ExportError("model.weights is not set: give the trained weights with -o model.weights=PATH "
                           "(a .safetensors file or one of our .pdparams checkpoints)")
     model = build_model(_nchw(cfg))
-    load_weights(model, weights, trust=cfg["model"]["trust_pickle"], expected_arch=cfg["model"]["arch"])
+    classes = load_weights(model, weights, trust=cfg["model"]["trust_pickle"], expected_arch=cfg["model"]["arch"])
     model.eval()
-    return model
+    return model, classes
 
 
 def _nchw(cfg: dict) -> dict:
@@ -223,6 +225,9 @@ def inference_info(cfg: dict, resize: int, crop: int, classes: list[str] | None,
         "input": {"name": INPUT_NAME, "layout": "NCHW", "dtype": "float32", "shape": [-1, 3, crop, crop]},
         "class_names": names or classes or [str(i) for i in range(num_classes)],
         "class_names_from": "imagenet" if names else "dataset" if classes is not None else "indices",
+        # the classes the outputs stand for, in label order (the weights' record, else the data's):
+        # tools/eval.py --model checks the val data against them
+        "classes": classes,
         "files": files,
         "source": {"config": cfg["name"], "weights": m["weights"]},
     }
@@ -236,31 +241,62 @@ def export(cfg: dict, output: str, formats: list[str] | tuple[str, ...] = FORMAT
     to export it as it is (it must be NCHW and in eval mode).
     """
     formats = parse_formats(list(formats))
-    model = model if model is not None else load_model(cfg)
+    output = os.path.abspath(output)
+    if os.path.lexists(output) and not (os.path.isdir(output) and not os.path.islink(output) and
+                                        (not os.listdir(output) or os.path.isfile(os.path.join(output, INFO_FILE)))):
+        raise ExportError(f"--output {output} exists and is not an export folder (no {INFO_FILE}); an export "
+                          f"replaces the folder whole: choose a new one")
+    recorded = None
+    if model is None:
+        model, recorded = load_model(cfg)
     resize, crop, classes = eval_geometry(cfg)
-    os.makedirs(output, exist_ok=True)
+    # The classes the weights were trained on name the outputs; the data root's are only a fallback for
+    # weights that record none (converted, older). A data root whose classes differ is refused: its names
+    # would label every output wrongly (issue 23: one class folder missing shifted all the names after it).
+    check_classes(recorded, classes, cfg["model"]["weights"], cfg["data"]["allow_class_change"])
+    classes = recorded if recorded is not None else classes
+    try:
+        tmp = new_temp_folder(output)  # written whole, then swapped in: a failure leaves the previous export
+    except OSError as e:
+        raise ExportError(f"cannot write beside {output} ({e.strerror or e})") from None
+    try:
+        info = _write_export(cfg, model, tmp, formats, resize, crop, classes)
+        swap_into_place(tmp, output)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):
+            kept = "the previous export there is intact" if os.path.isdir(output) else "nothing was written"
+            raise ExportError(f"could not write the export {output} ({e.strerror or e}); {kept}") from None
+        raise
+    return info
+
+
+def _write_export(cfg: dict, model: paddle.nn.Layer, folder: str, formats: list[str], resize: int, crop: int,
+                  classes: list[str] | None) -> dict[str, Any]:
+    """The formats and inference.yml, written into `folder` (a new temporary one)."""
     files: dict[str, Any] = {}
     if "paddle" in formats or "onnx" in formats:
         # ONNX is converted from the static graph; without the paddle format that graph is temporary.
-        static_dir = output if "paddle" in formats else tempfile.mkdtemp(prefix=".static-", dir=output)
+        static_dir = folder if "paddle" in formats else tempfile.mkdtemp(prefix=".static-", dir=folder)
         try:
             prefix = os.path.join(static_dir, PADDLE_PREFIX)
             entry = save_static(model, prefix, crop)
             if "paddle" in formats:
                 files["paddle"] = entry
             if "onnx" in formats:
-                opset = save_onnx(prefix, os.path.join(output, ONNX_FILE))
+                opset = save_onnx(prefix, os.path.join(folder, ONNX_FILE))
                 files["onnx"] = {"model": ONNX_FILE, "opset": opset}
         finally:
-            if static_dir != output:
+            if static_dir != folder:
                 shutil.rmtree(static_dir, ignore_errors=True)
     if "safetensors" in formats:
-        meta = {"arch": cfg["model"]["arch"], "num_classes": cfg["model"]["num_classes"], **attention_section(cfg)}
-        save_safetensors(model, os.path.join(output, SAFETENSORS_FILE), metadata=meta)
+        meta = {"arch": cfg["model"]["arch"], "num_classes": cfg["model"]["num_classes"], **attention_section(cfg),
+                **({"classes": classes} if classes is not None else {})}
+        save_safetensors(model, os.path.join(folder, SAFETENSORS_FILE), metadata=meta)
         files["safetensors"] = SAFETENSORS_FILE
     info = inference_info(cfg, resize, crop, classes, files)
-    info["sha256"] = file_digests(output, files)
-    atomic_write(os.path.join(output, INFO_FILE), yaml.safe_dump(info, sort_keys=False).encode())
+    info["sha256"] = file_digests(folder, files)
+    atomic_write(os.path.join(folder, INFO_FILE), yaml.safe_dump(info, sort_keys=False).encode())
     return info
 
 

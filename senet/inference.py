@@ -6,9 +6,15 @@
 
 Engines:
 - "paddle": Paddle Inference. On a CPU with oneDNN (optionally bf16, where the CPU has bf16
-  instructions); on a GPU when asked and present, with TensorRT when Paddle was built with it.
+  instructions); on a GPU when asked and present, with CUDA kernels. TensorRT: Paddle 3.3's
+  `enable_tensorrt_engine` applies to `.pdmodel` graphs only, and our exports are PIR graphs
+  (`model.json`), so they run on plain CUDA kernels, and a one-line notice says so where TensorRT is
+  installed (docs/gpu.md: converting with paddle.tensorrt). A `.pdmodel` graph gets fp32 TensorRT
+  engines for batches of 1 to TRT_MAX_BATCH; larger batches are run in parts of that size.
 - "onnxruntime": ONNX Runtime on the CPU, or its CUDA provider when asked and present.
-A requested GPU that is not there gives a one-line notice and the CPU.
+`device`: "cpu", "gpu" (this process's GPU: the rank's own under paddle.distributed.launch, else GPU
+0) or "gpu:N". A requested GPU that is not there gives a one-line notice and the CPU. `Predictor.backend`
+names what really runs, for labels ("Paddle Inference, CUDA, GPU 1").
 
 Preprocessing is the eval pipeline's own code (senet.data): decode to RGB, resize the shorter side,
 centre crop, then (pixel / 255 - mean) / std as one float32 multiply-add, so an exported model sees
@@ -26,8 +32,8 @@ import numpy as np
 from senet.runtime import cpu_count, env_threads, restore_threads
 
 ENGINES = ("paddle", "onnxruntime")
-DEVICES = ("cpu", "gpu")
 INFO_FILE = "inference.yml"
+TRT_MAX_BATCH = 64  # images: the largest batch of the TensorRT dynamic-shape profile (1 to 64, optimum 8)
 
 
 class ModelDirError(ValueError):
@@ -94,12 +100,18 @@ def validate_info(info: Any, path: str) -> dict:
     inp = info["input"]
     if not isinstance(inp, dict) or not isinstance(inp.get("name"), str):
         raise _bad(path, "input", "must be a mapping with the input tensor's name")
-    if inp.get("shape", [-1, 3, pre["crop"], pre["crop"]])[1:] != [3, pre["crop"], pre["crop"]]:
-        raise _bad(path, "input.shape", f"{inp.get('shape')!r} does not match preprocess.crop {pre['crop']}")
+    shape = inp.get("shape", [-1, 3, pre["crop"], pre["crop"]])
+    if not (isinstance(shape, list) and len(shape) == 4 and all(_int_in(d, -1, MAX_CROP) for d in shape)):
+        raise _bad(path, "input.shape", f"must be a list of 4 integers [batch, 3, crop, crop], not {shape!r}")
+    if shape[1:] != [3, pre["crop"], pre["crop"]]:
+        raise _bad(path, "input.shape", f"{shape!r} does not match preprocess.crop {pre['crop']}")
     names = info["class_names"]
     if not (isinstance(names, list) and len(names) == info["num_classes"]
             and all(isinstance(n, (str, int, float)) and not isinstance(n, bool) for n in names)):
         raise _bad(path, "class_names", f"must be a list of {info['num_classes']} names (num_classes)")
+    classes = info.get("classes")  # the class ids the weights were trained on (exports since issue 23)
+    if classes is not None and not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
+        raise _bad(path, "classes", "must be a list of class names (the data's class folders, in label order)")
     files = info["files"]
     if not isinstance(files, dict) or not files:
         raise _bad(path, "files", "must map formats (paddle, onnx, safetensors) to their files")
@@ -204,11 +216,12 @@ class Predictor:
                  device: str = "cpu") -> None:
         if engine not in ENGINES:
             raise ValueError(f"unknown engine {engine!r}; known: {', '.join(ENGINES)}")
-        if device not in DEVICES:
-            raise ValueError(f"unknown device {device!r}; known: {', '.join(DEVICES)}")
+        kind, gpu_index = parse_device(device)
         if bf16 and engine != "paddle":
             raise ValueError("bf16 is a Paddle Inference option (oneDNN); use engine 'paddle'")
         self.model_dir, self.engine = model_dir, engine
+        self.backend = ""  # what runs, set by the engine's loader below
+        self.max_batch: int | None = None  # images per engine call; predict() splits larger batches
         self._unverified_noted = False
         self.info = read_info(model_dir)
         pre = self.info["preprocess"]
@@ -224,10 +237,11 @@ class Predictor:
         fmt = "onnx" if engine == "onnxruntime" else "paddle"
         if fmt not in files:
             raise ModelDirError(f"{model_dir} has no {fmt} model; export one with tools/export.py --format {fmt}")
+        gpu = _usable_gpu(kind, gpu_index)  # None: the CPU
         if engine == "paddle":
-            self._run = self._paddle(files["paddle"], bf16, device)
+            self._run = self._paddle(files["paddle"], bf16, gpu)
         else:
-            self._run = self._onnxruntime(files["onnx"]["model"], device)
+            self._run = self._onnxruntime(files["onnx"]["model"], gpu)
 
     def _file(self, name: str) -> str:
         """The path of a file inference.yml lists: a regular file whose SHA-256 matches, where recorded."""
@@ -253,7 +267,7 @@ class Predictor:
                                 f"damaged after export; export or copy the model again")
         return path
 
-    def _paddle(self, files: dict, bf16: bool, device: str) -> Any:
+    def _paddle(self, files: dict, bf16: bool, gpu: int | None) -> Any:
         import paddle  # its ccache warning at import: dropped by senet.runtime.quiet_paddle
         from paddle import inference
 
@@ -271,20 +285,23 @@ class Predictor:
         config.switch_ir_optim(True)  # conv+BN folding, conv+bias+activation fusion
         # Not enable_memory_optim(): with the PIR graphs of Paddle 3.3.1 it fails ("Not find
         # predictor_id 0 and pass_name memory_optimize_pass").
-        from senet.device import has_gpu
-
-        gpu = device == "gpu" and has_gpu()
-        if device == "gpu" and not gpu:
-            notice("no CUDA GPU available to Paddle; running Paddle Inference on the CPU")
-        if gpu:
-            config.enable_use_gpu(256, 0)  # initial memory pool, MB; device 0
+        if gpu is not None:
+            config.enable_use_gpu(256, gpu)  # initial memory pool, MB; the chosen device
+            self.backend = f"Paddle Inference, CUDA, GPU {gpu}"
             if bf16:
                 notice("bf16 is for oneDNN on the CPU; the GPU runs fp32")
-            if inference.get_trt_compile_version() > (0, 0, 0) and inference.get_trt_runtime_version() > (0, 0, 0):
+            trt = inference.get_trt_compile_version() > (0, 0, 0) and inference.get_trt_runtime_version() > (0, 0, 0)
+            if trt and model_file.endswith(".json"):
+                notice(f"no TensorRT for {os.path.basename(model_file)}: Paddle 3.3 applies enable_tensorrt_engine "
+                       f"to .pdmodel graphs only and this is a PIR graph, so it runs on plain CUDA kernels "
+                       f"(docs/gpu.md: converting it with paddle.tensorrt)")
+            elif trt:
                 self._tensorrt(config, inference)
-            else:
+                self.backend = f"Paddle Inference, TensorRT fp32, GPU {gpu}"
+            elif not model_file.endswith(".json"):
                 notice("Paddle was built without TensorRT (or TensorRT is not installed); plain CUDA kernels")
         else:
+            self.backend = "Paddle Inference, oneDNN" + (" bf16" if bf16 else "")
             config.disable_gpu()
             config.enable_onednn()
             if not files.get("onednn_placement", True):  # see senet.export.save_static
@@ -295,6 +312,7 @@ class Predictor:
                     config.enable_onednn_bfloat16()
                 else:
                     notice("this CPU has no bf16 instructions (avx512_bf16 / AMX); running in fp32")
+                    self.backend = "Paddle Inference, oneDNN"
         predictor = inference.create_predictor(config)
         x = predictor.get_input_handle(predictor.get_input_names()[0])
         y = predictor.get_output_handle(predictor.get_output_names()[0])
@@ -311,15 +329,17 @@ class Predictor:
         return run
 
     def _tensorrt(self, config: Any, inference: Any) -> None:
-        """fp32 TensorRT engines for batches of 1 to 64 images, built at the first run (not cached on disk)."""
+        """fp32 TensorRT engines for batches of 1 to TRT_MAX_BATCH images, built at the first run (not
+        cached on disk), for a .pdmodel graph (Paddle 3.3 applies them to no other)."""
         shape = [3, self.crop, self.crop]
-        config.enable_tensorrt_engine(workspace_size=1 << 30, max_batch_size=64, min_subgraph_size=3,
+        config.enable_tensorrt_engine(workspace_size=1 << 30, max_batch_size=TRT_MAX_BATCH, min_subgraph_size=3,
                                       precision_mode=inference.PrecisionType.Float32, use_static=False,
                                       use_calib_mode=False)
         name = self.info["input"]["name"]
-        config.set_trt_dynamic_shape_info({name: [1] + shape}, {name: [64] + shape}, {name: [8] + shape})
+        config.set_trt_dynamic_shape_info({name: [1] + shape}, {name: [TRT_MAX_BATCH] + shape}, {name: [8] + shape})
+        self.max_batch = TRT_MAX_BATCH  # the profile takes no more: predict() runs larger batches in parts
 
-    def _onnxruntime(self, filename: str, device: str) -> Any:
+    def _onnxruntime(self, filename: str, gpu: int | None) -> Any:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -327,10 +347,12 @@ class Predictor:
         options.inter_op_num_threads = 1  # one chain of ops: parallelism is inside each op
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3  # errors only: paddle2onnx leaves unused initializers ORT warns about
-        providers = ["CPUExecutionProvider"]
-        if device == "gpu":
+        providers: list[Any] = ["CPUExecutionProvider"]
+        self.backend = "ONNX Runtime, CPU"
+        if gpu is not None:
             if "CUDAExecutionProvider" in ort.get_available_providers():
-                providers.insert(0, "CUDAExecutionProvider")
+                providers.insert(0, ("CUDAExecutionProvider", {"device_id": gpu}))
+                self.backend = f"ONNX Runtime, CUDA, GPU {gpu}"
             else:
                 notice("onnxruntime has no CUDA provider here; running ONNX Runtime on the CPU")
         path = self._file(filename)
@@ -368,7 +390,10 @@ class Predictor:
         if len(images) == 0:
             return np.zeros((0, self.num_classes), dtype=np.float32)
         x = images.astype(np.float32) * self._scale + self._shift
-        return self._run(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        if self.max_batch is None or len(x) <= self.max_batch:
+            return self._run(x)
+        return np.concatenate([self._run(x[i:i + self.max_batch]) for i in range(0, len(x), self.max_batch)])
 
     def load_image(self, path: str) -> np.ndarray:
         """One file decoded to RGB, shorter side resized, centre-cropped: uint8 [crop, crop, 3]."""
@@ -394,6 +419,37 @@ class Predictor:
                 failed.append((path, f"{type(e).__name__}: {e}"))
         batch = np.stack(images) if images else np.zeros((0, self.crop, self.crop, 3), dtype=np.uint8)
         return batch, ok, failed
+
+
+def parse_device(device: str) -> tuple[str, int | None]:
+    """("cpu", None), ("gpu", None) for this process's own GPU, or ("gpu", N) for `gpu:N`; anything else
+    is a ValueError naming the accepted forms."""
+    kind, colon, index = str(device).partition(":")
+    if kind == "cpu" and not colon:
+        return "cpu", None
+    if kind == "gpu" and (not colon or index.isdigit()):
+        return "gpu", int(index) if colon else None
+    raise ValueError(f"unknown device {device!r}; use cpu, gpu (this process's GPU) or gpu:N (GPU number N)")
+
+
+def _usable_gpu(kind: str, index: int | None) -> int | None:
+    """The GPU to run on for a parsed device, or None for the CPU (with a notice if a GPU was asked for
+    and Paddle sees none). gpu:N beyond the GPUs Paddle sees is a ValueError naming them."""
+    if kind == "cpu":
+        return None
+    from senet.device import has_gpu, local_gpu
+
+    if not has_gpu():
+        notice("no CUDA GPU available to Paddle; running on the CPU")
+        return None
+    import paddle
+
+    count = paddle.device.cuda.device_count()
+    gpu = local_gpu() if index is None else index
+    if gpu >= count:
+        raise ValueError(f"gpu:{gpu} asked for, but Paddle sees {count} GPU(s), numbered 0 to {count - 1} "
+                         f"(CUDA_VISIBLE_DEVICES decides which); use one of those")
+    return gpu
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -461,15 +517,21 @@ def accuracy_counts(logits: np.ndarray, labels: np.ndarray, k: int = 5) -> tuple
 
 def evaluate_exported(model_dir: str, cfg: dict, engine: str = "paddle") -> dict:
     """Top-1 / top-5 (percent), mean cross-entropy and image count of an exported model on the val split."""
+    from senet.checkpoint import check_classes
     from senet.data import build_loader
 
     predictor = Predictor(model_dir, engine, threads=cfg["train"]["threads"])
     if predictor.num_classes != cfg["model"]["num_classes"]:
         raise ValueError(f"the exported model has {predictor.num_classes} classes but model.num_classes = "
                          f"{cfg['model']['num_classes']}; evaluate it with the config it was exported from")
+    loader = build_loader(cfg, "val")
+    check_classes(predictor.info.get("classes"), [str(c) for c in loader.dataset.classes],
+                  os.path.join(model_dir, INFO_FILE), cfg["data"]["allow_class_change"])
     top1 = top5 = n = 0
     loss = 0.0
-    for images, labels in build_loader(cfg, "val"):
+    for images, labels in loader:
+        if not labels.shape[0]:  # a batch of only bad images, skipped (data.on_bad_image=skip)
+            continue
         y = labels.numpy()
         a, b, s = accuracy_counts(predictor.predict(images.numpy()), y)
         top1, top5, loss, n = top1 + a, top5 + b, loss + s, n + len(y)

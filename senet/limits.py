@@ -13,6 +13,7 @@ are reached) and stops at the first bound.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import stat
@@ -52,10 +53,43 @@ def regular_file_problem(path: str) -> str | None:
     return f"is {kind}, not a regular file; only regular files are read"
 
 
-def check_tree(obj: Any, max_nodes: int = MAX_TREE_NODES, max_depth: int = MAX_TREE_DEPTH) -> int:
+class NotRegularFile(OSError):
+    """A file the project creates or writes (in a run folder) that is a link, a FIFO, a device or a socket."""
+
+
+def open_regular(path: str, flags: int, mode: int = 0o644) -> int:
+    """os.open(path, flags | O_NOFOLLOW | O_CLOEXEC), refusing anything but a regular file (issue 23).
+
+    A run folder is the user's, and anything may sit in it: `run.lock` or `train.log` as a symlink used
+    to truncate or append to the file it points at (a root run then overwrites any file), and a FIFO
+    blocked the open or failed with a bare errno. The open does not follow a final symlink (ELOOP) and
+    does not block on a FIFO (O_NONBLOCK, cleared again for a regular file); the descriptor's fstat
+    decides. Raises NotRegularFile naming the path."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, mode)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise NotRegularFile(errno.ELOOP, f"{path} is a symbolic link, which is never written through; "
+                                              f"remove it", path) from None
+        if e.errno == errno.EISDIR:
+            raise NotRegularFile(errno.EISDIR, f"{path} is a folder, not a regular file; remove it", path) from None
+        raise
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        kind = regular_file_problem(path) or "not a regular file"
+        raise NotRegularFile(errno.EINVAL, f"{path} {kind}; remove it", path)
+    os.set_blocking(fd, True)
+    return fd
+
+
+def check_tree(obj: Any, max_nodes: int = MAX_TREE_NODES, max_depth: int = MAX_TREE_DEPTH,
+               max_array_bytes: int | None = None) -> int:
     """Count the nodes of `obj` walked as a tree (dict keys and values, lists, tuples, sets); raise
-    TreeTooLarge past either bound. Iterative: a deep nest cannot raise RecursionError here."""
-    nodes = 0
+    TreeTooLarge past either bound, or when its arrays, each counted every time it is reached, hold more
+    than max_array_bytes (one array stored once under 1,002 names is 1,002 arrays to whoever copies them
+    per name: 2.4 GB from a small file, issue 23). Iterative: a deep nest cannot raise RecursionError."""
+    nodes = array_bytes = 0
     stack: list[tuple[Any, int]] = [(obj, 1)]
     while stack:
         item, depth = stack.pop()
@@ -70,6 +104,11 @@ def check_tree(obj: Any, max_nodes: int = MAX_TREE_NODES, max_depth: int = MAX_T
         elif isinstance(item, np.ndarray) and item.dtype.hasobject:
             raise TreeTooLarge("a numpy array of Python objects (dtype object), which plain tensors never are")
         else:
+            if isinstance(item, np.ndarray) and max_array_bytes is not None:
+                array_bytes += item.nbytes
+                if array_bytes > max_array_bytes:
+                    raise TreeTooLarge(f"arrays of more than {max_array_bytes:,} bytes when each reference is "
+                                       "counted (one array stored under many names?)")
             continue
         if depth >= max_depth and len(children):
             raise TreeTooLarge(f"nested more than {max_depth} levels deep")
@@ -77,6 +116,55 @@ def check_tree(obj: Any, max_nodes: int = MAX_TREE_NODES, max_depth: int = MAX_T
             raise TreeTooLarge(f"a container of {len(children):,} items, more than the {max_nodes:,} allowed")
         stack.extend((c, depth + 1) for c in children)
     return nodes
+
+
+def array_budget(file_bytes: int) -> int:
+    """What a pickle of `file_bytes` may hold in arrays, each reference counted: twice its size (a few
+    legitimately shared arrays), plus 16 MiB for small files."""
+    return 2 * file_bytes + (16 << 20)
+
+
+def shared_arrays(mapping: dict) -> tuple[str, str] | None:
+    """Two keys of `mapping` whose values are the same array object (a state dict stores each tensor
+    once); None if there are none."""
+    seen: dict[int, str] = {}
+    for key, value in mapping.items():
+        arr = value[1] if isinstance(value, tuple) and len(value) == 2 else value
+        if isinstance(arr, np.ndarray):
+            if id(arr) in seen:
+                return seen[id(arr)], str(key)
+            seen[id(arr)] = str(key)
+    return None
+
+
+def file_kind(path: str) -> str | None:
+    """What a weights file really is, from its first bytes: "safetensors", "pickle", "torch zip",
+    "gzip", "image", or None if none of these (a message then says "truncated or corrupt"). For a
+    message that names a renamed file rightly (issue 23: a .safetensors renamed .pdparams was called
+    "truncated or corrupt")."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+        size = os.path.getsize(path)
+    except OSError:
+        return None
+    if len(head) >= 10 and head[8:9] == b"{" and 2 <= int.from_bytes(head[:8], "little") <= size - 8:
+        return "safetensors"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "pickle"
+    if head[:4] == b"PK\x03\x04":
+        return "torch zip"
+    if head[:2] == b"\x1f\x8b":
+        return "gzip"
+    if head[:3] == b"\xff\xd8\xff" or head[:8] == b"\x89PNG\r\n\x1a\n":
+        return "image"
+    return None
+
+
+RENAMED = {"safetensors": "a safetensors file: rename it to .safetensors",
+           "pickle": "a pickle (a .pdparams checkpoint?): rename it to .pdparams",
+           "torch zip": "a torch .pth file: convert it with tools/convert_weights.py",
+           "gzip": "a gzip archive, not weights", "image": "an image, not weights"}
 
 
 def sha256_file(path: str, chunk: int = 1 << 22) -> str:

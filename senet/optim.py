@@ -61,21 +61,29 @@ def build_optimizer(cfg: dict, model: nn.Layer, steps_per_epoch: int, world_size
 class ModelEMA:
     """Exponential moving average of the weights, kept in fp32 whatever the training precision.
 
-    Updated on the device every step (no host sync); integer buffers are copied as they are.
+    Updated on the device every step (no host sync); integer buffers are copied as they are. Under AMP
+    O2 the model holds fp16/bf16 weights and the optimizer their fp32 master copies: the average is
+    taken of the master weights (`optimizer`), not of the fp16-rounded ones: those are off by up to 2**-11
+    of each weight (fp16's rounding), and where weights move by less than that between steps the error
+    is the same at every step, so averaging does not remove it. Build it from the fp32 model, before
+    senet.step.decorate_o2: the shadow then starts from the exact initial weights.
     """
 
-    def __init__(self, model: nn.Layer, decay: float) -> None:
+    def __init__(self, model: nn.Layer, decay: float, optimizer: Any = None) -> None:
         self.decay = decay
+        self.optimizer = optimizer  # its fp32 master weights, where it has any, stand in for the model's
         with paddle.no_grad():
             self.shadow = {k: v.detach().astype("float32").clone() if paddle.is_floating_point(v)
-                           else v.detach().clone() for k, v in model.state_dict().items()}
+                           else v.detach().clone() for k, v in _live_state(model).items()}
 
     @paddle.no_grad()
     def update(self, model: nn.Layer) -> None:
-        for k, v in model.state_dict().items():
+        masters = getattr(self.optimizer, "_master_weights", None) or {}  # Paddle's: parameter name -> fp32 copy
+        for k, v in _live_state(model).items():
             s = self.shadow[k]
             if paddle.is_floating_point(s):
-                paddle.assign(s * self.decay + v.astype("float32") * (1 - self.decay), output=s)
+                source = masters.get(v.name, v)
+                paddle.assign(s * self.decay + source.astype("float32") * (1 - self.decay), output=s)
             else:
                 paddle.assign(v, output=s)
 
@@ -87,7 +95,18 @@ class ModelEMA:
             paddle.assign(paddle.to_tensor(v), output=self.shadow[k])
 
     def copy_into(self, model: nn.Layer) -> nn.Layer:
-        """A copy of `model` carrying the EMA weights, for evaluation."""
+        """A copy of `model` carrying the EMA weights, for evaluation, in the model's own dtypes (fp16 or
+        bf16 conv weights under AMP O2): Paddle's set_value refuses a dtype other than the tensor's."""
         ema_model = copy.deepcopy(model)
-        ema_model.set_state_dict(self.shadow)
+        own = _live_state(ema_model)
+        ema_model.set_state_dict({k: v if v.dtype == own[k].dtype else v.astype(own[k].dtype)
+                                  for k, v in self.shadow.items()})
         return ema_model
+
+
+def _live_state(model: nn.Layer) -> dict:
+    """The model's parameters and buffers themselves, by state-dict name: without the state-dict hooks
+    (AMP O2's save_dtype casts a copy of every weight on each state_dict() call) and through
+    paddle.DataParallel, whose state_dict takes no use_hook."""
+    inner = model._layers if isinstance(model, paddle.DataParallel) else model
+    return inner.state_dict(use_hook=False)

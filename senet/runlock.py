@@ -21,6 +21,8 @@ import os
 import socket
 import time
 
+from senet.limits import NotRegularFile, open_regular
+
 LOCK_NAME = "run.lock"
 _held_fds: set[int] = set()  # descriptors of locks this process holds, closed in forked children
 
@@ -50,7 +52,10 @@ class RunLock:
         self.notice: str | None = None  # set when the file system cannot lock (the run goes on unlocked)
 
     def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:  # not through a link: a symlinked run.lock used to truncate the file it points at
+            fd = open_regular(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except NotRegularFile as e:
+            raise RunLockedError(f"cannot lock output_dir '{os.path.dirname(self.path)}': {e.strerror}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -73,8 +78,9 @@ class RunLock:
     def _refusal(self) -> str:
         folder = os.path.dirname(self.path)
         try:
-            with open(self.path) as f:
-                holder = json.loads(f.read() or "{}")
+            fd = open_regular(self.path, os.O_RDONLY)
+            with os.fdopen(fd) as f:
+                holder = json.loads(f.read(4096) or "{}")
             who = f"pid {holder['pid']} on host {holder['host']}, started {holder['started']}"
         except (OSError, ValueError, KeyError, TypeError):
             who = "a run that is just starting (its details are not written yet)"

@@ -12,10 +12,15 @@ import sys
 import time
 
 from senet import checkpoint as ckpt
+from senet.limits import open_regular
 
 
 class RunFolderError(RuntimeError):
     """The run folder cannot take the run's files; the message says why and what to do."""
+
+
+# The files a run writes at the top of its folder (checkpoints/ and vdl/ hold the rest).
+RUN_FILES = ("train.log", "config.yaml", "metrics.json", "model.safetensors", "run.lock")
 
 
 def os_error_fix(e: OSError, elsewhere: bool = True) -> str:
@@ -37,13 +42,17 @@ def os_error_fix(e: OSError, elsewhere: bool = True) -> str:
 def check_run_folder(output_dir: str) -> None:
     """Before anything is built: output_dir exists (or is created) and takes new files, so does its
     checkpoints/ folder if there is one (a new one made by the first save is ours, hence writable; not
-    making it here keeps a refused run's folder as it was), and no folder stands where the run writes
-    a file at start or at a checkpoint.
-
-    metrics.json and model.safetensors, written once at the end, are not checked here: a failed final
-    write keeps the trained state in `last`, and its message says how to write them again.
+    making it here keeps a refused run's folder as it was), and nothing but a regular file (no folder,
+    no link) stands where the run writes one: its log, config, checkpoints, and the metrics.json and
+    model.safetensors of the end. A write that fails later (a full disk) keeps the trained state in
+    `last`, and its message says how to write the final files again.
     """
     checkpoints = os.path.join(output_dir, "checkpoints")
+    for folder in (checkpoints, os.path.join(output_dir, "vdl")):
+        if os.path.islink(folder) or (os.path.lexists(folder) and not os.path.isdir(folder)):
+            what = "a symbolic link" if os.path.islink(folder) else "not a folder"
+            raise RunFolderError(f"{folder} is {what}, where the run keeps its own folder; remove it "
+                                 f"or set -o output_dir=PATH")
     for folder, what in ((output_dir, "output_dir"), (checkpoints, "the checkpoint folder")):
         if folder == checkpoints and not os.path.lexists(checkpoints):
             break
@@ -55,14 +64,19 @@ def check_run_folder(output_dir: str) -> None:
             os.remove(probe)
         except OSError as e:
             raise RunFolderError(f"{what} '{folder}' is not writable ({e.strerror or e}). {os_error_fix(e)}") from None
-    written = [os.path.join(output_dir, n) for n in ("train.log", "config.yaml")]
-    if os.path.isdir(checkpoints):
-        written += [os.path.join(checkpoints, n) for n in sorted(os.listdir(checkpoints)) if n.endswith(".pdparams")]
+    # What the run writes here must be its own regular files and folders, never links: a symlinked
+    # train.log was appended to through the link (issue 23), and a root run writes anywhere.
+    written = [os.path.join(output_dir, n) for n in RUN_FILES]
+    if os.path.isdir(checkpoints) and not os.path.islink(checkpoints):
+        written += [os.path.join(checkpoints, n) for n in sorted(os.listdir(checkpoints))
+                    if ckpt.CHECKPOINT_NAME.fullmatch(n)]
     for path in written:
-        if os.path.lexists(path) and not os.path.isfile(path):
-            kind = "a folder" if os.path.isdir(path) else "not a regular file"
-            raise RunFolderError(f"{path} is {kind}, where the run writes its file; move it away "
-                                 f"or set -o output_dir=PATH")
+        if os.path.lexists(path) and (os.path.islink(path) or not os.path.isfile(path)):
+            link = os.path.islink(path)
+            kind = ("a symbolic link, which the run never writes through" if link else
+                    "a folder" if os.path.isdir(path) else "not a regular file")
+            raise RunFolderError(f"{path} is {kind}, where the run writes its file; {'remove' if link else 'move'} "
+                                 f"it{'' if link else ' away'} or set -o output_dir=PATH")
 
 
 class RunLogger:
@@ -75,7 +89,8 @@ class RunLogger:
         self._log_file = None
         if rank == 0:
             os.makedirs(self.output_dir, exist_ok=True)
-            self._log_file = open(os.path.join(self.output_dir, "train.log"), "a", buffering=1)
+            fd = open_regular(os.path.join(self.output_dir, "train.log"), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+            self._log_file = os.fdopen(fd, "a", buffering=1)
 
     # ---- text
     def info(self, message: str) -> None:
@@ -129,7 +144,8 @@ class RunLogger:
                 "train_images_per_s": "train/epoch_images_per_s", "rss_mb": "memory/rss_mb",
                 "eval_top1": "eval/top1", "eval_top5": "eval/top5", "eval_loss": "eval/loss",
                 "ema_eval_top1": "eval_ema/top1", "ema_eval_top5": "eval_ema/top5", "ema_eval_loss": "eval_ema/loss",
-                "skipped_steps": "train/skipped_steps", "loss_scale": "amp/loss_scale"}
+                "skipped_steps": "train/skipped_steps", "loss_scale": "amp/loss_scale",
+                "data_wait_pct": "train/data_wait_pct"}
         for key, tag in tags.items():
             if key in record:
                 self.scalar(tag, record[key], step)
@@ -142,6 +158,8 @@ class RunLogger:
             parts.append(f"EMA val top-1 {record['ema_eval_top1']:.2f}%")
         parts.append(f"{record['epoch_time_s']:.1f}s, {record['train_images_per_s']:.1f} img/s, "
                      f"RSS {record['rss_mb']:.0f} MB")
+        if "data_wait_pct" in record:  # host time waiting for batches (senet.train.EpochMeter)
+            parts.append(f"data wait: {record['data_wait_pct']:.1f}% of step time")
         self.info(" | ".join(parts))
 
     # ---- checkpoints
@@ -164,9 +182,11 @@ class RunLogger:
             self._prune(keep_last)
 
     def _prune(self, keep_last: int) -> None:
+        """Delete all but the newest keep_last epoch_<N>.pdparams; other files (a user's copy named
+        epoch_1_keep.pdparams) are never parsed as ours, never deleted."""
         folder = os.path.join(self.output_dir, "checkpoints")
-        numbered = sorted((int(n[len("epoch_"):-len(".pdparams")]), n) for n in os.listdir(folder)
-                          if n.startswith("epoch_") and n.endswith(".pdparams"))
+        numbered = sorted((int(m.group(2)), n) for n in os.listdir(folder)
+                          if (m := ckpt.CHECKPOINT_NAME.fullmatch(n)) and m.group(2))
         for _, name in numbered[:-keep_last]:
             os.remove(os.path.join(folder, name))
 

@@ -253,3 +253,26 @@ def restore_threads() -> None:
         import paddle
 
         paddle.base.core.set_num_threads(_configured_threads)
+
+
+class Interrupted(SystemExit):
+    """A stop signal turned into an exception (see exit_cleanly_on_signals); its code is 128 + the signal."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(128 + signum)
+        self.signum = signum
+
+
+def exit_cleanly_on_signals() -> None:
+    """Make SIGTERM, SIGINT and SIGHUP raise Interrupted in the main thread, for a tool that writes files.
+
+    Paddle installs C++ handlers at import that print a FatalError block and abort: `finally` and
+    `except BaseException` blocks never run, and temporary folders stay behind (112 MB per SIGTERM
+    during tools/convert_weights.py). Call this after Paddle is imported, since the import installs them."""
+    import signal
+
+    def stop(signum: int, frame: object) -> None:
+        raise Interrupted(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, stop)

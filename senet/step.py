@@ -53,11 +53,50 @@ class StepParts:
 BatchTransform = Callable[[paddle.Tensor, paddle.Tensor], tuple[paddle.Tensor, paddle.Tensor]]
 
 
+LOW_PRECISION = ("float16", "bfloat16")
+
+
+def decorate_o2(model: nn.Layer, optimizer: Any, dtype: str) -> tuple[nn.Layer, Any]:
+    """AMP O2: fp16/bf16 weights in the model, fp32 master weights in the optimizer (Micikevicius et al.).
+
+    Call it before paddle.DataParallel wraps the model: Paddle refuses a wrapped model ("first use
+    paddle.amp.decorate() ... and then call paddle.DataParallel"), and PaddleClas decorates first too.
+    save_dtype="float32" (as PaddleClas) makes state_dict(), and so every checkpoint, model.safetensors,
+    eval, export and model.weights, see float32 weights: without it they hold fp16 or bf16, which the
+    fp32 models refuse on load and which numpy stores bf16 as uint16. On a CPU Paddle returns both
+    unchanged (no fp16 kernels there).
+    """
+    return paddle.amp.decorate(model, optimizer, level="O2", dtype=dtype, master_weight=True, save_dtype="float32")
+
+
+def weights_dtype(model: nn.Layer) -> str:
+    """"float16" or "bfloat16" if the model holds AMP O2 weights (its BatchNorm stays fp32), else "float32"."""
+    for p in model.parameters():
+        name = str(p.dtype).removeprefix("paddle.")
+        if name in LOW_PRECISION:
+            return name
+    return "float32"
+
+
+def eval_amp(model: nn.Layer, amp: dict | None) -> dict | None:
+    """The AMP state an evaluation of `model` must run in.
+
+    A model holding fp16/bf16 weights (AMP O2) can only be run under autocast in that dtype: fp32
+    inputs would reach fp16 conv weights. So under O2 the eval runs in the AMP dtype whatever
+    train.amp.eval says (PaddleClas does the same). A model with fp32 weights follows train.amp.eval.
+    """
+    dtype = weights_dtype(model)
+    if dtype == "float32":
+        return amp
+    return {**(amp or {}), "enabled": True, "level": "O2", "dtype": dtype, "eval": True}
+
+
 def forward_loss(parts: StepParts, images: paddle.Tensor, targets: paddle.Tensor,
                  train: bool = True) -> tuple[paddle.Tensor, paddle.Tensor]:
     """(fp32 logits, cross-entropy) of a uint8 NHWC batch; label smoothing only when training.
 
-    `targets`: int labels [N] or soft targets, float [N, classes].
+    `targets`: int labels [N] or soft targets, float [N, classes]. For an eval, give `parts.amp` as
+    eval_amp resolves it.
     """
     amp = parts.amp or {"enabled": False, "level": "O1", "dtype": "float16"}
     x = normalize_batch(images, parts.mean, parts.std, parts.data_format)

@@ -3,7 +3,9 @@
 Each run is `tools/train.py -c CONFIG -o <overrides> train.seed=S output_dir=<sweep>/<name>/seed<S>`
 in its own process (optionally under `paddle.distributed.launch`), one after another, so a crash or
 a leak in one run cannot touch the next. Rerunning the same sweep skips the runs whose metrics.json
-says "finished" and restarts the others with `--resume auto`.
+says "finished" and restarts the others with `--resume auto`, but only runs whose recorded config.yaml
+is the planned recipe: a sweep re-run with another recipe (other epochs, lr, data) into the same
+folder is refused with the runs and settings that differ, so that a table never mixes recipes.
 
 The table follows Hu et al.'s tables (Table 2; the ablations of Sections 6 and 7.1): top-1 / top-5
 *error* on the val split, here as mean ± sample std over seeds, with the attention block by name
@@ -25,11 +27,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from senet.config import ConfigError, load_config, parse_overrides
+from senet.config import ConfigError, config_changes, load_config, parse_overrides
 from senet.runtime import cpu_count
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESERVED = ("train.seed", "output_dir", "name")  # set per run by the sweep; an override would collide
+# Settings a reused run may have had otherwise: where it ran and how it logged, nothing that changes what
+# was trained (train.epochs, which resume allows to change, is part of the recipe here).
+BOOKKEEPING = ("name", "output_dir", "data.num_workers", "train.threads", "train.log_every", "train.save_every",
+               "train.save_every_steps", "train.keep_last", "train.log_se_every", "train.eval_every")
+# Signals the sweep passes on to its running trainers (which save and exit 130, 143 or 138), then stops
+# with 128 + the signal's number. SIGHUP (an ssh session dropped) goes on as SIGTERM: a trainer saves on it.
+FORWARDED = {signal.SIGINT: signal.SIGINT, signal.SIGTERM: signal.SIGTERM, signal.SIGUSR1: signal.SIGUSR1,
+             signal.SIGHUP: signal.SIGTERM}
 
 
 @dataclass(frozen=True)
@@ -77,6 +87,32 @@ def status(output_dir: str) -> str:
     return "unfinished" if started else "new"
 
 
+def recipe_differences(run: Run, overrides: list[str]) -> list[str]:
+    """How an existing run's recorded config.yaml differs from the planned recipe ("key old -> new"
+    lines, bookkeeping excepted); [] for a new run or the same recipe."""
+    recorded = os.path.join(run.output_dir, "config.yaml")
+    if not os.path.isfile(recorded):
+        return []
+    try:
+        old = load_config(recorded)
+    except ConfigError as e:
+        return [f"its config.yaml cannot be read ({e})"]
+    planned = load_config(run.config, overrides + [f"train.seed={run.seed}", f"output_dir={run.output_dir}"])
+    harmless, different = config_changes(old, planned)
+    return [line for line in harmless + different
+            if not any(line.startswith((k + " ", k + ".")) for k in BOOKKEEPING)]
+
+
+def check_recipes(runs: list[Run], overrides: list[str]) -> None:
+    """Refuse a sweep whose folder holds runs of another recipe (ConfigError naming them and what differs)."""
+    other = {run: d for run in runs if (d := recipe_differences(run, overrides))}
+    if other:
+        lines = [f"{run.output_dir}: {'; '.join(d[:3])}{' ...' if len(d) > 3 else ''}" for run, d in other.items()]
+        raise ConfigError(f"{len(other)} run(s) in this sweep folder were trained with another recipe, and a table "
+                          "must not mix recipes:\n  " + "\n  ".join(lines) + "\nUse another --out folder, or remove "
+                          "those run folders to train them again with this recipe.")
+
+
 def train_command(run: Run, overrides: list[str], resume: bool, nproc: int = 0, devices: str | None = None,
                   python: str = sys.executable) -> list[str]:
     """The tools/train.py command line of one run, under paddle.distributed.launch if nproc or devices."""
@@ -91,16 +127,18 @@ def train_command(run: Run, overrides: list[str], resume: bool, nproc: int = 0, 
 
 
 def run_sweep(runs: list[Run], overrides: list[str], nproc: int = 0, devices: str | None = None,
-              python: str = sys.executable, log: Callable[[str], None] = print, jobs: int = 1) -> dict[str, list[Run]]:
+              python: str = sys.executable, log: Callable[[str], None] = print, jobs: int = 1) -> dict[str, Any]:
     """Train every run that is not finished, in order, `jobs` at a time. Returns the runs by outcome:
-    skipped (finished before), done, failed, and interrupted (a signal stopped the sweep).
+    skipped (finished before), done, failed, and interrupted (a signal stopped the sweep; then "signal"
+    holds its number).
 
     With jobs > 1 each run gets train.threads = cores // jobs and writes its console output to
     <run>/console.log (its train.log is there anyway). On a CPU two one-thread runs side by side
     train about 1.4x the images per second of one two-thread run: Paddle's second thread speeds a
     small net's step up by less than its share. SIGINT/SIGTERM are passed on to every running child,
     and the sweep waits for each to save its checkpoint and exit (a bare subprocess.run would kill a
-    child 0.25 s after Ctrl-C, in the middle of writing its checkpoint).
+    child 0.25 s after Ctrl-C, in the middle of writing its checkpoint). SIGUSR1 and SIGHUP too (FORWARDED):
+    a sweep that dies of a signal would leave its trainer running, orphaned, holding its run's lock.
     """
     outcome: dict[str, list[Run]] = {"skipped": [], "done": [], "failed": [], "interrupted": []}
     todo = []
@@ -118,9 +156,9 @@ def run_sweep(runs: list[Run], overrides: list[str], nproc: int = 0, devices: st
     def forward(signum: int, frame: Any) -> None:
         got["signal"] = signum
         for _, _, proc, _ in running:
-            proc.send_signal(signum)  # a terminal Ctrl-C reaches the children too; a second notice is harmless
+            proc.send_signal(FORWARDED[signum])  # a terminal Ctrl-C reaches the children too; a second is harmless
 
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, forward) for s in FORWARDED}
     try:
         while todo or running:
             while todo and len(running) < jobs and "signal" not in got:
@@ -156,6 +194,7 @@ def run_sweep(runs: list[Run], overrides: list[str], nproc: int = 0, devices: st
             signal.signal(s, handler)
     if "signal" in got:
         outcome["interrupted"] += [run for _, run in todo]
+        outcome["signal"] = got["signal"]
         log(f"stopped by {signal.Signals(got['signal']).name}; rerun the same command to resume the sweep")
     return outcome
 
@@ -189,6 +228,7 @@ def block_columns(cfg: dict) -> dict[str, Any]:
 
 def write_table(rows: list[dict[str, Any]], sweep_dir: str) -> dict[str, str]:
     """results.md, results.csv and results.json in the sweep folder; returns the Markdown table."""
+    from senet.checkpoint import atomic_write
     from senet.compare import ERROR_COLUMNS, PAPER_COLUMNS, format_rows
 
     os.makedirs(sweep_dir, exist_ok=True)
@@ -196,9 +236,8 @@ def write_table(rows: list[dict[str, Any]], sweep_dir: str) -> dict[str, str]:
     cols = ERROR_COLUMNS[:after_arch] + [("block", "block")] + ERROR_COLUMNS[after_arch:] + PAPER_COLUMNS
     out = {"md": format_rows(rows, "md", cols) + "\n\n" + TABLE_NOTE + "\n",
            "csv": format_rows(rows, "csv", cols), "json": format_rows(rows, "json")}
-    for ext, text in out.items():
-        with open(os.path.join(sweep_dir, f"results.{ext}"), "w") as f:
-            f.write(text)
+    for ext, text in out.items():  # atomic: a full disk leaves the previous table, never an empty one
+        atomic_write(os.path.join(sweep_dir, f"results.{ext}"), text.encode())
     return out
 
 

@@ -32,14 +32,14 @@ from senet import checkpoint as ckpt
 from senet.attention.gates import record_gates
 from senet.config import config_changes, dump_config
 from senet.data import build_loader, normalize_batch
-from senet.data.loader import STOP_SIGNALS
-from senet.device import device_notices
+from senet.data.loader import STOP_SIGNALS, WorkerDied
+from senet.device import apply_cudnn_flags, device_notices, precision_label
 from senet.distributed import broadcast_object, convert_sync_batchnorm, ranks_in_sync, world
 from senet.optim import ModelEMA, build_optimizer, scaled_lr
 from senet.resnet import build_model
 from senet.runlock import RunLock, RunLockedError
 from senet.runlog import RunFolderError, RunLogger, check_run_folder, os_error_fix
-from senet.step import BatchTransform, StepParts, forward_loss, train_step
+from senet.step import BatchTransform, StepParts, decorate_o2, eval_amp, forward_loss, train_step
 
 
 class TrainingError(RuntimeError):
@@ -74,6 +74,8 @@ class TrainState:
     # Applied to every training batch before the step (mixup, cutmix: see senet.step); None: identity.
     # Not checkpointed: it is code, given to fit() again on resume.
     batch_transform: BatchTransform | None = None
+    said_data_bound: bool = False  # the data-wait notice was given (once a run; not checkpointed)
+    classes: list[str] | None = None  # the train split's class names, in label order (checkpointed)
 
     def step_parts(self) -> StepParts:
         """What senet.step.train_step needs of this state."""
@@ -82,21 +84,20 @@ class TrainState:
                          self.scaler, self.scheduler, self.ema, self.cfg["train"]["label_smoothing"])
 
     def to_checkpoint(self) -> dict:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+        return {"model": self.model.state_dict(), "optimizer": ckpt.optimizer_state(self.optimizer),
                 "lr_scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler else None,
                 "ema": self.ema.state_dict() if self.ema else None,
                 "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "global_step": self.global_step,
                 "best_top1": self.best_top1, "best_epoch": self.best_epoch, "skipped_steps": self.skipped_steps,
                 "history": self.history, "epoch_stats": self.epoch_stats, "rng": ckpt.rng_state(), "config": self.cfg,
-                "arch": self.cfg["model"]["arch"], "world_size": world()[1]}
+                "arch": self.cfg["model"]["arch"], "world_size": world()[1], "classes": self.classes}
 
     def restore(self, state: dict, source: str) -> None:
         ckpt.check_compatible(self.model, state["model"], source, self.cfg["model"]["arch"])
         ckpt.check_stem_era(_unwrap(self.model), state.get("config"), source)
-        self.model.set_state_dict({k: paddle.to_tensor(v) for k, v in state["model"].items()})
-        self.optimizer.set_state_dict({k: paddle.to_tensor(v) if isinstance(v, np.ndarray) else v
-                                       for k, v in state["optimizer"].items()})
+        ckpt.set_weights(self.model, state["model"])  # float32 as saved, cast to what the model holds
+        ckpt.restore_optimizer(self.optimizer, state["optimizer"])
         self.scheduler.set_state_dict(state["lr_scheduler"])
         if self.scaler and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
@@ -115,8 +116,9 @@ def train_one_epoch(state: TrainState, loader, log: RunLogger, stop: dict) -> di
 
     Each batch goes through state.batch_transform, if any, then senet.step.train_step. Around the step:
     LossGuard (non-finite losses, loss-scale overflows), EpochMeter (the log window and the epoch's
-    averages), gate histograms every train.log_se_every steps, mid-epoch checkpoints every
-    train.save_every_steps, and the stop signals and train.max_steps.
+    averages, and the share of step time spent waiting for data), gate histograms every
+    train.log_se_every steps, mid-epoch checkpoints every train.save_every_steps, and the stop signals
+    and train.max_steps.
     """
     t = state.cfg["train"]
     parts, guard = state.step_parts(), LossGuard(state, log)
@@ -125,14 +127,46 @@ def train_one_epoch(state: TrainState, loader, log: RunLogger, stop: dict) -> di
     meter = EpochMeter()
     total = len(loader)
     bar = log.progress(total, initial=state.batch_in_epoch, desc=f"epoch {state.epoch + 1}/{t['epochs']}")
-    for images, targets in loader:  # int labels, unless the batch transform makes soft targets
-        if state.batch_transform is not None:
-            images, targets = state.batch_transform(images, targets)
-        logits, loss, updated = train_step(parts, images, targets, update_if=guard.update_if)
-        if updated:
-            guard.after_update(loss)
-            meter.add(logits, loss, targets)
-        _advance(state, bar)
+    batches = iter(loader)
+    try:
+        _train_batches(state, batches, parts, guard, meter, total, log, stop, bar)
+    finally:
+        # Stopping mid-epoch closes the loader's generator now, which reads out the batches in flight.
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()
+    log.close_progress(bar)
+    guard.check()
+    return meter.epoch_stats(log.world_size, complete=state.batch_in_epoch >= total)
+
+
+def _train_batches(state: TrainState, batches, parts: StepParts, guard: LossGuard, meter: EpochMeter,
+                   total: int, log: RunLogger, stop: dict, bar) -> None:
+    """train_one_epoch's loop. The host's wait for each batch (next() on the loader) is timed with the
+    host clock alone, adding no device sync: EpochMeter relates it to the step time it reads at log steps."""
+    t = state.cfg["train"]
+    skip_bad = state.cfg["data"]["on_bad_image"] == "skip"
+    while True:
+        waited = time.perf_counter()
+        try:
+            images, targets = next(batches)  # int labels, unless the batch transform makes soft targets
+        except StopIteration:
+            break
+        except WorkerDied as e:  # raised between steps: the state is whole, so save it first
+            log.save(state, "last")
+            raise TrainingError(f"{e}. Saved {log.checkpoint_path('last')} at step {state.global_step}: the same "
+                                f"command with --resume auto goes on from there") from None
+        meter.waited(time.perf_counter() - waited)
+        if _skip_empty(targets, skip_bad, log.world_size):  # a batch of only bad images: counted, not trained
+            _advance(state, bar)
+        else:
+            if state.batch_transform is not None:
+                images, targets = state.batch_transform(images, targets)
+            logits, loss, updated = train_step(parts, images, targets, update_if=guard.update_if)
+            if updated:
+                guard.after_update(loss)
+                meter.add(logits, loss, targets)
+            _advance(state, bar)
         if _every(state.global_step, t["log_se_every"]) and log.rank == 0:
             _log_gate_histograms(state, images, log)
         if _every(state.global_step, t["log_every"]) or state.batch_in_epoch == total:
@@ -143,9 +177,6 @@ def train_one_epoch(state: TrainState, loader, log: RunLogger, stop: dict) -> di
             log.save(state, "last")
         if _stop_agreed(stop, log.world_size, state.global_step, t["log_every"]) or _reached_max_steps(state):
             break
-    log.close_progress(bar)
-    guard.check()
-    return meter.epoch_stats(log.world_size, complete=state.batch_in_epoch >= total)
 
 
 class LossGuard:
@@ -219,16 +250,27 @@ class LossGuard:
 
 class EpochMeter:
     """Loss and top-1 over the epoch, and loss and speed over the current log window: summed on the
-    device, read on the host only at log steps and at the end of the epoch."""
+    device, read on the host only at log steps and at the end of the epoch.
+
+    Data wait: the host time spent in the loader's next(), summed per window, against the window's
+    wall time. The window's clock is read after its loss has come to the host, a sync the log step makes
+    anyway, so the window time is the device's time too, with no sync added for it. The epoch's
+    `data_wait_pct` covers its closed windows.
+    """
 
     def __init__(self) -> None:
         self.sums = {"loss": paddle.zeros([]), "top1": paddle.zeros([]), "n": paddle.zeros([])}
         self.t_epoch = time.perf_counter()
+        self.wait_s = self.timed_s = 0.0  # data wait and wall time of the closed windows, seconds
         self._new_window()
 
     def _new_window(self) -> None:
         self.window = {"loss": paddle.zeros([]), "n": paddle.zeros([])}
-        self.t_window, self.n_window = time.perf_counter(), 0
+        self.t_window, self.n_window, self.wait_window = time.perf_counter(), 0, 0.0
+
+    def waited(self, seconds: float) -> None:
+        """The host waited this long for one batch."""
+        self.wait_window += seconds
 
     @paddle.no_grad()
     def add(self, logits: paddle.Tensor, loss: paddle.Tensor, targets: paddle.Tensor) -> None:
@@ -244,8 +286,11 @@ class EpochMeter:
 
     def log_window(self, state: TrainState, log: RunLogger, bar) -> None:
         """The log line of the window that ends at this step; then a new window."""
+        loss = float(self.window["loss"] / self.window["n"])  # the host waits for the device here
         elapsed = time.perf_counter() - self.t_window
-        stats = {"loss": float(self.window["loss"] / self.window["n"]), "lr": state.optimizer.get_lr(),
+        self.wait_s += self.wait_window
+        self.timed_s += elapsed
+        stats = {"loss": loss, "lr": state.optimizer.get_lr(),
                  "images_per_s": self.n_window * log.world_size / max(elapsed, 1e-9)}
         if state.scaler is not None:
             stats["loss_scale"] = float(state.scaler._scale)
@@ -256,7 +301,7 @@ class EpochMeter:
         n = max(float(self.sums["n"]), 1.0)
         return {"loss": float(self.sums["loss"]) / n, "top1": 100.0 * float(self.sums["top1"]) / n,
                 "epoch_time_s": time.perf_counter() - self.t_epoch, "images": int(n) * world_size,
-                "complete": complete}
+                "complete": complete, "data_wait_pct": 100.0 * self.wait_s / max(self.timed_s, 1e-9)}
 
 
 def _correct(logits: paddle.Tensor, labels: paddle.Tensor, k: int) -> paddle.Tensor:
@@ -264,6 +309,19 @@ def _correct(logits: paddle.Tensor, labels: paddle.Tensor, k: int) -> paddle.Ten
     k = min(k, logits.shape[-1])
     top = paddle.topk(logits, k, axis=-1)[1]
     return (top == labels.unsqueeze(-1)).astype("float32").sum()
+
+
+def _skip_empty(labels: paddle.Tensor, skip_bad: bool, world_size: int) -> bool:
+    """Whether this step is skipped for a batch whose images were all bad (data.on_bad_image=skip; the
+    loader yields it empty, senet.data.loader.empty_batch). Alone: when this batch is empty (its shape is
+    on the host: no sync). In a job every rank must skip together, or the others wait for ever in the
+    gradient all-reduce: one small all-reduce a step, paid only with on_bad_image=skip."""
+    empty = labels.shape[0] == 0
+    if world_size == 1 or not skip_bad:
+        return empty
+    flag = paddle.to_tensor([int(empty)], dtype="int64")
+    paddle.distributed.all_reduce(flag, op=paddle.distributed.ReduceOp.MAX)
+    return bool(int(flag))
 
 
 def _every(step: int, every: int) -> bool:
@@ -324,17 +382,18 @@ def evaluate(model: nn.Layer, loader, cfg: dict, data_format: str = "NCHW", amp:
     train.log_every-th batch, where the ranks agree) and None is returned.
     """
     model.eval()
-    parts = StepParts(model, None, cfg["data"]["mean"], cfg["data"]["std"], data_format, amp)
+    parts = StepParts(model, None, cfg["data"]["mean"], cfg["data"]["std"], data_format, eval_amp(model, amp))
     sums = paddle.zeros([4])  # loss x n, top-1 hits, top-5 hits, n
     bar = log.progress(len(loader), desc="eval") if log else None
     world_size = paddle.distributed.get_world_size()
     # In a job, the ranks agree only at batches that all of them reach (val shards differ by one image).
     agree_until = loader.batches_on_every_rank() if stop is not None and world_size > 1 else len(loader)
     for i, (images, labels) in enumerate(loader):
-        logits, loss = forward_loss(parts, images, labels, train=False)
-        n = float(labels.shape[0])
-        sums += paddle.stack([loss * n, _correct(logits, labels, 1), _correct(logits, labels, 5),
-                              paddle.full([], n, "float32")])
+        if labels.shape[0]:  # an empty batch: all its images were bad and skipped (data.on_bad_image=skip)
+            logits, loss = forward_loss(parts, images, labels, train=False)
+            n = float(labels.shape[0])
+            sums += paddle.stack([loss * n, _correct(logits, labels, 1), _correct(logits, labels, 5),
+                                  paddle.full([], n, "float32")])
         if bar is not None:
             bar.update(1)
         if stop is not None and i < agree_until and _stop_agreed(stop, world_size, i + 1, cfg["train"]["log_every"]):
@@ -353,23 +412,35 @@ def evaluate(model: nn.Layer, loader, cfg: dict, data_format: str = "NCHW", amp:
 
 # --------------------------------------------------------------------------- fit
 
-def find_resume_checkpoint(output_dir: str, trust: bool = False) -> str | None:
+def find_resume_checkpoint(output_dir: str, trust: bool = False, arch: str | None = None,
+                           foreign: list[str] | None = None) -> str | None:
     """The checkpoint in output_dir that loads and is furthest along, by the global step recorded in it
     (file times lie after a copy, rsync or restore from backup); None if there is none. At the same step,
-    `last` is preferred, then a numbered one, then `best`: they hold the same state."""
+    `last` is preferred, then a numbered one, then `best`: they hold the same state.
+
+    Only the trainer's own names count (ckpt.CHECKPOINT_NAME: a user's `epoch_1_keep.pdparams` is neither
+    parsed nor used), and with `arch`, only checkpoints of that network: one of another architecture
+    (copied in, or left by an earlier run) is skipped by name, whatever its step, and added to `foreign`."""
     folder = os.path.join(output_dir, "checkpoints")
     if not os.path.isdir(folder):
         return None
     usable = []
     for name in sorted(os.listdir(folder)):
-        if name.endswith(".pdparams"):
-            path = os.path.join(folder, name)
-            try:
-                step = ckpt.load_checkpoint(path, trust).get("global_step", -1)
-            except ckpt.CheckpointError as e:
-                print(f"skipping unusable checkpoint: {e}", file=sys.stderr)
-                continue
-            usable.append((step, {"last.pdparams": 2, "best.pdparams": 0}.get(name, 1), path))
+        if not ckpt.CHECKPOINT_NAME.fullmatch(name):
+            continue
+        path = os.path.join(folder, name)
+        try:
+            state = ckpt.load_checkpoint(path, trust)
+        except ckpt.CheckpointError as e:
+            print(f"skipping unusable checkpoint: {e}", file=sys.stderr)
+            continue
+        recorded = state.get("arch") or (state.get("config") or {}).get("model", {}).get("arch")
+        if arch is not None and recorded is not None and recorded != arch:
+            print(f"skipping checkpoint {path}: it holds {recorded}, not this run's model.arch={arch}", file=sys.stderr)
+            if foreign is not None:
+                foreign.append(f"{name} ({recorded})")
+            continue
+        usable.append((state.get("global_step", -1), {"last.pdparams": 2, "best.pdparams": 0}.get(name, 1), path))
     return max(usable)[2] if usable else None
 
 
@@ -394,11 +465,18 @@ def _check_resume_config(saved: dict, cfg: dict, path: str, allow_config_change:
 
 
 def setup(cfg: dict) -> tuple[TrainState, Any, Any, dict]:
-    """Build the model, data, optimizer and AMP state from a resolved config."""
+    """Build the model, data, optimizer and AMP state from a resolved config.
+
+    The order is Paddle's and PaddleClas's: the optimizer over the plain model's parameters, the EMA
+    from its fp32 weights, then AMP O2's decorate, and paddle.DataParallel last (Paddle refuses to
+    decorate a DataParallel model).
+    """
     import random
 
     rank, world_size = world()
     env = device_notices(cfg)
+    if env["on_gpu"]:
+        apply_cudnn_flags()  # before the model is built: the first conv call searches its algorithm
     seed = cfg["train"]["seed"]
     random.seed(seed)
     np.random.seed(seed)
@@ -406,28 +484,30 @@ def setup(cfg: dict) -> tuple[TrainState, Any, Any, dict]:
     run_cfg = copy.deepcopy(cfg)
     run_cfg["train"]["data_format"] = env["data_format"]
     model = build_model(run_cfg)
+    recorded_classes = None
     if cfg["model"]["weights"]:
-        ckpt.load_weights(model, cfg["model"]["weights"], trust=cfg["model"]["trust_pickle"],
-                          expected_arch=cfg["model"]["arch"])
-    if world_size > 1:
-        if cfg["model"]["sync_bn"]:
-            if run_cfg["train"]["data_format"] == "NHWC" and not env["on_gpu"]:
-                raise TrainingError("model.sync_bn on a CPU needs train.data_format=NCHW")
-            model = convert_sync_batchnorm(model, env["on_gpu"])
-        model = paddle.DataParallel(model)  # averages gradients across ranks (NCCL on GPUs, gloo on CPUs)
+        recorded_classes = ckpt.load_weights(model, cfg["model"]["weights"], trust=cfg["model"]["trust_pickle"],
+                                             expected_arch=cfg["model"]["arch"])
+    if world_size > 1 and cfg["model"]["sync_bn"]:
+        if run_cfg["train"]["data_format"] == "NHWC" and not env["on_gpu"]:
+            raise TrainingError("model.sync_bn on a CPU needs train.data_format=NCHW")
+        model = convert_sync_batchnorm(model, env["on_gpu"])
     train_loader = build_loader(cfg, "train", rank=rank, world_size=world_size)
     val_loader = build_loader(cfg, "val", rank=rank, world_size=world_size)
+    classes = [str(c) for c in train_loader.dataset.classes]
+    ckpt.check_classes(recorded_classes, classes, cfg["model"]["weights"], cfg["data"]["allow_class_change"])
     optimizer, scheduler = build_optimizer(cfg, model, len(train_loader), world_size)
+    ema = ModelEMA(model, cfg["train"]["ema"]["decay"], optimizer) if cfg["train"]["ema"]["enabled"] else None
     amp, scaler = env["amp"], None
     if amp["enabled"]:
-        if amp["level"] == "O2":  # fp16/bf16 weights in the model, fp32 master weights in the optimizer
-            model, optimizer = paddle.amp.decorate(model, optimizer, level="O2", dtype=amp["dtype"],
-                                                   master_weight=True)
+        if amp["level"] == "O2":
+            model, optimizer = decorate_o2(model, optimizer, amp["dtype"])
         if amp["dtype"] == "float16":  # bfloat16 has fp32's range and needs no loss scaling
             scaler = paddle.amp.GradScaler(init_loss_scaling=amp["init_loss_scaling"],
                                            use_dynamic_loss_scaling=amp["dynamic"])
-    ema = ModelEMA(model, cfg["train"]["ema"]["decay"]) if cfg["train"]["ema"]["enabled"] else None
-    state = TrainState(cfg, model, optimizer, scheduler, scaler, ema, amp, env["data_format"])
+    if world_size > 1:
+        model = paddle.DataParallel(model)  # averages gradients across ranks (NCCL on GPUs, gloo on CPUs)
+    state = TrainState(cfg, model, optimizer, scheduler, scaler, ema, amp, env["data_format"], classes=classes)
     return state, train_loader, val_loader, env
 
 
@@ -509,21 +589,31 @@ def _start(cfg: dict, resume: str | None, allow_config_change: bool) -> tuple[Tr
         dump_config(cfg, os.path.join(cfg["output_dir"], "config.yaml"))
     log.open_writer(state.global_step)
     log.info(f"{cfg['model']['arch']}: {len(train_loader)} steps/epoch, lr {scaled_lr(cfg, log.world_size):.4g} "
-             f"for a global batch of {cfg['data']['batch_size'] * log.world_size}, threads "
-             f"{os.environ.get('OMP_NUM_THREADS')}")
+             f"for a global batch of {cfg['data']['batch_size'] * log.world_size}, {env['precision']} "
+             f"{state.data_format}, threads {os.environ.get('OMP_NUM_THREADS')}")
     return state, train_loader, val_loader, log
 
 
 def _resume(state: TrainState, resume: str, allow_config_change: bool, log: RunLogger) -> None:
     """Restore `state` from the checkpoint `resume` names ("auto": the furthest one in the run folder)."""
     cfg = state.cfg
-    path = find_resume_checkpoint(cfg["output_dir"], cfg["model"]["trust_pickle"]) if resume == "auto" else resume
-    path = broadcast_object(path)  # every rank resumes from the checkpoint rank 0 chose
+    foreign: list[str] = []
+    path = (find_resume_checkpoint(cfg["output_dir"], cfg["model"]["trust_pickle"], cfg["model"]["arch"], foreign)
+            if resume == "auto" else resume)
+    path, foreign = broadcast_object((path, foreign))  # every rank resumes from the checkpoint rank 0 chose
+    if not path and foreign:  # starting afresh here would overwrite another network's checkpoints
+        raise TrainingError(f"--resume auto: {cfg['output_dir']}/checkpoints holds checkpoints of another network "
+                            f"({', '.join(foreign)}) and none of model.arch={cfg['model']['arch']}; a new run "
+                            f"would overwrite them. Set -o output_dir=PATH for this one")
     if not path:
         log.info(f"--resume auto: no checkpoint in {cfg['output_dir']}/checkpoints, starting fresh")
         return
     saved = ckpt.load_checkpoint(path, cfg["model"]["trust_pickle"])
     _check_resume_config(saved, cfg, path, allow_config_change, log)
+    try:  # the same classes in the same order: a renamed class folder would permute every label
+        ckpt.check_classes(saved.get("classes"), state.classes, path, cfg["data"]["allow_class_change"])
+    except ckpt.CheckpointError as e:
+        raise TrainingError(f"refusing to resume: {e}") from None
     state.restore(saved, path)
     log.last_saved = path  # until this run saves, the checkpoint it resumed from is the last good one
     log.info(f"resumed from {path}: epoch {state.epoch + 1}, batch {state.batch_in_epoch}, step {state.global_step}")
@@ -542,11 +632,15 @@ def _train_epochs(state: TrainState, train_loader, val_loader, log: RunLogger, s
         skipped = train_loader.pop_skipped()
         if skipped:
             log.info(f"skipped {len(skipped)} bad images this epoch: {', '.join(skipped[:5])}")
-        if not stats["complete"]:  # stopped mid-epoch: signal or max_steps
+        if not stats["complete"]:  # stopped mid-epoch: a signal or max_steps, nothing else
             if stop.get("signal"):
                 _save_and_say(stop, state, log)
-            else:
-                log.save(state, "last")
+                return
+            log.save(state, "last")
+            if not _reached_max_steps(state):  # never end a run silently (issue 23): say it, exit non-zero
+                raise TrainingError(f"epoch {state.epoch + 1} ended after {state.batch_in_epoch} of "
+                                    f"{len(train_loader)} batches: the loader yielded fewer than planned. Saved "
+                                    f"{log.checkpoint_path('last')}; this is a bug: please report it with train.log")
             return
         epoch_record = _end_of_epoch(state, val_loader, stats, log, stop)
         if epoch_record is None:  # a signal stopped the eval: keep the epoch's training, evaluate it on resume
@@ -611,7 +705,7 @@ def _write_final_files(state: TrainState, log: RunLogger, finished: bool, stoppe
             final_file = os.path.join(cfg["output_dir"], "model.safetensors")
             ckpt.save_safetensors(_unwrap(state.model), final_file,
                                   {"arch": cfg["model"]["arch"], "num_classes": cfg["model"]["num_classes"],
-                                   "config": cfg})
+                                   "config": cfg, "classes": state.classes})
     except OSError as e:
         # The training itself is safe in `last`; resuming a finished run only writes these files again.
         raise TrainingError(f"could not write {final_file} ({e.strerror or e}). The trained state is in "
@@ -676,6 +770,9 @@ def _end_of_epoch(state: TrainState, val_loader, stats: dict, log: RunLogger, st
               "train_top1": stats["top1"], "epoch_time_s": stats["epoch_time_s"],
               "train_images_per_s": stats["images"] / max(stats["epoch_time_s"], 1e-9),
               "rss_mb": log.rss_mb()}
+    if "data_wait_pct" in stats:  # absent from the stats of an epoch stopped before this was measured
+        record["data_wait_pct"] = stats["data_wait_pct"]
+        _say_if_data_bound(state, stats["data_wait_pct"], log)
     if state.scaler is not None:
         record["loss_scale"] = float(state.scaler._scale)
     last = state.epoch + 1 == t["epochs"]
@@ -703,11 +800,27 @@ def _end_of_epoch(state: TrainState, val_loader, stats: dict, log: RunLogger, st
     return record
 
 
+DATA_WAIT_NOTICE_PCT = 20.0  # above this share of step time waiting for data, the loader is the bottleneck
+
+
+def _say_if_data_bound(state: TrainState, pct: float, log: RunLogger) -> None:
+    """The one-line notice of a loader that holds the training back, with the remedies: once a run,
+    at the first epoch above DATA_WAIT_NOTICE_PCT (each epoch's figure is in train.log anyway)."""
+    if pct > DATA_WAIT_NOTICE_PCT and not state.said_data_bound:
+        state.said_data_bound = True
+        d = state.cfg["data"]
+        dali = "" if d["loader"] == "dali" else "data.loader: dali, "
+        log.info(f"notice: data wait {pct:.0f}% of step time: the loader is the bottleneck. Remedies: more "
+                 f"data.num_workers (now {d['num_workers']}), {dali}or a pre-resized copy "
+                 f"(scripts/prepare_imagenet.py --short-side).")
+
+
 def _write_metrics(state: TrainState, log: RunLogger, finished: bool, stopped_by: str | None = None) -> dict:
     history = state.history
     evals = [h for h in history if "eval_top1" in h]
     best = max(evals, key=lambda h: h["eval_top1"]) if evals else None
     speeds = [h["train_images_per_s"] for h in history[1:]] or [h["train_images_per_s"] for h in history]
+    waits = [h["data_wait_pct"] for h in history if "data_wait_pct" in h]
     metrics = {
         "name": state.cfg["name"], "arch": state.cfg["model"]["arch"], "finished": finished,
         # "SIGTERM", "SIGINT" or "SIGUSR1" when a signal stopped the run early, "max_steps" for
@@ -718,6 +831,9 @@ def _write_metrics(state: TrainState, log: RunLogger, finished: bool, stopped_by
                  "epoch": best["epoch"]} if best else None,
         "final": {k.removeprefix("eval_"): v for k, v in evals[-1].items() if k.startswith("eval_")} if evals else None,
         "train_images_per_s": float(np.mean(speeds)) if speeds else None,
+        # the share of step time the host waited for batches: per epoch in history, here their mean
+        "data_wait_pct": float(np.mean(waits)) if waits else None,
+        "precision": precision_label(state.amp),  # what the run really trained in (senet.device)
         "skipped_steps": state.skipped_steps, "history": history,
     }
     if log.rank == 0:

@@ -10,6 +10,7 @@ under MKL's and oneDNN's other instruction sets (tests/test_cpu_paths.py)."""
 import json
 import math
 import os
+import sys
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -587,6 +588,17 @@ def test_toy_block_builds_and_counts(toy, plain_resnet20):
     assert params - plain_resnet20[0] == params_attn == attention_param_formula(toy) == 3 * (16 + 32 + 64)
     macs, macs_attn, _ = count_macs(toy, 32)
     assert macs - plain_resnet20[1] == macs_attn == 3 * sum(2 * c * hw + c for c, hw in RESNET20_STAGES)
+    # Independently of the block's own elementwise_macs and of count_macs's shape walk: the shape each
+    # block really sees in a forward (hooks), and the toy's math counted there (a mean and a scale of
+    # every element, one multiply per channel).
+    seen = []
+    hooks = [b.register_forward_pre_hook(lambda layer, args: seen.append(args[0].shape))
+             for b in attention_blocks(toy).values()]
+    with paddle.no_grad():
+        toy(randn(1, 3, 32, 32))
+    for h in hooks:
+        h.remove()
+    assert len(seen) == 9 and macs_attn - params_attn == sum(c * h * w * 2 for _, c, h, w in seen)
     with pytest.raises(ValueError, match="already registered"):
         register(Attention("toy", ToyBlock, ToyOptions, "Toy", ""))
 
@@ -621,6 +633,58 @@ def test_toy_block_gates_are_recorded(toy):
     assert list(gates) == list(seen) and gates["layer1.0.se"].shape == (3, 16)
     for name, s in seen.items():
         np.testing.assert_array_equal(gates[name], s)  # the same gate tensor, read twice
+    # ... and the toy's gate by hand, sigmoid(a_c * mean of channel c), from each block's own input
+    inputs, handles = {}, []
+    for name, block in attention_blocks(toy).items():
+        handles.append(block.register_forward_pre_hook(lambda layer, args, name=name: inputs.setdefault(name, args[0])))
+    with paddle.no_grad():
+        toy(x)
+    for h in handles:
+        h.remove()
+    for name, block in attention_blocks(toy).items():
+        a64, w64 = inputs[name].numpy().astype(np.float64), block.a.numpy().astype(np.float64)
+        a32, w32 = a64.astype(np.float32), w64.astype(np.float32)
+        want = sigmoid(a64.mean(axis=(2, 3)) * w64)
+        assert_within_noise(gates[name], want, float32_noise(sigmoid(a32.mean(axis=(2, 3)) * w32), want), name)
+
+
+def test_analysis_tool_runs_end_to_end_on_the_toy(toy, tmp_path, monkeypatch, capsys):
+    """tools/analyze_gates.py (its command line, in this process, where the toy is registered) on the toy
+    model's saved weights: it finds the 9 toy blocks, labels them after the kind, and the channel means
+    it writes are those of the gates recorded directly."""
+    import runpy
+
+    from senet.checkpoint import save_safetensors
+
+    weights = str(tmp_path / "toy.safetensors")
+    save_safetensors(toy, weights, {"arch": "toy_resnet20"})
+    out = tmp_path / "analysis"
+    root = os.path.dirname(os.path.dirname(FIXTURES))
+    demo = os.path.join(root, "configs", "demo", "se_resnet20_digits.yaml")
+    overrides = ["model.arch=toy_resnet20", "model.num_classes=10", f"model.weights={weights}", "data.name=synthetic",
+                 "data.synthetic_val_size=12", "data.image_size=32", "data.eval_crop=32", "data.batch_size=4",
+                 "data.num_workers=0", f"output_dir={tmp_path}"]
+    monkeypatch.setattr(sys, "argv", ["tools/analyze_gates.py", "-c", demo, "-o", *overrides, "--samples", "12",
+                                      "--per-class", "0", "--out", str(out), "--raw"])
+    with pytest.raises(SystemExit) as e:
+        runpy.run_path(os.path.join(root, "tools", "analyze_gates.py"), run_name="__main__")
+    assert e.value.code == 0, capsys.readouterr()
+    stats = json.loads((out / "se_stats.json").read_text())
+    assert [row["label"] for row in stats["blocks"]] == [f"Toy_{i}_{j}" for i, n in ((2, 3), (3, 3), (4, 3))
+                                                          for j in range(1, n + 1)]
+    from senet.analysis import record_gates
+    from senet.config import load_config
+    from senet.data import build_loader, normalize_batch
+
+    cfg = load_config(demo, overrides)
+    recorded = np.load(out / "excitations.npz")
+    direct = np.concatenate([record_gates(toy, normalize_batch(images, cfg["data"]["mean"], cfg["data"]["std"]))
+                             ["layer3.2.se"] for images, _ in build_loader(cfg, "val")])
+    assert recorded["layer3.2.se"].shape == direct.shape == (12, 64)
+    from senet.numerics import SAFETY, float16_step, float32_spacing
+
+    bound = float16_step(direct) + SAFETY * float32_spacing(np.ones(1))  # stored as float16 (numerics rule 4)
+    assert (np.abs(recorded["layer3.2.se"] - direct) <= bound).all()
 
 
 def test_toy_block_exports_to_paddle_inference(toy, tmp_path):

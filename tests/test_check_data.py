@@ -60,9 +60,51 @@ def test_bench_and_text_output(fake, tmp_path):
 
 def test_cifar_counts_and_missing_root(fake, tmp_path):
     r = run("tools/check_data.py", "-o", "data.name=cifar100", f"data.root={fake}/cifar", "model.num_classes=100")
+    assert r.returncode == 2 and "not the published" in r.stderr and "data.verify_md5=false" in r.stderr, r.stderr
+    r = run("tools/check_data.py", "-o", "data.name=cifar100", f"data.root={fake}/cifar", "model.num_classes=100",
+            "data.verify_md5=false")
     assert r.returncode == 0, r.stderr
     assert "train: 40 images, 100 classes" in r.stdout and "val: 10 images, 100 classes" in r.stdout
     assert "not the published" in r.stderr  # fake tarballs carry the official name, not the official MD5
     r = run("tools/check_data.py", "-o", f"data.root={tmp_path}/missing", f"output_dir={tmp_path}")
     assert r.returncode == 2
     assert f"{tmp_path}/missing does not exist" in r.stderr and "data.name=synthetic" in r.stderr
+
+
+def test_bench_times_dali_beside_our_loader_and_plain_decoding(fake, tmp_path):
+    """--bench: plain decoding, our loader and (where installed; `make test` installs it) DALI's CPU pipeline,
+    each with images per CPU-second; without DALI, one line names the install command."""
+    from senet.data.dali import dali_installed
+
+    args = ["tools/check_data.py", "-o", f"data.root={fake}/imagenet", "model.num_classes=3", f"output_dir={tmp_path}",
+            "data.batch_size=2", "data.num_workers=1", "data.image_size=32", "--bench", "4", "--repeats", "2"]
+    r = run(*args, "--json")
+    assert r.returncode == 0, r.stderr
+    bench = json.loads(r.stdout)["bench"]
+    names = ["plain", "loader", "dali"] if dali_installed() else ["plain", "loader"]
+    for name in names:
+        assert bench[f"{name}_images_per_s"] > 0 and bench[f"{name}_cpu_ms_per_image"] > 0
+        assert abs(bench[f"{name}_images_per_cpu_s"] * bench[f"{name}_cpu_ms_per_image"] - 1e3) < 1e-6
+    assert bench["dali_decoder"] == ("cpu" if dali_installed() else None)
+    text = run(*args).stdout
+    if dali_installed():
+        assert "  DALI (cpu) " in text and "images/s per core (1 threads)" in text, text
+        jitter = run(*args, "-o", "data.color_jitter=0.4").stdout  # a setting DALI does not apply: not timed
+        assert "  DALI        not timed: data.loader=dali does not apply data.color_jitter=0.4" in jitter, jitter
+    else:
+        assert "DALI        not installed (make install DALI=1)" in text, text
+    # make bench's loader section (senet.bench.report) shows each pipeline's own figures on its own row
+    from senet.bench.report import _loader
+
+    bench.update(image_size=32, files="generated JPEGs", file_size="64x48")
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1:] for line in _loader(bench, []) if " | " in line}
+    labels = {"plain": "plain decode+crop (no batching, nothing handed back)",
+              "loader": "our loader (paddle.io.DataLoader, OpenCV)", "dali": "NVIDIA DALI, cpu decoder"}
+    for name in names:
+        images_per_s, cpu_ms, per_core = rows[labels[name]]
+        assert images_per_s == f"{bench[f'{name}_images_per_s']:,.0f} ± {bench[f'{name}_std']:,.0f}"
+        assert (cpu_ms, per_core) == (f"{bench[f'{name}_cpu_ms_per_image']:,.2f}",
+                                      f"{bench[f'{name}_images_per_cpu_s']:,.0f} |")
+    without = {**bench, "dali_images_per_s": None, "dali_decoder": None,  # a machine without DALI
+               "dali_skipped": "not installed (make install DALI=1)"}
+    assert "| NVIDIA DALI | not installed (make install DALI=1) | - | - |" in _loader(without, [])

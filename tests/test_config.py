@@ -394,3 +394,58 @@ def test_resume_ignores_the_options_of_blocks_neither_arch_has():
     assert config_changes(old, load_config(path, ["model.se.reduction=8"]))[1] == ["model.se.reduction 4 -> 8"]
     cbam = load_config(path, ["model.arch=cbam_resnet20"])
     assert "model.cbam.reduction 16 -> 4" in config_changes(old, cbam)[1]  # cbam is used now: the old run had 16
+
+
+def test_hostile_config_files_are_one_line_errors(tmp_path):
+    """Issue 23: a binary -c or _base_, a control character, a 1,200-file _base_ chain, and a deep or
+    huge model.weights folder each give one ConfigError naming the file (and line), in bounded time."""
+    binary = tmp_path / "weights.yaml"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe" + bytes(range(256)))
+    with pytest.raises(ConfigError, match=f"{re.escape(str(binary))} is not a text file .byte 0 is not UTF-8"):
+        load_config(str(binary))
+    child = write(tmp_path / "child.yaml", {"_base_": "weights.yaml", "model": {"arch": "resnet50"}})
+    with pytest.raises(ConfigError, match="weights.yaml is not a text file"):
+        load_config(str(child))
+    for where, text in ((3, "model:\n  arch: resnet50\n  name: a\x07b\n"), (1, "name: \x1b[31mred\n")):
+        path = tmp_path / f"ctrl{where}.yaml"
+        path.write_text(text)
+        with pytest.raises(ConfigError, match=f"{re.escape(str(path))}:{where}: holds the control character"):
+            load_config(str(path))
+    for n in (10, 1200):  # a chain of n files, each the _base_ of the next (9 files: 8 bases, allowed)
+        chain = tmp_path / f"chain{n}"
+        chain.mkdir()
+        write(chain / "f0.yaml", {"model": {"arch": "resnet50"}})
+        for i in range(1, n):
+            write(chain / f"f{i}.yaml", {"_base_": f"f{i - 1}.yaml"})
+        with pytest.raises(ConfigError, match="_base_ chain is deeper than 8 files"):
+            load_config(str(chain / f"f{n - 1}.yaml"))
+    ok = tmp_path / "chain_ok"
+    ok.mkdir()
+    write(ok / "f0.yaml", {"model": {"arch": "resnet50"}})
+    for i in range(1, 9):
+        write(ok / f"f{i}.yaml", {"_base_": f"f{i - 1}.yaml"})
+    assert load_config(str(ok / "f8.yaml"))["model"]["arch"] == "resnet50"  # 8 levels are allowed
+    deep = tmp_path / "deep"
+    folder = str(deep) + "/d" * 1500
+    subprocess.run(["mkdir", "-p", folder], check=True)  # os.makedirs recurses once per level
+    try:
+        with open(folder + "/lost.pdparams", "wb"):
+            pass
+        with pytest.raises(ConfigError, match="without model.safetensors or checkpoints .it holds only d."):
+            load_config(None, [f"model.weights={deep}"])
+    finally:  # shutil.rmtree (pytest's clean-up of old temporary folders) recurses once per level too
+        subprocess.run(["rm", "-rf", str(deep)], check=True)
+    wide = tmp_path / "wide"  # more entries than the walk looks at: it stops and says what it saw
+    for i in range(300):
+        os.makedirs(wide / f"d{i:03d}" / "e")
+    with pytest.raises(ConfigError, match="without model.safetensors or checkpoints"):
+        load_config(None, [f"model.weights={wide}"])
+
+
+def test_numbers_read_as_yaml_1_2_reads_them(tmp_path):
+    """PyYAML (YAML 1.1) reads 1e-4 and .5e0 as strings; configs and -o read them as floats, in lists too."""
+    assert parse_overrides(["data.mean=[.5,.5,.5e0]", "optimizer.lr=1e-4", "a=5", "b=-2E3", "c=1."]) == \
+        {"data": {"mean": [0.5, 0.5, 0.5]}, "optimizer": {"lr": 1e-4}, "a": 5, "b": -2000.0, "c": 1.0}
+    cfg = load_config(str(write(tmp_path / "f.yaml", "data:\n  std: [2e-1, .2e0, 0.2]\n")), ["data.mean=[.5,.5,.5e0]"])
+    assert cfg["data"]["std"] == [0.2, 0.2, 0.2] and cfg["data"]["mean"] == [0.5, 0.5, 0.5]
+    assert parse_overrides(["name=1e5x", "v=1.2.3"]) == {"name": "1e5x", "v": "1.2.3"}  # not numbers: strings

@@ -74,8 +74,8 @@ def shell_lines(body: str) -> list[str]:
 
 
 def looks_like_command(text: str) -> bool:
-    return bool(re.match(r"(\.venv/bin/python|python3?|make|scripts/\S+\.sh|tools/\S+\.py|scripts/\S+\.py)( |$)",
-                         text))
+    return bool(re.match(r"(\.venv/bin/python|/\S*/python3?|python3?|make|scripts/\S+\.sh|tools/\S+\.py|"
+                         r"scripts/\S+\.py)( |$)", text))
 
 
 def doc_commands(path: str) -> list[str]:
@@ -140,7 +140,10 @@ def run_folders() -> set[str]:
 
 
 def is_placeholder(token: str) -> bool:
-    """CONFIG, RUN_DIR/config.yaml, GROUP_*.yaml, <output_dir>/vdl, key=value, ...: stand for what the user gives."""
+    """CONFIG, RUN_DIR/config.yaml, GROUP_*.yaml, <output_dir>/vdl, key=value, ...: stand for what the user gives.
+    A path that exists in the repository (configs/ablation/README.md) is never one: it is checked."""
+    if token and os.path.exists(os.path.join(ROOT, token.split("::")[0])):
+        return False
     return bool(re.fullmatch(r"\.\.\.\]?|key=value|KEY=VALUE", token) or re.search(r"\b[A-Z][A-Z_]+[0-9]?\b", token)
                 or any(c in token for c in "<…") or "..." in token)
 
@@ -202,6 +205,7 @@ class Checker:
     def __init__(self, written):
         self.folder, self.names, self.fake_names = written
         self.problems: list[str] = []
+        self.checked = 0  # commands really checked: a case that checked none must fail, not pass
 
     def problem(self, where: str, text: str) -> None:
         self.problems.append(f"{where}: {text}")
@@ -305,6 +309,11 @@ class Checker:
         head = tokens[0]
         if head == PYTHON and len(tokens) == 1:
             return  # the name alone, in prose
+        self.checked += 1
+        if re.fullmatch(r"/\S*/python3?", head) and len(tokens) > 1 and tokens[1].endswith(".py"):
+            # another environment's interpreter (scripts/make_weight_fixtures.py runs in a torch venv)
+            self.script(tokens[1], tokens[2:], where)
+            return
         if head in ("python", "python3"):
             self.problem(where, f"call Python as {PYTHON}, as everywhere else in the docs")
         elif head == "make":
@@ -353,6 +362,7 @@ def test_every_command_in_the_docs_names_real_tools_flags_configs_and_paths(doc,
     check = Checker(written)
     for line in commands:
         check.command(line, doc)
+    assert check.checked > 0, f"{doc}: none of its {len(commands)} commands was checked"
     for span in inline_spans(read(doc)):  # inline paths such as `senet/profile.py` or `tests/x.py::test_y`
         if span.startswith(REPO_DIRS) and " " not in span:
             check.path(span, doc)
@@ -374,6 +384,7 @@ def test_every_help_example_is_a_real_command(script, written):
     for line in examples:
         check.command(line, f"{script} --help")
     assert not check.problems, "\n".join(check.problems)
+    assert check.checked == len(examples) > 0, f"{script}: {check.checked} of {len(examples)} examples checked"
 
 
 def test_the_readme_compare_command_prints_the_readme_rows():
@@ -403,20 +414,92 @@ def test_python_snippets_import_what_exists():
                         assert hasattr(module, alias.name), f"{doc}: {node.module} has no {alias.name}"
 
 
-def test_ratios_in_the_readme_and_bench_doc_come_from_its_tables():
-    """Each SE-cost ratio that the README quotes (x1.044), and both ends of every range in the README and
-    docs/bench.md, are figures of a table in docs/bench.md (the paper's figures and the targets aside)."""
-    bench = read("docs/bench.md")
-    table_figures = set(re.findall(r"x?(\d\.\d{3})", "\n".join(ln for ln in bench.splitlines() if ln.startswith("|"))))
-    paper_and_targets = {"1.10", "1.02", "1.05", "1.03", "0.98"}  # Hu et al. Sec. 4 and the issue's targets
-    for doc in ("README.md", "docs/bench.md"):
-        prose = "\n".join(ln for ln in read(doc).splitlines() if not ln.startswith("|"))
-        for whole, lo, hi in re.findall(r"(x(\d\.\d{2,})(?:-x?(\d\.\d+))?)", prose):
-            if doc != "README.md" and not hi:
-                continue  # docs/bench.md's prose also reports one-off A/B experiments, with their method
-            for figure in filter(None, (lo, hi)):
-                assert figure in table_figures or (figure in paper_and_targets and not hi), (
-                    f"{doc}: {whole} is in no table of docs/bench.md")
+# A ratio in prose: x1.042, 1.65x, or 0.991 (a share of a reference, written without the x).
+FIGURE = re.compile(r"(?<![\w.])(?:x(\d\.\d{2,4})|(\d+\.\d+)x(?![\w])|(0\.9\d\d))(?![\d])")
+# "<!-- from docs/bench.md: ROW | COLUMN; ROW | COLUMN -->": the table cells of the figures before it, ROW
+# the start of the row's first cell, COLUMN the start of its column's header.
+SOURCE = re.compile(r"<!-- from (\S+): (.*?) -->", re.S)
+# The paper's figures (Hu et al., Sec. 4: x1.10 training on GPUs, x1.02 CPU inference) and the targets.
+PAPER_AND_TARGETS = {"1.10", "1.02", "1.05", "1.03", "0.98"}
+
+
+def markdown_tables(text: str) -> list[tuple[list[str], list[list[str]]]]:
+    """(header cells, row cells) of every table of a markdown text, cells stripped of markup."""
+    tables, lines = [], text.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("|") and i + 1 < len(lines) and re.fullmatch(r"\|(\s*:?-+:?\s*\|)+", lines[i + 1]) \
+                and not (i and lines[i - 1].startswith("|")):
+            cells = lambda ln: [c.strip().strip("*`") for c in ln.strip().strip("|").split("|")]  # noqa: E731
+            rows = [cells(ln) for ln in lines[i + 2:] if ln.startswith("|")]
+            end = next((k for k, ln in enumerate(lines[i + 2:]) if not ln.startswith("|")), len(lines) - i - 2)
+            tables.append((cells(line), rows[:end]))
+    return tables
+
+
+def table_cell(doc: str, row: str, column: str) -> str:
+    """The one cell whose row's first cell starts with `row` and whose header starts with `column`."""
+    hits = [(r[header.index(h)] if header.index(h) < len(r) else "")
+            for header, rows in markdown_tables(read(doc)) for h in header if h.startswith(column)
+            for r in rows if r[0].startswith(row)]
+    assert len(hits) == 1, f"{doc}: {len(hits)} cells for row {row!r}, column {column!r}"
+    return hits[0]
+
+
+def quoted_figures(doc: str) -> list[tuple[str, tuple[str, str, str] | None]]:
+    """Each ratio in the prose of `doc` (not in tables or code), with the (file, row, column) of the
+    source marker that covers it (None if no marker does, or for the paper's figures and the targets):
+    a marker covers the figures since the previous one, in order."""
+    text = re.sub(r"^```.*?^```", "", read(doc), flags=re.S | re.M)
+    prose = "\n".join(ln for ln in text.splitlines() if not ln.startswith("|"))
+    out, pending = [], []
+    for m in re.finditer(f"{FIGURE.pattern}|{SOURCE.pattern}", prose, flags=re.S):
+        if m.group(0).startswith("<!--"):
+            file, refs = m.group(4), [[c.strip() for c in r.split(" | ")] for r in re.split(r";\s+", m.group(5))]
+            assert len(refs) == len(pending) and all(len(r) == 2 for r in refs), \
+                f"{doc}: {m.group(0)} names {len(refs)} cells for {len(pending)} figures {pending}"
+            out += [(f, (file, *ref)) for f, ref in zip(pending, refs)]
+            pending = []
+        elif (figure := next(g for g in m.groups()[:3] if g)) in PAPER_AND_TARGETS:
+            out.append((figure, None))  # the paper's or a target, quoted as such: no table cell
+        else:
+            pending.append(figure)
+    return out + [(f, None) for f in pending]
+
+
+def test_every_quoted_ratio_is_its_own_table_cell():
+    """Issue 24: a ratio quoted in the prose of the README or a doc (x1.042, 1.65x, 0.991) is the figure of
+    the table cell its marker names, by row and column (model, engine, measure), not the same number
+    anywhere in any table. Paper figures and targets aside, a ratio without a marker fails."""
+    checked = 0
+    for doc in DOCS:
+        for figure, source in quoted_figures(doc):
+            if source is None:
+                assert figure in PAPER_AND_TARGETS, f"{doc}: {figure} quoted without <!-- from FILE: ROW | COLUMN -->"
+                continue
+            cell = table_cell(*source)
+            in_cell = re.search(rf"(?<![\d.]){re.escape(figure)}(?![\d])", cell)
+            assert in_cell, f"{doc}: {figure} not in {source}: {cell!r}"
+            checked += 1
+    assert checked >= 20  # the README's bench paragraph alone quotes 14
+
+
+def test_the_ratio_check_can_fail(tmp_path, monkeypatch):
+    """Its own teeth: a figure that is another row's, another column's, or unmarked is caught."""
+    doc = tmp_path / "d.md"
+    table = "| run | train | infer |\n|---|---|---|\n| SE | x1.042 | x1.010 |\n| ECA | x1.028 | x1.003 |\n"
+    monkeypatch.setattr(sys.modules[__name__], "read", lambda path: open(os.path.join(tmp_path, path)).read())
+    good = "SE trains at x1.042<!-- from d.md: SE | train --> and infers at 1.010x<!-- from d.md: SE | infer -->."
+    for prose, fails in ((good, False), (good.replace("SE | train", "ECA | train"), True),
+                         (good.replace("SE | infer", "SE | train"), True), ("SE trains at x1.028.", True)):
+        doc.write_text(table + "\n" + prose + "\n")
+        failed = False
+        try:
+            for figure, source in quoted_figures("d.md"):
+                assert source is not None, figure
+                assert figure in table_cell(*source), figure
+        except AssertionError:
+            failed = True
+        assert failed == fails, prose
 
 
 def test_every_tool_sets_up_the_cpu_before_paddle_is_imported(tmp_path):
@@ -438,6 +521,7 @@ def test_every_tool_sets_up_the_cpu_before_paddle_is_imported(tmp_path):
             "tools/analyze_gates.py": ["-c", DEMO],
             "tools/check_data.py": ["-c", DEMO],
             "tools/compare.py": ["-c", DEMO],
+            "tools/doctor.py": ["--out", str(tmp_path / "doctor")],
             "tools/convert_weights.py": ["--from", "auto", str(tmp_path / "none.pth"), "--out", str(tmp_path / "c")],
             "tools/infer.py": ["--model", str(tmp_path), "--images", str(tmp_path)],
             "tools/bench.py": [],

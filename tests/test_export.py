@@ -236,3 +236,67 @@ def test_eca_and_cbam_models_export_and_match_dygraph(kind, tmp_path):
         pred = Predictor(out, engine)
         for batch in (images[:1], images):
             assert_engine_agrees(pred.predict(batch), ref[:len(batch)], noise, f"{engine} at batch {len(batch)}")
+
+
+def test_a_failed_reexport_leaves_the_previous_export_whole(exported, tmp_path, monkeypatch):
+    """Issue 23: a re-export on a filling disk replaced model.pdiparams in place, and infer then failed the
+    old inference.yml's SHA-256. Now an export is written whole in a temporary folder, then swapped in: a
+    failure at any step (two shown: the ONNX conversion, the safetensors write) leaves the previous export
+    as it was, verified, and no temporary folder."""
+    import errno
+    import shutil
+
+    import senet.export as export_mod
+
+    out = tmp_path / "export"
+    shutil.copytree(exported.out, out)
+    before = {n: (out / n).read_bytes() for n in os.listdir(out)}
+    images = np.random.default_rng(5).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    want = Predictor(str(out), "paddle").predict(images)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    for target in ("save_onnx", "save_safetensors"):
+        with monkeypatch.context() as m:
+            m.setattr(export_mod, target, disk_full)
+            with pytest.raises(ExportError, match=f"could not write the export {out} .No space left on device.; "
+                                                  f"the previous export there is intact"):
+                export(exported.cfg, str(out), ["all"], model=exported.model)
+        assert {n: (out / n).read_bytes() for n in os.listdir(out)} == before
+        assert not [n for n in os.listdir(tmp_path) if ".tmp-" in n]
+        np.testing.assert_array_equal(Predictor(str(out), "paddle").predict(images), want)  # digests verified
+    # An export replaces the folder whole, so it refuses a folder that is not an export.
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep")
+    with pytest.raises(ExportError, match="exists and is not an export folder"):
+        export(exported.cfg, str(other), ["safetensors"], model=exported.model)
+    assert (other / "notes.txt").read_text() == "keep"
+
+
+def test_a_signal_during_export_leaves_no_temporary_folder(exported, tmp_path):
+    """SIGTERM while tools/export.py writes: the temporary folder goes, the previous export stays, exit 143
+    with one line (not Paddle's FatalError dump)."""
+    import shutil
+    import signal
+    import time
+
+    out = tmp_path / "export"
+    shutil.copytree(exported.out, out)
+    before = {n: (out / n).read_bytes() for n in os.listdir(out)}
+    cmd = [sys.executable, os.path.join(ROOT, "tools", "export.py"), "-c", DEMO, "-o", f"output_dir={tmp_path}",
+           f"model.weights={exported.weights}", "--output", str(out)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not [n for n in os.listdir(tmp_path) if n.startswith(".export.tmp-")]:
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGSTOP)
+    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGCONT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143
+    assert stderr.strip().splitlines() == [f"error: stopped by signal 15; {out} is as it was"]
+    assert not [n for n in os.listdir(tmp_path) if ".tmp-" in n]
+    assert {n: (out / n).read_bytes() for n in os.listdir(out)} == before

@@ -200,14 +200,16 @@ def test_resume_picks_the_checkpoint_by_its_recorded_step_not_its_file_time(tmp_
 
 def test_an_unwritable_checkpoint_folder_is_found_before_training(tmp_path):
     out = tmp_path / "run"
-    out.mkdir()
-    if os.geteuid() == 0:  # root writes through chmod; sysfs refuses new files even to root
-        (out / "checkpoints").symlink_to("/sys/kernel")
+    if os.geteuid() == 0:  # root writes through chmod; sysfs refuses new files even to root. (A link inside
+        out.symlink_to("/sys/kernel")  # the run folder is refused as a link, so the run folder is the link.)
+        where = f"output_dir '{out}'"
     else:
+        out.mkdir()
         (out / "checkpoints").mkdir(mode=0o555)
+        where = f"the checkpoint folder '{out / 'checkpoints'}'"
     proc = run(train_cmd(out))
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert f"error: the checkpoint folder '{out / 'checkpoints'}' is not writable (" in proc.stderr
+    assert f"error: {where} is not writable (" in proc.stderr, proc.stderr
     assert "Free disk space" not in proc.stderr and "-o output_dir=PATH" in proc.stderr
     assert "steps/epoch" not in proc.stdout  # refused before the model and data were built
 
@@ -260,3 +262,59 @@ def test_a_checkpoint_path_that_is_a_folder_is_not_called_a_full_disk(tmp_path):
                             f"A folder stands where the file goes: move it away or set -o output_dir=PATH")
     assert os.listdir(os.path.dirname(path)) == ["last.pdparams"]  # no temporary file left
     log.close()
+
+
+def test_run_lock_that_is_a_link_or_a_fifo_is_refused_by_name(tmp_path):
+    """Issue 23: a symlinked run.lock was truncated and overwritten through (a root run then overwrites any
+    file); a FIFO gave a bare [Errno 22]. Both are refused, naming the lock; the target is untouched."""
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me\n")
+    for kind in ("symlink", "dangling symlink", "fifo", "folder"):
+        run = tmp_path / kind.replace(" ", "_")
+        run.mkdir()
+        lock = run / LOCK_NAME
+        if kind == "symlink":
+            lock.symlink_to(target)
+        elif kind == "dangling symlink":
+            lock.symlink_to(tmp_path / "nowhere" / "new.txt")
+        elif kind == "fifo":
+            os.mkfifo(lock)
+        else:
+            lock.mkdir()
+        with pytest.raises(RunLockedError) as e:
+            RunLock(str(run)).acquire()
+        assert str(lock) in str(e.value) and ("symbolic link" in str(e.value) if "link" in kind else
+                                              "not a regular file" in str(e.value) or "a folder" in str(e.value)), e
+    assert target.read_text() == "keep me\n" and not (tmp_path / "nowhere").exists()
+
+
+@pytest.mark.parametrize("name", ["train.log", "config.yaml", "metrics.json", "checkpoints", "vdl",
+                                  "checkpoints/last.pdparams"])
+def test_run_files_that_are_links_are_refused_and_never_written_through(tmp_path, name):
+    """Issue 23: everything the trainer writes in its folder is its own: a link where train.log, config.yaml,
+    metrics.json, a checkpoint, checkpoints/ or vdl/ goes is refused by name before the run starts, and the
+    file it points at is untouched."""
+    target = tmp_path / "precious"
+    target.write_text("keep me\n")
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True) if "/" in name else out.mkdir()
+    (out / name).symlink_to(target)
+    proc = run(train_cmd(out, "train.epochs=1"))
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert f"{out / name} is a symbolic link" in proc.stderr and "Traceback" not in proc.stderr
+    assert target.read_text() == "keep me\n"
+
+
+def test_files_named_like_checkpoints_but_not_the_trainers_are_left_alone(tmp_path):
+    """Issue 23: a user's copy named epoch_1_keep.pdparams made every numbered save die (int('1_keep')), and
+    --resume auto again. Pruning and --resume auto now see only the trainer's own names."""
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    for junk in ("epoch_1_keep.pdparams", "epoch_x.pdparams", "last_backup.pdparams"):
+        (out / "checkpoints" / junk).write_bytes(b"not a checkpoint")
+    proc = run(train_cmd(out, "train.epochs=2", "train.save_every=1", "train.keep_last=1"))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    names = sorted(os.listdir(out / "checkpoints"))
+    assert names == ["best.pdparams", "epoch_1_keep.pdparams", "epoch_2.pdparams", "epoch_x.pdparams",
+                     "last.pdparams", "last_backup.pdparams"], names
+    assert find_resume_checkpoint(str(out)) == str(out / "checkpoints" / "last.pdparams")

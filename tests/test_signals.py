@@ -220,3 +220,46 @@ def test_sigusr1_to_every_rank_of_a_launched_job_stops_all_ranks_at_one_step_and
     done = subprocess.run(job_ref, cwd=ROOT, capture_output=True, text=True, timeout=DEADLINE, env=ENV)
     assert done.returncode == 0, done.stdout[-3000:]
     assert_same_weights(ref / "model.safetensors", out / "model.safetensors")
+
+
+def shared_memory_of(pids):
+    return [n for n in os.listdir("/dev/shm") if any(n.startswith(f"paddle_{p}_") for p in pids)]
+
+
+def test_sighup_to_the_group_saves_like_sigterm_and_leaves_no_shared_memory(data, reference, tmp_path):
+    """Issue 23: SIGHUP (an ssh session dropped) exited 129 with no save and left the workers' shared memory
+    in /dev/shm. It now stops the run as SIGTERM does: save, hint, exit 128 + 1, exact resume."""
+    out, log = tmp_path / "run", tmp_path / "first.log"
+    proc = start(cmd(out, data["small"]), log)
+    try:
+        wait_for(lambda: "] step 1:" in log.read_text(), proc, "step 1")
+        pids = [proc.pid, *children(proc.pid)]
+        os.killpg(proc.pid, signal.SIGHUP)
+    finally:
+        text = finish(proc, log)
+    step = ckpt.load_checkpoint(str(out / "checkpoints" / "last.pdparams"))["global_step"]
+    check_stopped(text, proc, out, signal.SIGHUP, step)
+    assert read_json(out / "metrics.json")["stopped_by"] == "SIGHUP" and not shared_memory_of(pids)
+    run_to_end(out, data["small"], "--resume", "auto")
+    assert_same_weights(reference / "model.safetensors", out / "model.safetensors")
+
+
+def test_a_worker_killed_by_sigkill_is_one_line_saves_and_leaves_no_shared_memory(data, reference, tmp_path):
+    """Issue 23: a loader worker killed with SIGKILL (the out-of-memory killer's signal) gave a raw
+    SystemError traceback from Paddle's SIGCHLD handler, no save, and its blocks stayed in /dev/shm. Now
+    the loader reports it at the next batch, where the trainer saves `last` and stops with one line."""
+    out, log = tmp_path / "run", tmp_path / "first.log"
+    proc = start(cmd(out, data["small"], "train.epochs=20"), log)
+    try:
+        wait_for(lambda: "] step 2:" in log.read_text(), proc, "step 2")
+        workers = children(proc.pid)
+        assert len(workers) == 2, workers
+        os.kill(workers[0], signal.SIGKILL)
+    finally:
+        text = finish(proc, log)
+    assert proc.returncode == 1 and "Traceback" not in text, text[-3000:]
+    errors = [line for line in text.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"DataLoader process (pid {workers[0]}) exited is killed by signal" in errors[0]
+    assert "--resume auto goes on from there" in errors[0] and "shared-memory block(s)" in errors[0], errors
+    step = ckpt.load_checkpoint(str(out / "checkpoints" / "last.pdparams"))["global_step"]
+    assert f"at step {step}:" in errors[0] and not shared_memory_of([proc.pid, *workers])

@@ -5,10 +5,13 @@ import glob
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import paddle
+import psutil
 import pytest
 import yaml
 
@@ -201,3 +204,56 @@ def test_sweep_errors_are_clear(tmp_path):
     assert proc.returncode == 2 and "config file not found" in proc.stderr
     proc = sweep("-c", DEMOS[1], "--out", str(tmp_path), "--seeds", "3", "--dry-run", "-o", *TINY)
     assert proc.returncode == 0 and proc.stdout.startswith("new") and "train.seed=3" in proc.stdout
+
+
+def test_a_rerun_with_another_recipe_is_refused(tmp_path):
+    """Issue 23: finished (or started) runs of another recipe in the sweep folder are named with what
+    differs, and nothing is trained or tabulated; bookkeeping (threads, logging) may differ."""
+    out = tmp_path / "sweep"
+    for seed, recipe in ((0, ["train.epochs=1"]), (1, ["train.epochs=1", "optimizer.lr=0.05"])):
+        done = out / "resnet20_digits" / f"seed{seed}"
+        dump_config(load_config(DEMOS[0], TINY + recipe + [f"train.seed={seed}", f"output_dir={done}",
+                                                           "train.threads=1"]), str(done / "config.yaml"))
+        (done / "metrics.json").write_text(json.dumps({"finished": seed == 0, "best": {"top1": 40.0}}))
+    for extra in ([], ["--table-only"]):
+        proc = sweep("-c", DEMOS[0], "--seeds", "0", "1", "--out", str(out), *extra, "-o", *TINY, "train.epochs=3")
+        assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+        assert "2 run(s) in this sweep folder were trained with another recipe" in proc.stderr
+        assert f"{out / 'resnet20_digits' / 'seed0'}: train.epochs 1 -> 3" in proc.stderr
+        assert "optimizer.lr 0.05 -> " in proc.stderr and "train.threads" not in proc.stderr
+        assert not (out / "results.md").exists() and not (out / "resnet20_digits" / "seed0" / "train.log").exists()
+    # the same recipe (threads aside) is reused: a dry run says finished / unfinished, nothing refused
+    proc = sweep("-c", DEMOS[0], "--seeds", "0", "--out", str(out), "--dry-run", "-o", *TINY, "train.epochs=1")
+    assert proc.returncode == 0 and proc.stdout.startswith("finished"), proc.stderr
+
+
+@pytest.mark.parametrize("signum, child_exit", [(signal.SIGUSR1, 138), (signal.SIGHUP, 143)])
+def test_a_signal_to_the_sweep_stops_its_trainer_cleanly(tmp_path, signum, child_exit):
+    """SIGUSR1 and SIGHUP used to kill the sweep and orphan its trainer (which then held the run's lock):
+    now the sweep passes them on (SIGHUP as SIGTERM), the trainer saves and exits, and the sweep exits
+    128 + the signal; a rerun resumes and finishes."""
+    out = tmp_path / "sweep"
+    run_dir = out / "resnet20_digits" / "seed0"
+    args = [sys.executable, os.path.join(ROOT, "tools", "sweep.py"), "-c", DEMOS[0], "--seeds", "0", "--out", str(out),
+            "-o", *TINY, "train.epochs=10", "data.synthetic_train_size=128"]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 120
+        while not (run_dir / "train.log").exists() or "epoch 1/" not in (run_dir / "train.log").read_text():
+            assert time.time() < deadline and proc.poll() is None, "the run did not start"
+            time.sleep(0.2)
+        trainer = [p for p in psutil.Process(proc.pid).children(recursive=True) if "train.py" in " ".join(p.cmdline())]
+        assert len(trainer) == 1
+        proc.send_signal(signum)
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signum, output[-3000:]
+    assert not trainer[0].is_running() or trainer[0].status() == psutil.STATUS_ZOMBIE  # no orphan left behind
+    assert f"stopped by {signal.Signals(signum).name}" in output
+    assert os.path.exists(run_dir / "checkpoints" / "last.pdparams"), output[-3000:]
+    assert f"exit code {child_exit}" not in output  # an interruption, not a failure
+    again = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "seed 0: resuming" in again.stdout, again.stdout[-3000:] + again.stderr[-3000:]
+    assert status(str(run_dir)) == "finished"

@@ -152,10 +152,16 @@ def test_kill_after_first_epoch_and_resume_is_bitwise_identical(tmp_path):
 def test_resume_into_another_model_names_the_mismatch(tmp_path):
     out = tmp_path / "run"
     train(out, "train.epochs=1")
+    last = out / "checkpoints" / "last.pdparams"
+    # --resume auto considers only checkpoints of this run's network (issue 23): here there are none, and
+    # a fresh run would overwrite the other network's, so it is refused, naming them.
     proc = train(out, "model.arch=resnet20", "--resume", "auto", check=False)
+    assert proc.returncode == 1 and "holds checkpoints of another network (best.pdparams (se_resnet20)" in proc.stderr
+    assert "last.pdparams (se_resnet20)) and none of model.arch=resnet20" in proc.stderr
+    proc = train(out, "model.arch=resnet20", "--resume", str(last), check=False)
     assert proc.returncode == 1  # another model is another experiment (issue 16)
     assert "with a changed experiment: model.arch 'se_resnet20' -> 'resnet20'" in proc.stderr
-    proc = train(out, "model.arch=resnet20", "--resume", "auto", "--allow-config-change", check=False)
+    proc = train(out, "model.arch=resnet20", "--resume", str(last), "--allow-config-change", check=False)
     assert proc.returncode == 1
     assert "does not fit the model for model.arch=resnet20" in proc.stderr and "unexpected" in proc.stderr
     assert "layer1.0.se.fc1.weight" in proc.stderr

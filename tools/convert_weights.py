@@ -41,7 +41,10 @@ def main() -> int:
     if args.source and args.config:
         parser.error("-c goes with --to (a conversion writes its own config)")
     setup_cpu(1)
+    from senet.runtime import Interrupted, exit_cleanly_on_signals
     from senet.weights.convert import ConversionError, convert_to_dir, export_timm
+
+    exit_cleanly_on_signals()  # a SIGTERM removes the temporary folder instead of aborting in Paddle's handler
 
     try:
         if args.to:
@@ -62,6 +65,9 @@ def main() -> int:
     except ConversionError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except Interrupted as e:
+        print(f"error: stopped by signal {e.signum}; nothing was written to {args.out}", file=sys.stderr)
+        return e.code
     m = done["model"]
     print(f"wrote {done['out_dir']}: {m['arch']}, {m['num_classes']} classes, stride_in_1x1={m['stride_in_1x1']}, "
           f"stem_pool={m['stem_pool']} ({done['tensors']} tensors, {done['params']:,} parameters; "

@@ -48,7 +48,7 @@ def main() -> int:
 
     import paddle
 
-    from senet.checkpoint import CheckpointError, load_weights
+    from senet.checkpoint import CheckpointError, check_classes, load_weights
     from senet.data import DatasetError, build_loader
     from senet.device import device_notices
     from senet.resnet import build_model
@@ -66,9 +66,11 @@ def main() -> int:
             env = device_notices(cfg)
             cfg["train"]["data_format"] = env["data_format"]
             model = build_model(cfg)
-            load_weights(model, cfg["model"]["weights"], trust=cfg["model"]["trust_pickle"], prefer_ema=args.ema,
-                         expected_arch=cfg["model"]["arch"])
+            classes = load_weights(model, cfg["model"]["weights"], trust=cfg["model"]["trust_pickle"],
+                                   prefer_ema=args.ema, expected_arch=cfg["model"]["arch"])
             loader = build_loader(cfg, "val", rank=rank, world_size=world_size)
+            check_classes(classes, [str(c) for c in loader.dataset.classes], cfg["model"]["weights"],
+                          cfg["data"]["allow_class_change"])
             result = evaluate(model, loader, cfg, env["data_format"], env["amp"])
     except (DatasetError, CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -35,7 +35,9 @@ def main() -> int:
     setup_cpu(cfg["train"]["threads"])
     from senet.checkpoint import CheckpointError
     from senet.export import ExportError, export, parse_formats
+    from senet.runtime import Interrupted, exit_cleanly_on_signals
 
+    exit_cleanly_on_signals()  # a SIGTERM removes the temporary folder instead of aborting in Paddle's handler
     output = args.output or os.path.join(cfg["output_dir"], "export")
     try:
         formats = parse_formats(args.format)
@@ -43,6 +45,9 @@ def main() -> int:
     except (ExportError, CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Interrupted as e:
+        print(f"error: stopped by signal {e.signum}; {output} is as it was", file=sys.stderr)
+        return e.code
     for fmt, entry in info["files"].items():
         names = [v for k, v in entry.items() if k in ("model", "params")] if isinstance(entry, dict) else [entry]
         print(f"{fmt:12s} {', '.join(os.path.join(output, n) for n in names)}")

@@ -32,7 +32,9 @@ def main() -> int:
     parser.add_argument("--topk", type=int, default=5, help="classes shown per image")
     parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads, 0 = all cores")
-    parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu", help="gpu falls back to cpu with a notice")
+    parser.add_argument("--device", default="cpu",
+                        help="cpu, gpu (this process's GPU: the rank's own under paddle.distributed.launch, else 0) or "
+                             "gpu:N; a GPU request falls back to cpu with a notice where there is none")
     parser.add_argument("--bf16", action="store_true", help="bf16 oneDNN kernels (paddle engine, CPUs with bf16)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--imagenet-names", action="store_true",

@@ -18,6 +18,7 @@ paper's ablation tables.
 
 import argparse
 import os
+import signal
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -50,6 +51,7 @@ def main() -> int:
 
     try:
         runs = sweep.plan(args.config, args.seeds, args.out, overrides)
+        sweep.check_recipes(runs, overrides)
     except (ConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -62,11 +64,16 @@ def main() -> int:
     outcome = {"failed": [], "interrupted": []}
     if not args.table_only:
         outcome = sweep.run_sweep(runs, overrides, args.nproc, args.devices, jobs=args.jobs)
-    if outcome["interrupted"]:
-        return 130  # stop now; the table is built when the sweep completes (or with --table-only)
+    if outcome["interrupted"]:  # stop now; the table is built when the sweep completes (or with --table-only)
+        return 128 + int(outcome.get("signal", signal.SIGINT))  # 130 SIGINT, 143 SIGTERM, 138 SIGUSR1, 129 SIGHUP
     setup_cpu(0)  # the table profiles each model once, in this process
     rows = sweep.sweep_rows(runs, overrides)
-    print("\n" + sweep.write_table(rows, args.out)["md"], end="")
+    try:
+        table = sweep.write_table(rows, args.out)["md"]
+    except OSError as e:  # a full or read-only disk: the previous table, if any, is still whole
+        print(f"error: cannot write the table into {args.out}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    print("\n" + table, end="")
     print(f"wrote {os.path.join(args.out, 'results')}.{{md,csv,json}}")
     missing = [r for r in runs if sweep.status(r.output_dir) != "finished"]
     if missing:

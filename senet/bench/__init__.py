@@ -7,9 +7,10 @@ things for this implementation's SE, ECA and CBAM blocks, on the machine it runs
 
 - training-step throughput (senet.step.train_step, the trainer's own step), inference throughput,
   batch-1 latency, peak memory, parameters and GMACs (senet.profile);
-- on the engines dygraph, Paddle Inference (oneDNN on a CPU; TensorRT when Paddle has it on a
-  GPU) and ONNX Runtime (when installed), through senet.export / senet.inference;
-- the training data loader against plain decoding (senet.data.check.bench).
+- on the engines dygraph, Paddle Inference (oneDNN on a CPU; plain CUDA on a GPU, since TensorRT
+  takes only .pdmodel graphs and our exports are PIR) and ONNX Runtime (when installed), through
+  senet.export / senet.inference;
+- the training data loader against plain decoding and NVIDIA DALI (senet.data.check.bench).
 
 Its parts, one module each:
 

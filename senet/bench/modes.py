@@ -124,16 +124,15 @@ def train_runner(model: paddle.nn.Layer, spec: ModelSpec, variant: Variant, imag
     import paddle
 
     from senet.optim import build_optimizer
-    from senet.step import StepParts, train_step
+    from senet.step import StepParts, decorate_o2, train_step
 
     model.train()
     optimizer, _ = build_optimizer(spec.cfg, model, steps_per_epoch=1000, world_size=1)
     amp, scaler = None, None
     if variant.amp != "none":  # as senet.train.setup resolves cfg.train.amp on a GPU
         amp = {"enabled": True, "level": variant.amp, "dtype": variant.dtype}
-        if variant.amp == "O2":  # fp16/bf16 weights in the model, fp32 master weights in the optimizer
-            model, optimizer = paddle.amp.decorate(model, optimizer, level="O2", dtype=variant.dtype,
-                                                   master_weight=True)
+        if variant.amp == "O2":  # fp16/bf16 weights, fp32 master weights: decorated exactly as the trainer does
+            model, optimizer = decorate_o2(model, optimizer, variant.dtype)
         if variant.dtype == "float16":  # bfloat16 has fp32's range and needs no loss scaling
             scaler = paddle.amp.GradScaler(init_loss_scaling=spec.cfg["train"]["amp"]["init_loss_scaling"])
     parts = StepParts(model=model, optimizer=optimizer, mean=spec.cfg["data"]["mean"], std=spec.cfg["data"]["std"],

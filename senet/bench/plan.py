@@ -128,8 +128,24 @@ def profile(spec: ModelSpec, image_size: int, model: paddle.nn.Layer | None = No
     return {"params": p.params, "gmacs": round(p.gmacs, 7)}  # 7 places: ECA adds 5e-4 to ResNet-50
 
 
+def full_batch_notice(opts: BenchOptions, gpu: bool) -> str | None:
+    """What the training batch is, when it is the paper's: Hu et al.'s 256 images were split over 8 GPUs."""
+    from senet.bench.options import PAPER_GLOBAL_BATCH, PAPER_GPUS
+
+    if opts.train_batch != PAPER_GLOBAL_BATCH:
+        return None
+    where = "one GPU" if gpu else "this CPU"
+    return (f"train batch {PAPER_GLOBAL_BATCH} on {where}: the paper's global batch, which Hu et al. (Sec. 4) split "
+            f"over {PAPER_GPUS} GPUs ({PAPER_GLOBAL_BATCH // PAPER_GPUS} each); the SE/plain time ratio compares with "
+            f"theirs, the milliseconds do not")
+
+
 def resolve_variants(opts: BenchOptions, gpu: bool, notices: list[str]) -> list[Variant]:
-    """GPU: every AMP level x dtype x layout asked for. CPU: fp32 NCHW, with a one-line notice."""
+    """GPU: every AMP level x dtype x layout asked for. CPU: fp32 NCHW, with a one-line notice. Also the
+    notice that labels a training batch of the paper's size (full_batch_notice)."""
+    batch = full_batch_notice(opts, gpu)
+    if batch:
+        notices.append(batch)
     if not gpu:
         notices.append(f"no GPU: fp32, NCHW on the CPU with {os.environ.get('OMP_NUM_THREADS', '?')} threads "
                        f"(AMP O1/O2, float16/bfloat16 and NHWC are GPU settings)")

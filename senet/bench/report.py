@@ -159,12 +159,27 @@ def _all_measurements(env: dict, records: list[dict]) -> list[str]:
 
 
 def _loader(loader: dict, records: list[dict]) -> list[str]:
-    ratio = f"{100 * loader['ratio']:.0f}% of it" if loader.get("ratio") else "no plain figure"
+    """The loader section: plain decoding, our loader and DALI side by side (senet.data.check.bench's figures)."""
     lines = ["", "## Data loader", "",
-             f"Training loader on {loader['images']} generated {loader['file_size']} JPEGs per repeat, batch "
-             f"{loader['batch_size']}, {loader['workers']} workers: {loader['loader_images_per_s']:.0f} ± "
-             f"{loader['loader_std']:.0f} images/s (mean ± std over {loader['repeats']} repeats) against "
-             f"{_fmt(loader.get('plain_images_per_s'), 0)} images/s for plain decode+crop ({ratio})."]
+             f"{loader['images']} {loader['files']} per repeat ({loader['file_size']}), cropped to "
+             f"{loader['image_size']} px, batch {loader['batch_size']}, {loader['workers']} workers (DALI: as many "
+             f"threads); mean ± std over {loader['repeats']} repeats. Images/s per core is images per CPU-second "
+             "over all processes and threads.", "",
+             "| pipeline | images/s | CPU ms/image | images/s per core |", "|---|---|---|---|"]
+    rows = [("plain decode+crop (no batching, nothing handed back)", "plain"),
+            ("our loader (paddle.io.DataLoader, OpenCV)", "loader"),
+            (f"NVIDIA DALI, {loader.get('dali_decoder')} decoder", "dali")]
+    for label, key in rows:
+        if loader.get(f"{key}_images_per_s") is None:
+            if key == "dali":
+                lines.append(f"| NVIDIA DALI | {loader.get('dali_skipped') or 'not installed (make install DALI=1)'} "
+                             "| - | - |")
+            continue
+        lines.append(f"| {label} | {loader[f'{key}_images_per_s']:,.0f} ± {loader[f'{key}_std']:,.0f} | "
+                     f"{_fmt(loader.get(f'{key}_cpu_ms_per_image'), 2)} | "
+                     f"{_fmt(loader.get(f'{key}_images_per_cpu_s'), 0)} |")
+    if loader.get("ratio"):
+        lines += ["", f"Our loader keeps {100 * loader['ratio']:.0f}% of plain decoding's images/s."]
     train = [r for r in records if r["mode"] == "train"]
     if train:
         fastest = max(train, key=lambda r: r["images_per_s"])

@@ -244,8 +244,9 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] | None = None) -> s
     for message in run.notices:
         log(f"notice: {message}")
     if opts.loader_images > 0:
-        log("data loader vs plain decoding")
-        run.loader = bench_loader(run.specs[0].cfg, opts.loader_images, opts.train_batch, opts.image_size, run.dir)
+        log("data loader: plain decoding, our loader, DALI")
+        batch = min(opts.loader_batch, opts.loader_images)  # a batch of at most the images timed
+        run.loader = bench_loader(run.specs[0].cfg, opts.loader_images, batch, opts.image_size, run.dir)
     for variant in run.variants:
         run.dygraph(variant)
     run.exported()
@@ -263,8 +264,14 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] | None = None) -> s
     return run.dir
 
 
+# ImageNet-like files: ImageNet's most common size, JPEG quality 90 (senet.data.fake.write_image), and
+# smooth structure with fine grain (senet.data.fake.fake_image): noise would decode several times slower.
+LOADER_FILE_SIZE = (500, 375)  # width, height, pixels
+
+
 def bench_loader(cfg: dict, images: int, batch_size: int, image_size: int, work_dir: str, repeats: int = 3) -> dict:
-    """Training-loader images/s against plain decode+crop (senet.data.check.bench) on generated JPEGs."""
+    """Plain decode+crop, our training loader and DALI (where installed) on generated ImageNet-like JPEGs
+    (senet.data.check.bench), cropped to image_size."""
     from senet.data.check import WARMUP_BATCHES, bench
     from senet.data.fake import make_fake_imagenet
 
@@ -272,18 +279,19 @@ def bench_loader(cfg: dict, images: int, batch_size: int, image_size: int, work_
     files = (WARMUP_BATCHES + math.ceil(images / batch_size) + 1) * batch_size  # warm-up + timed + spare
     folder = os.path.join(work_dir, "loader_data")
     make_fake_imagenet(folder, classes=classes, train_per_class=math.ceil(files / classes), val_per_class=1,
-                       size=(image_size, image_size), jpeg_only=True)
+                       size=LOADER_FILE_SIZE, jpeg_only=True)
     cfg = copy.deepcopy(cfg)
     workers = max(1, min(cfg["data"]["num_workers"], cpu_count()))  # more workers than cores only adds contention
     cfg["data"].update(name="imagenet", root=folder, train_list=None, val_list=None, batch_size=batch_size,
-                       num_workers=workers, image_size=image_size)
+                       num_workers=workers, image_size=image_size, color_jitter=0.0)
     cfg["model"]["num_classes"] = classes
     cfg["output_dir"] = folder  # the index cache goes here
     try:
         out = bench(cfg, images, repeats)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    out.update(image_size=image_size, files="generated RGB JPEGs", file_size=f"{image_size}x{image_size}")
+    out.update(image_size=image_size, files="generated ImageNet-like JPEGs (quality 90)",
+               file_size="x".join(map(str, LOADER_FILE_SIZE)))
     return out
 
 

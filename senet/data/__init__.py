@@ -4,7 +4,8 @@ The trainer needs four names:
 - `build_dataset(cfg, split)`: a paddle.io.Dataset of (uint8 HWC RGB image, int label), with
   `.classes` and `.num_classes`;
 - `build_loader(cfg, split, rank, world_size)`: batches of (uint8 [N, H, W, 3], int64 [N]) tensors,
-  with `set_epoch(epoch, start_batch)`, `len()`, `.dataset` and `pop_skipped()`;
+  with `set_epoch(epoch, start_batch)`, `len()`, `.dataset` and `pop_skipped()`: paddle.io.DataLoader
+  with OpenCV workers, or NVIDIA DALI with data.loader=dali (senet/data/dali.py);
 - `normalize_batch(images, mean, std, data_format)`: the float conversion, once per batch on device;
 - `DatasetError`: raised with a message that names the problem and its fix.
 

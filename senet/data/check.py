@@ -6,7 +6,8 @@ machine hardly change. Its baseline is a plain loop (a multiprocessing Pool with
 worker processes) that only reads, decodes and crops the same files with the same crop
 parameters, and sends nothing back: an upper bound for any loader, so the ratio is the share of
 decode+crop throughput the training loader keeps after batching, shared memory and its own
-Python overhead.
+Python overhead. Where NVIDIA DALI is installed, its pipeline (data.loader=dali) is timed on the same
+files and crops too: on a CPU, its `cpu` decoder with as many threads as there are workers.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ import time
 import cv2
 import numpy as np
 
+from senet.data.dali import dali_installed
 from senet.data.datasets import ImageFileDataset, build_dataset
 from senet.data.decode import DECODE_FLAGS, RGB_DECODE, decode_image
-from senet.data.errors import BadImageError
+from senet.data.errors import BadImageError, DatasetError
 from senet.data.loader import build_loader
 from senet.data.transforms import hflip, random_resized_crop
 from senet.limits import regular_file_problem
@@ -148,43 +150,66 @@ def _time_plain(pool, keys: list[tuple[int, int]], b: int) -> tuple[float, float
     return _rate(n, time.perf_counter() - start), (_cpu_seconds() - cpu) / n
 
 
-def bench(cfg: dict, n: int, repeats: int = 3) -> dict:
-    """Images/s of the training loader over about n images, against the plain decode+crop loop on the same files.
+def _with_loader(cfg: dict, loader: str) -> dict:
+    return {**cfg, "data": {**cfg["data"], "loader": loader}}
 
-    Loader and plain loop alternate, repeat by repeat (each repeat a new epoch, so new files and
-    crops, the same for both), so a change in machine load hits both alike.
+
+def bench(cfg: dict, n: int, repeats: int = 3, dali: bool | None = None) -> dict:
+    """Images/s of the training loader over about n images, against the plain decode+crop loop on the same
+    files, and NVIDIA DALI's pipeline (data.loader=dali) on them too where it is installed (dali=None) or
+    asked for (True). On a CPU, DALI runs its `cpu` decoder with num_workers threads.
+
+    The three alternate, repeat by repeat (each repeat a new epoch, so new files and crops, the same for
+    all), so a change in machine load hits them alike. Each also gets images per CPU-second over all its
+    processes and threads: images/s per fully used core, which other jobs on the machine hardly change.
     """
     global _BENCH_DS
-    loader = build_loader(cfg, "train")
+    loader = build_loader(_with_loader(cfg, "paddle"), "train")
     b, workers = cfg["data"]["batch_size"], cfg["data"]["num_workers"]
     batches = min(math.ceil(n / b), len(loader) - WARMUP_BATCHES)
     if batches < 1:
         raise ValueError(f"the train split has {len(loader)} batches of {b}; --bench needs more than "
                          f"{WARMUP_BATCHES} warm-up batches plus the timed ones")
     files = isinstance(loader.dataset, ImageFileDataset)
+    dali_loader = None
+    dali_skipped = None if dali_installed() else "not installed (make install DALI=1)"
+    if files and (dali or (dali is None and dali_installed())):
+        try:
+            dali_loader = build_loader(_with_loader(cfg, "dali"), "train")
+        except DatasetError as e:  # e.g. data.color_jitter, which DALI does not apply
+            if dali:
+                raise
+            dali_skipped = f"not timed: {e}"
     _BENCH_DS = loader.dataset if files else None
     pool = _pool(workers) if files and workers > 0 else None  # forked before the loader's workers start
-    loader_rates, plain_rates, loader_cpu, plain_cpu = [], [], [], []
+    rates: dict[str, list[float]] = {"loader": [], "plain": [], "dali": []}
+    cpus: dict[str, list[float]] = {"loader": [], "plain": [], "dali": []}
     try:
         for epoch in range(repeats):
             rate, cpu, keys = _time_loader(loader, epoch, batches)
-            loader_rates.append(rate)
-            loader_cpu.append(cpu)
+            rates["loader"].append(rate)
+            cpus["loader"].append(cpu)
             if files:  # else nothing to decode: only the loader figure means something
                 rate, cpu = _time_plain(pool, keys, b)
-                plain_rates.append(rate)
-                plain_cpu.append(cpu)
+                rates["plain"].append(rate)
+                cpus["plain"].append(cpu)
+            if dali_loader is not None:
+                rate, cpu, _ = _time_loader(dali_loader, epoch, batches)
+                rates["dali"].append(rate)
+                cpus["dali"].append(cpu)
     finally:
         if pool:
             pool.close()
             pool.join()
-    mean_sd = lambda xs: (statistics.mean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0)  # noqa: E731
-    out = {"images": batches * b, "batch_size": b, "workers": workers, "repeats": repeats,
-           "loader_images_per_s": None, "loader_std": None, "plain_images_per_s": None, "plain_std": None,
-           "ratio": None, "loader_cpu_ms_per_image": 1e3 * statistics.mean(loader_cpu),
-           "plain_cpu_ms_per_image": 1e3 * statistics.mean(plain_cpu) if plain_cpu else None}
-    out["loader_images_per_s"], out["loader_std"] = mean_sd(loader_rates)
-    if plain_rates:
-        out["plain_images_per_s"], out["plain_std"] = mean_sd(plain_rates)
+    out = {"images": batches * b, "batch_size": b, "workers": workers, "repeats": repeats, "ratio": None,
+           "dali_decoder": None if dali_loader is None else "cpu" if dali_loader.device_id is None else "mixed",
+           "dali_skipped": dali_skipped if dali_loader is None and files else None}
+    for name in rates:
+        mean, std = (statistics.mean(rates[name]), statistics.stdev(rates[name]) if len(rates[name]) > 1 else 0.0) \
+            if rates[name] else (None, None)
+        cpu_ms = 1e3 * statistics.mean(cpus[name]) if cpus[name] else None
+        out.update({f"{name}_images_per_s": mean, f"{name}_std": std, f"{name}_cpu_ms_per_image": cpu_ms,
+                    f"{name}_images_per_cpu_s": 1e3 / cpu_ms if cpu_ms else None})
+    if out["plain_images_per_s"]:
         out["ratio"] = out["loader_images_per_s"] / out["plain_images_per_s"]
     return out

@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 import paddle
 
+from senet.data.archive import open_tar
 from senet.data.decode import decode_image
 from senet.data.errors import SMOKE_HINT, DatasetError
 from senet.data.ignored import print_ignored_notice
@@ -176,7 +177,7 @@ def _md5(path: str) -> str:
     return _MD5_SEEN[key]
 
 
-def _read_cifar_members(spec: dict, root: str, members: list[str]) -> dict[str, bytes]:
+def _read_cifar_members(spec: dict, root: str, members: list[str], verify_md5: bool = True) -> dict[str, bytes]:
     folder = next((f for f in (os.path.join(root, spec["folder"]), root)
                    if os.path.isfile(os.path.join(f, spec["meta"]))), None)
     if folder is not None:
@@ -204,12 +205,14 @@ def _read_cifar_members(spec: dict, root: str, members: list[str]) -> dict[str, 
                            f"python-version tarball {os.path.join(root, spec['tar'])} or its extracted folder "
                            f"{os.path.join(root, spec['folder'])}/ ({files}). Nothing is downloaded. {SMOKE_HINT}")
     md5_note = ""
-    if os.path.basename(tar) == spec["tar"] and _md5(tar) != spec["md5"]:
-        md5_note = (f"{tar} has MD5 {_md5(tar)}, not the published {spec['md5']}: it is not the official file "
+    if os.path.basename(tar) == spec["tar"] and (md5 := _md5(tar)) != spec["md5"]:
+        md5_note = (f"{tar} has MD5 {md5}, not the published {spec['md5']}: it is not the official file "
                     "(a partial download, or a repacked copy); results may not be comparable")
+        if verify_md5:  # refused before any byte of it is unpacked; the key makes it a warning
+            raise DatasetError(f"{md5_note}. Download it again, or set -o data.verify_md5=false to use it anyway")
     out = {}
     try:
-        with tarfile.open(tar, "r:*") as tf:
+        with open_tar(tar, "r:*") as tf:
             for count, m in enumerate(tf, 1):  # one sequential pass: seeking back in a .gz would decompress again
                 if count > MAX_TAR_MEMBERS:
                     raise DatasetError(f"{tar} has more than {MAX_TAR_MEMBERS} entries; the official CIFAR tarball "
@@ -233,11 +236,12 @@ def _read_cifar_members(spec: dict, root: str, members: list[str]) -> dict[str, 
     return out
 
 
-def load_cifar(name: str, root: str, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(images uint8 [N, 32, 32, 3], labels int64 [N], class names) of a CIFAR-10/100 split, read in memory."""
+def load_cifar(name: str, root: str, split: str, verify_md5: bool = True) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(images uint8 [N, 32, 32, 3], labels int64 [N], class names) of a CIFAR-10/100 split, read in memory.
+    A tarball under the official name with another MD5 is refused unless verify_md5 is False."""
     spec = CIFAR[name]
     members = spec[split] + [spec["meta"]]
-    raw = _read_cifar_members(spec, root, members)
+    raw = _read_cifar_members(spec, root, members, verify_md5)
     try:
         batches = [_unpickle(raw[m]) for m in spec[split]]
         classes = [n.decode() for n in _unpickle(raw[spec["meta"]])[spec["names"]]]
@@ -303,7 +307,7 @@ def build_dataset(cfg: dict, split: str) -> paddle.io.Dataset:
         _check_num_classes(len(classes), cfg)
         return ImageFileDataset(d["root"], paths, labels, classes, train, d, seed)
     if name in CIFAR:
-        images, labels, classes = load_cifar(name, d["root"], split)
+        images, labels, classes = load_cifar(name, d["root"], split, d["verify_md5"])
     elif name == "digits":
         images, labels, classes = load_digits_split(split)
     elif name == "synthetic":

@@ -12,6 +12,9 @@ Bounded work on hostile files (docs/data.md, "Limits"), checked in this order:
   which skip what libjpeg skips; other formats through Pillow's lazy header parser, if installed)
   must be at most MAX_PIXELS pixels, with an aspect ratio of at most MAX_ASPECT: resizing the
   shorter side of a 1x8000 image to 256 would make a 256x2,048,000 image (1.5 GB);
+- a JPEG may hold at most MAX_JPEG_SCANS scans, and scans x pixels at most MAX_SCAN_PIXELS: each
+  scan of a progressive JPEG passes over the whole image, so a 57 KB file of 2048 x 2048 pixels
+  with one tiny scan repeated 2,000 times decoded for 7.8 s (issue 23), and did so again each epoch;
 - OpenCV's own cap (OPENCV_IO_MAX_IMAGE_PIXELS, set to MAX_PIXELS by `senet/__init__.py` before
   anything loads OpenCV) applies to the size its decoder reads, whether or not our parsers could:
   nothing bigger is allocated;
@@ -38,6 +41,12 @@ MAX_PIXELS = 1 << 26
 MAX_ASPECT = 32
 # Bytes read from one image file. An uncompressed 64 Mpx RGB BMP is 192 MiB.
 MAX_FILE_BYTES = 256 << 20
+# Scans in one JPEG: libjpeg-turbo's own limit for untrusted files (TJFLAG_LIMITSCANS, djpeg
+# -maxscans). Encoders write 1 to 3 (baseline) or about 10 (progressive: libjpeg's default script).
+MAX_JPEG_SCANS = 500
+# Scans x pixels: the decoder's work. 32 full passes over the largest image allowed (MAX_PIXELS), about
+# three times what a progressive JPEG of that size needs; at 2048 x 2048 it allows 512 scans.
+MAX_SCAN_PIXELS = 32 * MAX_PIXELS
 
 # OpenCV reads its cap once, when cv2 is loaded. `senet/__init__.py` sets it before any senet
 # module (and so Paddle, which imports cv2) loads; this line covers a process that reaches this
@@ -151,6 +160,22 @@ def header_size(buf: np.ndarray) -> tuple[int, int] | None:
     return _pillow_size(buf)
 
 
+def jpeg_scans(buf: np.ndarray) -> int:
+    """Start-of-scan markers (FF DA) in a JPEG file, counted without decoding. Inside entropy-coded data
+    an FF byte is always followed by 00 or a restart marker, so every FF DA there starts a scan; one in
+    a metadata segment (an EXIF thumbnail's own scan) counts too, which only makes the bound stricter."""
+    return bytes(buf).count(b"\xff\xda")
+
+
+def scan_problem(scans: int, width: int, height: int) -> str | None:
+    """Why a JPEG of `scans` scans over width x height pixels is refused (too much decoding work), or None."""
+    if scans > MAX_JPEG_SCANS or scans * width * height > MAX_SCAN_PIXELS:
+        return (f"is a JPEG of {scans:,} scans over {width}x{height} pixels, more decoding work than the "
+                f"{MAX_JPEG_SCANS} scans or {MAX_SCAN_PIXELS:,} scan-pixels allowed (encoders write about 10; "
+                "a progressive JPEG with a repeated scan?); re-encode it")
+    return None
+
+
 def size_problem(width: int, height: int) -> str | None:
     """Why an image of width x height is refused (pixels, aspect ratio), or None."""
     if width * height > MAX_PIXELS:
@@ -162,11 +187,11 @@ def size_problem(width: int, height: int) -> str | None:
     return None
 
 
-def decode_image(path: str) -> np.ndarray:
-    """Read and decode one image file to an RGB uint8 array [H, W, 3]; raise BadImageError if it can't.
-
-    The limits in the module docstring bound the memory and time one file can take.
-    """
+def read_image_bytes(path: str) -> tuple[np.ndarray, tuple[int, int] | None]:
+    """An image file's bytes and the (width, height) its header declares (None if no parser could read
+    it), after every check that comes before decoding: a regular file, at most MAX_FILE_BYTES, the
+    declared pixels and aspect ratio, and for a JPEG its scans. Every decoder of this project (OpenCV
+    here, DALI in senet.data.dali) starts from this, so a limit added here holds for all of them."""
     problem = regular_file_problem(path)
     if problem:
         raise bad_image(path, "cannot be read (no such file, or a broken link)" if problem == "does not exist"
@@ -183,9 +208,20 @@ def decode_image(path: str) -> np.ndarray:
     size = header_size(buf)
     if size is not None:
         problem = size_problem(*size)
+        if not problem and buf[:2].tobytes() == b"\xff\xd8":
+            problem = scan_problem(jpeg_scans(buf), *size)
         if problem:
             raise bad_image(path, problem.replace("is ", "declares ", 1))
-    elif not OPENCV_CAP_SET:
+    return buf, size
+
+
+def decode_image(path: str) -> np.ndarray:
+    """Read and decode one image file to an RGB uint8 array [H, W, 3]; raise BadImageError if it can't.
+
+    The limits in the module docstring bound the memory and time one file can take.
+    """
+    buf, size = read_image_bytes(path)
+    if size is None and not OPENCV_CAP_SET:
         raise bad_image(path, "has a header whose size cannot be read before decoding, and OpenCV was loaded "
                               "before senet could cap its decoder (import senet before cv2 and paddle)")
     try:

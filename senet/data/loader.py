@@ -7,6 +7,8 @@
   ranks with no padding (ranks may differ by one image, and by one batch: sum the counts, not
   per-batch means, across ranks).
 - Workers return uint8 NHWC batches; `normalize_batch` turns them into float on the device.
+- `build_loader` gives this loader, or with data.loader=dali NVIDIA DALI's (senet.data.dali), which
+  takes its batches of keys from the same sampler.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ import ctypes
 import multiprocessing.util
 import os
 import signal
+import sys
 import tempfile
 import traceback
 import weakref
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -26,6 +30,9 @@ import paddle
 
 from senet.data.datasets import build_dataset
 from senet.data.errors import BadImageError, DatasetError
+
+if TYPE_CHECKING:
+    from senet.data.dali import DaliLoader
 
 Key = int | tuple[int, int]
 
@@ -188,7 +195,82 @@ class _Collate:
 # could save. Workers ignore them: the main process handles the signal (senet.train saves and
 # stops) and ends the workers itself. A worker whose main process is gone exits on its own
 # (Paddle's parent watchdog).
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP)  # SIGHUP: an ssh session dropped
+
+
+class WorkerDied(DatasetError):
+    """A loader worker process died (SIGKILL: often the out-of-memory killer). Raised at a batch boundary."""
+
+
+# Paddle's handler of SIGCHLD raises SystemError from wherever the main thread happens to be (in the
+# middle of a step, an optimizer update, a checkpoint write) when a worker dies. Ours records the death
+# instead, and the loader raises WorkerDied at its next batch, where the training state is whole and can
+# be saved (issue 23: a SIGKILLed worker gave a raw traceback, no save, and left its shared memory).
+_worker_deaths: list[str] = []
+
+
+def _record_worker_death(signum: int, frame: object) -> None:
+    try:
+        paddle.base.core._throw_error_if_process_failed()
+    except SystemError as e:
+        _worker_deaths.append(str(e).split(" (at ", 1)[0])
+
+
+def _raise_if_a_worker_died() -> None:
+    if not _worker_deaths:
+        return
+    message = _worker_deaths.pop(0)
+    _worker_deaths.clear()
+    pid = message.split("(pid ", 1)[-1].split(")", 1)[0]
+    removed = _remove_shared_memory(pid) if pid.isdigit() else 0
+    raise WorkerDied(f"a data-loader worker died: {message.removeprefix('(Fatal) ')} (killed by the "
+                     f"out-of-memory killer? Lower data.num_workers or data.batch_size); removed the "
+                     f"{removed} shared-memory block(s) it left")
+
+
+def _remove_shared_memory(pid: str) -> int:
+    """Unlink /dev/shm/paddle_<pid>_*: the blocks of our own worker, which died before it could."""
+    removed = 0
+    try:
+        names = [n for n in os.listdir("/dev/shm") if n.startswith(f"paddle_{pid}_")]
+    except OSError:
+        return 0
+    for name in names:
+        try:
+            os.unlink(os.path.join("/dev/shm", name))
+            removed += 1
+        except OSError:
+            pass
+    return removed
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _watched(batches: Iterator) -> Iterator:
+    """The DataLoader's batches, with a worker's death (recorded by _record_worker_death) raised as
+    WorkerDied between batches; a failure that follows the death (Paddle's reader thread gives up) too."""
+    while True:
+        _raise_if_a_worker_died()
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except Exception:
+            _raise_if_a_worker_died()
+            raise
+        yield batch
+
+
+def empty_batch() -> tuple[paddle.Tensor, paddle.Tensor]:
+    """The batch a loader yields where data.on_bad_image=skip dropped every image of one: it still counts
+    as one of the epoch's batches (issue 23: dropping it made the epoch look unfinished, and a run then
+    ended at exit 0 with no eval and no weights; with 2 ranks, the other rank waited for a step that
+    never came). Consumers skip it: the trainer, in a job, skips that step on every rank together."""
+    return paddle.zeros([0, 1, 1, 3], dtype="uint8"), paddle.zeros([0], dtype="int64")
 
 
 def _worker_init(worker_id: int) -> None:
@@ -225,6 +307,25 @@ def _stop_workers(loader: paddle.io.DataLoader) -> None:
             worker.join()
 
 
+def reader_args(num_workers: int, on_cpu: bool) -> dict:
+    """DataLoader's `places` and `use_buffer_reader`, chosen together: Paddle refuses some pairs.
+
+    Paddle's buffered reader copies each batch to its place on a thread of its own. Without it,
+    Paddle's reader refuses a GPU place at the first batch ("Place cannot be CUDAPlace when
+    use_double_buffer is False", paddle/fluid/pybind/reader_py.cc), and leaving `places` unset means
+    the current device. So:
+    - on a GPU (any device but the CPU): the buffered reader, to the current device, workers or not.
+      It copies batch k+1 to the device on its own stream while the device computes batch k.
+    - on a CPU: the CPU place, named rather than left to the default, and the buffered reader only with
+      workers, as before. Without workers its thread competes with Paddle's compute threads, whose
+      OpenMP barriers stall whenever one of them is descheduled (an earlier session saw convs run 2x
+      slower; docs/data.md has the latest measurement).
+    """
+    if not on_cpu:
+        return {"places": None, "use_buffer_reader": True}
+    return {"places": paddle.CPUPlace(), "use_buffer_reader": num_workers > 0}
+
+
 def _unlink(path: str) -> None:
     try:
         os.unlink(path)
@@ -241,7 +342,7 @@ class Loader:
 
     def __init__(self, dataset: paddle.io.Dataset, sampler: ShardedBatchSampler, num_workers: int,
                  on_bad_image: str = "error") -> None:
-        self.dataset, self.sampler = dataset, sampler
+        self.dataset, self.sampler, self.num_workers = dataset, sampler, num_workers
         self._skip_log, self._skip_read = None, 0
         if on_bad_image == "skip":
             fd, self._skip_log = tempfile.mkstemp(prefix="senet-skipped-", suffix=".txt")
@@ -258,10 +359,7 @@ class Loader:
             _Guarded(dataset, self._skip_log, num_workers), batch_sampler=sampler, collate_fn=_Collate(),
             num_workers=num_workers, use_shared_memory=True, persistent_workers=num_workers > 0,
             prefetch_factor=2, worker_init_fn=_worker_init, return_list=True,
-            # With no workers, Paddle would still prepare batches in a background thread. On a CPU that
-            # thread competes with the compute threads, and OpenMP's barriers stall whenever one of
-            # them is descheduled: convs ran 2x slower. Without workers, load batches in line instead.
-            use_buffer_reader=num_workers > 0)
+            **reader_args(num_workers, on_cpu=paddle.get_device() == "cpu"))
         if num_workers > 0:
             # Workers ignore SIGTERM (see STOP_SIGNALS), so the SIGTERM by which multiprocessing ends
             # daemon processes at exit would leave it waiting for them forever: end them first.
@@ -284,15 +382,19 @@ class Loader:
     def __iter__(self) -> Iterator[tuple[paddle.Tensor, paddle.Tensor]]:
         self.sampler.stop = False
         batches = iter(self._loader)
+        if self.num_workers > 0 and _in_main_thread():
+            signal.signal(signal.SIGCHLD, _record_worker_death)  # after Paddle set its own (WorkerDied above)
         try:
-            for batch in batches:
+            for batch in _watched(batches):
                 if len(batch) == 2:
                     yield batch[0], batch[1]
                     continue
                 aside = batch[2]
                 if isinstance(aside, _Partial):
-                    if aside.labels is not None:  # else every image of the batch was skipped as bad
+                    if aside.labels is not None:
                         yield paddle.to_tensor(aside.images), paddle.to_tensor(aside.labels)
+                    else:  # every image of the batch was skipped as bad: an empty batch, counted all the same
+                        yield empty_batch()
                     continue
                 self._end_early(batches)
                 aside.reraise()
@@ -318,16 +420,42 @@ class Loader:
         return sorted(os.fsdecode(line) for line in data.splitlines())
 
 
-def build_loader(cfg: dict, split: str, rank: int = 0, world_size: int = 1) -> Loader:
-    """The loader of `split` for one rank: train shuffled and drop_last, val in order and complete."""
-    dataset = build_dataset(cfg, split)
+_NOTICES_PRINTED: set[str] = set()
+
+
+def build_loader(cfg: dict, split: str, rank: int = 0, world_size: int = 1) -> Loader | DaliLoader:
+    """The loader of `split` for one rank: train shuffled and drop_last, val in order and complete.
+
+    data.loader picks ours (`Loader`) or NVIDIA DALI's (`senet.data.dali.DaliLoader`, image folders only:
+    the in-memory sources fall back to ours with a one-line notice). Both have the same interface.
+    """
     d, train = cfg["data"], split == "train"
+    dali = d["loader"] == "dali" and d["name"] == "imagenet"
+    if dali:
+        from senet.data.dali import require_dali
+
+        require_dali()  # before the index scan: a missing install is the first thing to hear about
+    elif d["loader"] == "dali":
+        _notice(f"notice: data.loader=dali reads image files; data.name={d['name']} is held in memory, so "
+                "the paddle loader serves it")
+    dataset = build_dataset(cfg, split)
     sampler = ShardedBatchSampler(len(dataset), d["batch_size"], rank, world_size, shuffle=train,
                                   seed=cfg["train"]["seed"])
     if train and len(sampler) == 0:
         raise DatasetError(f"the train split has {len(dataset)} images, fewer than one batch of data.batch_size "
                            f"{d['batch_size']} on each of {world_size} device(s); lower data.batch_size")
+    if dali:
+        from senet.data.dali import DaliLoader
+
+        return DaliLoader(dataset, sampler, d["num_workers"], d["on_bad_image"], d)
     return Loader(dataset, sampler, d["num_workers"], d["on_bad_image"])
+
+
+def _notice(message: str) -> None:
+    """Print a notice to stderr once per process, on rank 0 only."""
+    if message not in _NOTICES_PRINTED and os.environ.get("PADDLE_TRAINER_ID", "0") == "0":
+        _NOTICES_PRINTED.add(message)
+        print(message, file=sys.stderr, flush=True)
 
 
 _AFFINE: dict[tuple, tuple[paddle.Tensor, paddle.Tensor]] = {}

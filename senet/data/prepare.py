@@ -24,7 +24,8 @@ import io
 import os
 import re
 import shutil
-import tarfile
+
+from senet.data.archive import open_tar
 
 EXPECTED = {"train": 1_281_167, "val": 50_000, "classes": 1000}
 _WNID = re.compile(r"^n\d{8}$")
@@ -58,7 +59,7 @@ def read_devkit_labels(devkit_tar: str) -> dict[str, str]:
     from scipy.io import loadmat  # a scikit-learn dependency; only needed here
 
     meta = truth = None
-    with tarfile.open(devkit_tar, "r:*") as tf:
+    with open_tar(devkit_tar, "r:*") as tf:
         for m in tf:
             if m.name.endswith("data/meta.mat"):
                 meta = tf.extractfile(m).read()
@@ -85,13 +86,13 @@ def _write(src, path: str, size: int) -> bool:
 def extract_train(train_tar: str, out_dir: str) -> int:
     """Unpack the train tar of per-class tars into out_dir/train/<wnid>/; return the image count."""
     count = 0
-    with tarfile.open(train_tar, "r|*") as outer:
+    with open_tar(train_tar, "r|*") as outer:
         for m in outer:
             if not (m.isfile() and m.name.endswith(".tar")):
                 continue
             folder = os.path.join(out_dir, "train", _stem(m.name))
             os.makedirs(folder, exist_ok=True)
-            with tarfile.open(fileobj=outer.extractfile(m), mode="r|") as inner:
+            with open_tar(mode="r|", fileobj=outer.extractfile(m)) as inner:
                 for im in inner:
                     if im.isfile():
                         _write(inner.extractfile(im), os.path.join(folder, os.path.basename(im.name)), im.size)
@@ -102,7 +103,7 @@ def extract_train(train_tar: str, out_dir: str) -> int:
 def extract_val(val_tar: str, labels: dict[str, str], out_dir: str) -> tuple[int, list[str]]:
     """Unpack the flat val tar into out_dir/val/<wnid>/; return the count and the images without a label."""
     count, unlabeled = 0, []
-    with tarfile.open(val_tar, "r|*") as tf:
+    with open_tar(val_tar, "r|*") as tf:
         for m in tf:
             if not m.isfile():
                 continue
@@ -166,3 +167,102 @@ def verify(out_dir: str, expect: dict[str, int] = EXPECTED) -> tuple[dict[str, i
     if train and stray:
         problems.append(f"val: {len(stray)} classes not in train, e.g. {stray[:5]}")
     return counts, problems
+
+
+# ---------------------------------------------------------------- a copy resized to a shorter side
+
+# JPEG quality of the re-encoded images: FFCV's ImageNet datasets use 90 (ffcv-imagenet, write_imagenet.sh).
+RESIZE_QUALITY = 90
+
+
+def _resized_jobs(src_root: str, out_root: str) -> list[tuple[str, str]]:
+    """(source, destination) for every image file under src_root (any depth, hidden folders left out),
+    at the same relative path under out_root, so class folders and list files stay valid."""
+    from senet.data.index import _is_image
+
+    jobs = []
+    for folder, dirs, files in os.walk(src_root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        rel = os.path.relpath(folder, src_root)
+        jobs += [(os.path.join(folder, f), os.path.normpath(os.path.join(out_root, rel, f)))
+                 for f in sorted(files) if _is_image(f)]
+    return jobs
+
+
+def resize_file(src: str, dst: str, short_side: int, quality: int = RESIZE_QUALITY) -> str:
+    """Write src to dst with its shorter side at most short_side pixels (area resampling, as the loader's
+    downscaling); return "resized", "copied" (already small enough: the bytes unchanged), "exists" (dst is
+    there: an interrupted run restarts where it stopped) or "bad: <reason>" (copied unchanged if it is a
+    regular file, so that data.on_bad_image treats it as before; a FIFO or device is not copied).
+
+    The image is decoded as the loader decodes it (RGB, EXIF orientation ignored) and written in the format
+    of its extension (JPEG and WebP at `quality`), so the copy's pixels are what the loader saw, resized.
+    """
+    import cv2
+
+    from senet.data.decode import BAD_IMAGE_HINT, decode_image
+    from senet.data.errors import BadImageError
+    from senet.limits import regular_file_problem
+
+    if os.path.exists(dst):
+        return "exists"
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    tmp = dst + ".part"
+    try:
+        img = decode_image(src)
+    except BadImageError as e:
+        reason = str(e).removeprefix(f"bad image {src}: ").removesuffix(f". {BAD_IMAGE_HINT}")
+        if regular_file_problem(src) is not None:
+            return f"bad: {reason}; not copied"
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+        return f"bad: {reason}; copied unchanged"
+    h, w = img.shape[:2]
+    if min(h, w) <= short_side:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+        return "copied"
+    scale = short_side / min(h, w)
+    size = (short_side, round(h * scale)) if w <= h else (round(w * scale), short_side)  # (width, height)
+    small = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+    ext = os.path.splitext(dst)[1].lower()
+    params = [cv2.IMWRITE_JPEG_QUALITY, quality] if ext in (".jpg", ".jpeg") else \
+        [cv2.IMWRITE_WEBP_QUALITY, quality] if ext == ".webp" else []
+    ok, buf = cv2.imencode(ext, cv2.cvtColor(small, cv2.COLOR_RGB2BGR), params)
+    if not ok:
+        raise OSError(f"OpenCV could not encode {dst}")
+    buf.tofile(tmp)
+    os.replace(tmp, dst)
+    return "resized"
+
+
+def _resize_job(job: tuple[str, str, int, int]) -> tuple[str, str]:
+    src, dst, short_side, quality = job
+    return src, resize_file(src, dst, short_side, quality)
+
+
+def resize_copy(src_root: str, out_root: str, short_side: int, quality: int = RESIZE_QUALITY,
+                workers: int = 1) -> dict[str, list[str] | int]:
+    """Copy every image under src_root to out_root with its shorter side at most short_side, in `workers`
+    processes. Returns the counts of "resized", "copied" and "exists", and the "bad" files ("path: reason;
+    copied unchanged", or "not copied" for what is not a regular file)."""
+    import multiprocessing
+
+    import senet.data.decode  # noqa: F401  (before the fork: workers inherit it, OpenCV at one thread)
+
+    if os.path.realpath(src_root) == os.path.realpath(out_root):
+        raise ValueError(f"the resized copy must go to another folder than {src_root}")
+    jobs = [(s, d, short_side, quality) for s, d in _resized_jobs(src_root, out_root)]
+    out: dict[str, list[str] | int] = {"resized": 0, "copied": 0, "exists": 0, "bad": []}
+    if workers > 1:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            results = list(pool.imap_unordered(_resize_job, jobs, chunksize=64))
+    else:
+        results = [_resize_job(j) for j in jobs]
+    for src, status in results:
+        if status.startswith("bad: "):
+            out["bad"].append(f"{src}: {status[5:]}")
+        else:
+            out[status] += 1
+    out["bad"].sort()
+    return out

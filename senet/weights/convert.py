@@ -27,14 +27,13 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from senet.checkpoint import CheckpointError, read_safetensors, unpickle_restricted
-from senet.limits import regular_file_problem
+from senet.limits import regular_file_problem, shared_arrays
 
 SOURCES = {"timm": ("timm_resnet", "timm_legacy"), "torchvision": ("timm_resnet",),
            "paddleclas": ("paddleclas_resnet", "paddleclas_resnext")}
@@ -404,6 +403,9 @@ def _pickled_state(path: str) -> dict[str, np.ndarray]:
         state = unpickle_restricted(f, path)
     if not isinstance(state, dict):
         raise ConversionError(f"{path} holds a pickled {type(state).__name__}, not a state dict")
+    if shared := shared_arrays(state):  # each would be copied and converted on its own (issue 23)
+        raise ConversionError(f"{path} is refused: {shared[0]!r} and {shared[1]!r} are one array stored under two "
+                              f"names (a state dict stores each tensor once)")
     out = {}
     for name, value in state.items():
         if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], np.ndarray):
@@ -488,22 +490,23 @@ def config_for(model_cfg: dict, weights_path: str, name: str) -> dict:
 
 def write_out_dir(out_dir: str, files: dict[str, Any]) -> None:
     """Write `files` (name -> callable(path)) into a temporary folder beside out_dir, then rename it into
-    place. out_dir must not exist or be empty: nothing is written there unless everything succeeded."""
+    place (senet.folders). out_dir must not exist or be empty: nothing is written there unless everything
+    succeeded."""
+    from senet.folders import new_temp_folder, swap_into_place
+
     out_dir = os.path.abspath(out_dir)
     if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
         raise ConversionError(f"--out {out_dir} exists and is not an empty folder; choose a new folder")
-    parent = os.path.dirname(out_dir)
     try:
-        os.makedirs(parent, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
+        tmp = new_temp_folder(out_dir)
     except OSError as e:
-        raise ConversionError(f"cannot write to {parent} ({e.strerror or e})") from None
+        raise ConversionError(f"cannot write to {os.path.dirname(out_dir)} ({e.strerror or e})") from None
     try:
         for name, write in files.items():
             write(os.path.join(tmp, name))
         if os.path.isdir(out_dir):
             os.rmdir(out_dir)  # empty, checked above
-        os.rename(tmp, out_dir)
+        swap_into_place(tmp, out_dir)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, OSError):
@@ -619,19 +622,84 @@ def to_timm(weights: dict[str, np.ndarray], model_cfg: dict) -> tuple[dict[str, 
     return out, name
 
 
-def export_timm(path: str, out_dir: str, cfg: dict | None = None) -> dict:
-    """Write out_dir/model.safetensors in timm's layout (+ timm_model.txt naming the timm model)."""
-    from safetensors.numpy import save
+# The model settings that make another network (the rest, like model.weights, do not).
+NETWORK_KEYS = ("arch", "num_classes", "stride_in_1x1", "stem_pool", "se", "eca", "cbam", "branch_relu",
+                "first_block_projection")
 
-    from senet.checkpoint import atomic_write, extract_model_state, read_safetensors
-    from senet.config import validate
+
+def recorded_config(path: str) -> dict | None:
+    """The resolved config a weights file of ours records (model.safetensors' metadata, or a training
+    checkpoint's "config"), or None if it records none. Damaged or invalid records are ConversionErrors
+    that say which."""
+    from senet.checkpoint import load_checkpoint
+    from senet.config import ConfigError, validate
 
     try:
-        if cfg is None:
-            meta = read_safetensors(path)[1] if path.endswith(".safetensors") else {}
-            if "config" not in meta:
-                raise ConversionError(f"{path} does not record its config; give it with -c CONFIG")
-            cfg = validate(json.loads(meta["config"]))
+        if path.endswith(".safetensors"):
+            raw = read_safetensors(path)[1].get("config")
+            if raw is None:
+                return None
+            try:
+                cfg = json.loads(raw)
+            except ValueError as e:
+                raise ConversionError(f"{path}: the config in its metadata is not valid JSON ({e}); give the "
+                                      f"config it was trained with as -c CONFIG") from None
+        else:
+            cfg = load_checkpoint(path).get("config")
+            if cfg is None:
+                return None
+    except CheckpointError as e:
+        raise ConversionError(str(e)) from None
+    if not isinstance(cfg, dict):
+        raise ConversionError(f"{path}: its recorded config is a {type(cfg).__name__}, not a mapping; give the "
+                              f"config it was trained with as -c CONFIG")
+    try:
+        return validate(cfg)
+    except ConfigError as e:
+        raise ConversionError(f"{path}: its recorded config does not validate ({e}); give the config it was "
+                              f"trained with as -c CONFIG") from None
+
+
+def network_differences(recorded: dict, given: dict) -> list[str]:
+    """The model settings that make another network, where two resolved configs differ ("key a -> b").
+    A stride placement or stem pool left at None means the architecture's default, and is compared as that."""
+    import copy
+
+    from senet.attention import split_arch
+    from senet.config import config_changes
+    from senet.resnet import MODELS
+
+    def resolved(cfg: dict) -> dict:
+        cfg = copy.deepcopy(cfg)
+        spec = MODELS.get(split_arch(cfg["model"]["arch"])[1])
+        for key in ("stride_in_1x1", "stem_pool"):
+            if cfg["model"].get(key) is None and spec is not None:
+                cfg["model"][key] = getattr(spec, key)
+        return cfg
+
+    harmless, different = config_changes(resolved(recorded), resolved(given))
+    return [line for line in harmless + different if line.startswith(tuple(f"model.{k}" for k in NETWORK_KEYS))]
+
+
+def export_timm(path: str, out_dir: str, cfg: dict | None = None) -> dict:
+    """Write out_dir/model.safetensors in timm's layout (+ timm_model.txt naming the timm model).
+
+    `cfg` (from -c) is needed only when the file records no config; where it records one, a `cfg` that
+    describes another network is refused (it would name another timm model, as resume refuses it)."""
+    from safetensors.numpy import save
+
+    from senet.checkpoint import atomic_write, extract_model_state
+
+    recorded = recorded_config(path)
+    if cfg is None and recorded is None:
+        raise ConversionError(f"{path} does not record its config; give it with -c CONFIG")
+    if cfg is not None and recorded is not None:
+        differ = network_differences(recorded, cfg)
+        if differ:
+            raise ConversionError(f"-c describes another network than {path} records: {'; '.join(differ)}. Drop -c "
+                                  f"(the file's own config is used), or give the config it was trained with")
+    cfg = cfg if cfg is not None else recorded
+    try:
         weights = extract_model_state(path, trust=False)
     except CheckpointError as e:
         raise ConversionError(str(e)) from None

@@ -5,6 +5,13 @@ buffer per storage). The pickle is read by senet.checkpoint.unpickle_restricted 
 a state dict needs, each replaced by our own code: `collections.OrderedDict` (plain data),
 `torch.<Type>Storage` (a dtype tag) and `torch._utils._rebuild_tensor_v2` (a view into a storage,
 checked against its bounds, copied out as a numpy array). Anything else the pickle names is refused.
+
+What it materialises is bounded by what the file holds (issue 23): a tensor's strides may not alias
+(a stride of 0 or overlapping dimensions let 4 stored bytes claim 2^28 elements: 642 bytes took
+1.6 GB); all tensors together may copy out at most MAX_COPIES_PER_BYTE times the bytes of their
+storages, plus MAX_EXTRA_BYTES (tied weights or a transposed view share a storage; a thousand views
+of one storage do not); and data.pkl, which torch stores uncompressed, may inflate to at most
+MAX_PICKLE_BYTES (1 MB on disk inflated to 1 GiB).
 """
 
 from __future__ import annotations
@@ -25,6 +32,13 @@ STORAGE_DTYPES: dict[str, Any] = {
     "LongStorage": np.int64, "IntStorage": np.int32, "ShortStorage": np.int16, "CharStorage": np.int8,
     "ByteStorage": np.uint8, "BoolStorage": np.bool_,
 }
+
+
+# data.pkl of a ResNet-152 state dict is about 30 KB (names and storage records, no tensor data).
+MAX_PICKLE_BYTES = 64 << 20
+# Tensors may copy out their storages' bytes twice over, plus 16 MiB, in all.
+MAX_COPIES_PER_BYTE = 2
+MAX_EXTRA_BYTES = 16 << 20
 
 
 class _StorageType:
@@ -58,6 +72,9 @@ def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any, requires_
         if last >= flat.size:
             raise ValueError(f"a tensor of size {size}, stride {stride}, offset {offset} reaches past its storage "
                              f"of {flat.size} elements")
+        if _aliases(size, stride):
+            raise ValueError(f"a tensor of size {size} whose strides {stride} make elements share storage (a stride "
+                             "of 0, or overlapping dimensions): a state dict's tensors never do")
     item = flat.itemsize
     view = np.lib.stride_tricks.as_strided(flat[offset:] if count else flat[:0], shape=size,
                                            strides=[s * item for s in stride]) if count else np.zeros(size, flat.dtype)
@@ -65,6 +82,19 @@ def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any, requires_
     if storage.bf16:  # the top half of a float32
         out = (out.astype(np.uint32) << 16).view(np.float32)
     return out
+
+
+def _aliases(size: tuple, stride: tuple) -> bool:
+    """Whether two index tuples of a view reach the same element: with the dimensions of more than one
+    element sorted by stride, each stride must step over all the elements of the smaller ones (so a
+    transposed or sliced view passes, a stride of 0 or an overlap does not)."""
+    dims = sorted((s, n) for n, s in zip(size, stride) if n > 1)
+    reach = 0  # the largest offset the smaller dimensions reach
+    for s, n in dims:
+        if s <= reach:
+            return True
+        reach += (n - 1) * s
+    return False
 
 
 def _rebuild_parameter(data: Any, requires_grad: Any = False, backward_hooks: Any = None) -> np.ndarray:
@@ -103,6 +133,20 @@ def read_torch_state_dict(path: str) -> dict[str, np.ndarray]:
             if prefix + "byteorder" in names and archive.read(prefix + "byteorder").strip() != b"little":
                 raise CheckpointError(f"{path} holds big-endian tensors, which are not supported")
             storages: dict[str, _Storage] = {}
+            copied = [0]  # bytes copied out of storages so far
+
+            def rebuild_tensor(storage: Any, *args: Any) -> np.ndarray:
+                try:  # refusals of what the file claims, named as such (not as a truncated file)
+                    out = _rebuild_tensor(storage, *args)
+                except ValueError as e:
+                    raise CheckpointError(f"{path} is refused: {e}") from None
+                copied[0] += out.nbytes
+                held = sum(s.array.nbytes for s in storages.values())
+                if copied[0] > MAX_COPIES_PER_BYTE * held + MAX_EXTRA_BYTES:
+                    raise CheckpointError(f"{path} is refused: its tensors copy out {copied[0]:,} bytes from {held:,} "
+                                          "bytes of storage (views that share storage over and over, which a state "
+                                          "dict does not do)")
+                return out
 
             def persistent_load(pid: Any) -> _Storage:
                 if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
@@ -124,10 +168,16 @@ def read_torch_state_dict(path: str) -> dict[str, np.ndarray]:
                 storages[key] = _Storage(np.frombuffer(buf, dtype=np_dtype), dtype == "bfloat16")
                 return storages[key]
 
-            extra = {("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+            extra = {("torch._utils", "_rebuild_tensor_v2"): rebuild_tensor,
                      ("torch._utils", "_rebuild_parameter"): _rebuild_parameter}
             extra.update({("torch", name): _StorageType(name) for name in STORAGE_DTYPES})
             # Resolved lazily by the unpickler: the storage type objects are callables only in name.
+            # zipfile never inflates a member past the size its directory declares (ZipExtFile stops
+            # there), so checking the declared size bounds what the unpickler can read.
+            if archive.getinfo(pickles[0]).file_size > MAX_PICKLE_BYTES:
+                raise CheckpointError(f"{path} is refused: its {pickles[0]} inflates to "
+                                      f"{archive.getinfo(pickles[0]).file_size:,} bytes (a state dict's is tens of KB; "
+                                      f"the limit is {MAX_PICKLE_BYTES:,})")
             with archive.open(pickles[0]) as f:
                 state = unpickle_restricted(f, path, extra, persistent_load)
         except CheckpointError:
