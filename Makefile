@@ -46,7 +46,7 @@ $(PADDLECLAS_REF): $(STAMP)
 # that start Paddle, so two at once use 2 cores better (on 2 cores: 12 min instead of 15, 2026-12-07).
 # `$(PY) -m pytest -q tests` runs them in one process.
 test: install $(PADDLECLAS_REF) $(DALI_STAMP) browser
-	$(PY) -m pytest -q -n 2 --dist loadfile tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --max-worker-restart=0 tests
 
 # The one-minute self-check to run first on a new machine and attach to a bug report: what the machine
 # is, then PASS / FAIL / SKIP for every path it can run; writes doctor.json.
@@ -55,6 +55,7 @@ doctor: install
 
 lint: install
 	$(PY) -m ruff check senet tools scripts tests
+	$(PY) -m ruff format --check senet tools scripts tests
 
 clean:
 	rm -rf $(VENV) output .pytest_cache
@@ -64,13 +65,27 @@ DEMO_OUT := output/demo
 demo: install
 	PY=$(PY) DEMO_OUT=$(DEMO_OUT) VDL_PORT=$(VDL_PORT) bash scripts/demo.sh
 
+# The demo with a modern recipe (mixup, CutMix, RandAugment; 15 epochs): ResNet-20 and SE-ResNet-20 side by
+# side, one thread each, as `make demo`, then compared with its runs where they exist; docs/recipes.md.
+.PHONY: demo-modern
+demo-modern: install
+	rm -rf $(DEMO_OUT)/resnet20_digits_modern $(DEMO_OUT)/se_resnet20_digits_modern
+	$(PY) tools/train.py -c configs/demo/resnet20_digits_modern.yaml \
+		-o output_dir=$(DEMO_OUT)/resnet20_digits_modern train.threads=1 & plain=$$!; \
+	$(PY) tools/train.py -c configs/demo/se_resnet20_digits_modern.yaml \
+		-o output_dir=$(DEMO_OUT)/se_resnet20_digits_modern train.threads=1 & se=$$!; \
+	wait $$plain; a=$$?; wait $$se; b=$$?; test $$a -eq 0 -a $$b -eq 0
+	$(PY) tools/compare.py --runs $(wildcard $(DEMO_OUT)/resnet20_digits $(DEMO_OUT)/se_resnet20_digits) \
+		$(DEMO_OUT)/resnet20_digits_modern $(DEMO_OUT)/se_resnet20_digits_modern
+
 # ResNet-20 and its SE, ECA and CBAM twins on the digits, 3 seeds each, 5 epochs, two runs at a time
 # (about 20 minutes on 2 cores); docs/sweep.md.
 sweep-demo: install
 	PYTHON=$(PY) bash scripts/sweep.sh digits
 
 # ResNet-50 vs SE-ResNet-50 (r = 2..32), ECA-, CBAM- and paddle.vision's ResNet-50: speed, memory, cost; docs/bench.md.
-# 8 min 15 s on 2 idle (and slow) CPU cores, measured 2026-12-07 (docs/bench.md; budget: 10).
+# 8 min 15 s on 2 idle (and slow) CPU cores, measured 2026-12-07; 8 min 48 s and 8 min 54 s with OpenVINO and int8 added
+# (issue 26), 2-core Intel Xeon at load averages of 2 to 5 (docs/bench.md; budget: 10).
 # `.venv/bin/python tools/bench.py --full` for the paper's sizes on a GPU.
 bench: install
 	$(PY) tools/bench.py

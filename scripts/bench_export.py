@@ -56,8 +56,16 @@ def main(argv: list[str] | None = None) -> int:
     from senet.inference import Predictor
     from senet.resnet import build_model
 
-    cfg = load_config(None, [f"model.arch={args.arch}", "data.name=synthetic", "data.synthetic_val_size=1",
-                             f"data.eval_crop={args.size}", f"data.image_size={args.size}"])
+    cfg = load_config(
+        None,
+        [
+            f"model.arch={args.arch}",
+            "data.name=synthetic",
+            "data.synthetic_val_size=1",
+            f"data.eval_crop={args.size}",
+            f"data.image_size={args.size}",
+        ],
+    )
     paddle.seed(0)
     model = build_model(cfg)
     model.eval()
@@ -74,14 +82,20 @@ def main(argv: list[str] | None = None) -> int:
         agree = {}
         for name, pred in engines.items():
             out_logits = pred.predict(images)
-            agree[name] = {"max_rel_err": float(np.abs(out_logits - ref).max() / np.abs(ref).max()),
-                           "same_top1": bool((out_logits.argmax(1) == ref.argmax(1)).all())}
+            agree[name] = {
+                "max_rel_err": float(np.abs(out_logits - ref).max() / np.abs(ref).max()),
+                "same_top1": bool((out_logits.argmax(1) == ref.argmax(1)).all()),
+            }
         fns: dict[str, Callable[[], object]] = {"dygraph": lambda: dygraph_logits(model, images, mean, std)}
         fns.update({name: (lambda pred=pred: pred.predict(images)) for name, pred in engines.items()})
         times = alternate(fns, args.iters, args.warmup, settle_calls=args.settle, pause_s=PAUSE_S)
     med = {name: statistics.median(t) for name, t in times.items()}
     result = {
-        "arch": args.arch, "size": args.size, "batch": args.batch, "threads": threads, "iters": args.iters,
+        "arch": args.arch,
+        "size": args.size,
+        "batch": args.batch,
+        "threads": threads,
+        "iters": args.iters,
         "export_s": round(export_s, 1),
         "median_ms": {k: round(v, 2) for k, v in med.items()},
         "min_ms": {k: round(min(t), 2) for k, t in times.items()},
@@ -92,15 +106,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(result, indent=1))
         return 0
-    print(f"{args.arch}, batch {args.batch}, {args.size} px, {threads} threads, {args.iters} alternating rounds "
-          f"after {args.warmup} warm-up (export took {export_s:.1f} s)")
+    print(
+        f"{args.arch}, batch {args.batch}, {args.size} px, {threads} threads, {args.iters} alternating rounds "
+        f"after {args.warmup} warm-up (export took {export_s:.1f} s)"
+    )
     print(f"{'engine':12s} {'median ms':>10s} {'min ms':>8s} {'max rel err':>12s}  same top-1")
     for name, t in times.items():
         a = agree.get(name)
         err = f"{a['max_rel_err']:12.2e}  {a['same_top1']}" if a else f"{'(reference)':>12s}"
         print(f"{name:12s} {med[name]:10.1f} {min(t):8.1f} {err}")
-    print(f"paddle / onnxruntime latency: {result['paddle_over_onnxruntime']:.2f} (target <= 1.2); "
-          f"dygraph / paddle: {result['dygraph_over_paddle']:.2f}x (target >= 4)")
+    print(
+        f"paddle / onnxruntime latency: {result['paddle_over_onnxruntime']:.2f} (target <= 1.2); "
+        f"dygraph / paddle: {result['dygraph_over_paddle']:.2f}x (target >= 4)"
+    )
     return 0
 
 

@@ -35,8 +35,10 @@ def compare(title: str, times: dict[str, list[float]], target: float) -> float:
     plain, se = times["resnet50"], times["se_resnet50"]
     ratio = statistics.median(se) / statistics.median(plain)
     paired = statistics.median(b / a for a, b in zip(plain, se))
-    print(f"{title}: resnet50 {statistics.median(plain):.1f} ms, se_resnet50 {statistics.median(se):.1f} ms, "
-          f"ratio {ratio:.3f} (paired {paired:.3f}; target <= {target})")
+    print(
+        f"{title}: resnet50 {statistics.median(plain):.1f} ms, se_resnet50 {statistics.median(se):.1f} ms, "
+        f"ratio {ratio:.3f} (paired {paired:.3f}; target <= {target})"
+    )
     return ratio
 
 
@@ -61,8 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     paddle.set_device("cpu")
     paddle.seed(0)
     se = SEOptions(impl=args.impl)
-    print(f"paddle {paddle.__version__}, {threads} threads, se.impl={args.impl}, "
-          f"median of {args.iters} alternating rounds, load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"paddle {paddle.__version__}, {threads} threads, se.impl={args.impl}, "
+        f"median of {args.iters} alternating rounds, load average {os.getloadavg()[0]:.1f}"
+    )
 
     if not args.skip_block:
         # The first stage's SE block: the widest map (256 x 56 x 56), where elementwise work dominates.
@@ -93,8 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         return {s.arch: get_mode(mode).runner(build(s), s, FP32, images, labels) for s in specs}
 
     if not args.skip_train:
-        compare(f"train step, batch {args.batch}", alternate(runs("train", args.batch), args.iters, args.warmup),
-                1.05)
+        compare(f"train step, batch {args.batch}", alternate(runs("train", args.batch), args.iters, args.warmup), 1.05)
     if not args.skip_infer:
         # Batch 1 is ~25x quicker than a training step and noisier: more rounds.
         compare("inference, batch 1", alternate(runs("latency", 1), args.iters * 5, args.warmup), 1.03)

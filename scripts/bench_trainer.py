@@ -83,16 +83,30 @@ def main() -> None:
     from senet.step import StepParts, train_step
 
     out = tempfile.mkdtemp(prefix="bench_trainer_")
-    overrides = [f"model.arch={args.arch}", "model.num_classes=10", "data.name=synthetic",
-                 f"data.image_size={args.size}", f"data.eval_crop={args.size}", f"data.batch_size={args.batch}",
-                 f"data.synthetic_train_size={args.images}", "data.synthetic_val_size=16", "data.num_workers=0",
-                 "data.hflip=0.0", "train.eval_every=0", "train.log_every=1000", "train.amp.enabled=false",
-                 f"train.epochs={args.epochs + 1}", "train.save_every=0", "optimizer.weight_decay=1e-4",
-                 f"output_dir={out}"]
+    overrides = [
+        f"model.arch={args.arch}",
+        "model.num_classes=10",
+        "data.name=synthetic",
+        f"data.image_size={args.size}",
+        f"data.eval_crop={args.size}",
+        f"data.batch_size={args.batch}",
+        f"data.synthetic_train_size={args.images}",
+        "data.synthetic_val_size=16",
+        "data.num_workers=0",
+        "data.hflip=0.0",
+        "train.eval_every=0",
+        "train.log_every=1000",
+        "train.amp.enabled=false",
+        f"train.epochs={args.epochs + 1}",
+        "train.save_every=0",
+        "optimizer.weight_decay=1e-4",
+        f"output_dir={out}",
+    ]
     cfg = load_config(None, overrides)
     model = create_model(args.arch, num_classes=10)
-    opt = paddle.optimizer.Momentum(0.1, parameters=[p for p in model.parameters() if not p.stop_gradient],
-                                    weight_decay=1e-4)
+    opt = paddle.optimizer.Momentum(
+        0.1, parameters=[p for p in model.parameters() if not p.stop_gradient], weight_decay=1e-4
+    )
     bare = StepParts(model, opt, cfg["data"]["mean"], cfg["data"]["std"])
     x = paddle.randint(0, 256, [args.batch, args.size, args.size, 3]).astype("uint8")  # as the loader hands it
     y = paddle.randint(0, 10, [args.batch])
@@ -118,16 +132,20 @@ def main() -> None:
     rss = [round(h["rss_mb"]) for h in metrics["history"]]
     print(f"{args.arch}, batch {args.batch}, {args.size} px, {threads} threads, {len(pairs)} interleaved steps")
     print(f"bare loop : {statistics.median(bare_ips):8.1f} images/s (min {min(bare_ips):.1f}, max {max(bare_ips):.1f})")
-    print(f"trainer   : {statistics.median(trainer_ips):8.1f} images/s (min {min(trainer_ips):.1f}, "
-          f"max {max(trainer_ips):.1f})")
+    print(
+        f"trainer   : {statistics.median(trainer_ips):8.1f} images/s (min {min(trainer_ips):.1f}, "
+        f"max {max(trainer_ips):.1f})"
+    )
     q = statistics.quantiles(ratios, n=4)
-    print(f"trainer / bare, median of per-step ratios = {statistics.median(ratios):.3f} "
-          f"(quartiles {q[0]:.3f}-{q[2]:.3f}; target >= 0.97)")
+    print(
+        f"trainer / bare, median of per-step ratios = {statistics.median(ratios):.3f} "
+        f"(quartiles {q[0]:.3f}-{q[2]:.3f}; target >= 0.97)"
+    )
     # What the pairs leave out: per-epoch work inside train_one_epoch (set_epoch, the first fetch,
     # the closing metric read), as a share of the trainer's time in each timed epoch.
     outside = []
     for e, h in enumerate(metrics["history"][1:], start=1):
-        epoch_pairs = log["pairs"][e * steps:(e + 1) * steps]
+        epoch_pairs = log["pairs"][e * steps : (e + 1) * steps]
         inside = sum(b + t for b, t in epoch_pairs)
         trainer_part = sum(t for _, t in epoch_pairs)
         outside.append((h["epoch_time_s"] - inside) / trainer_part)

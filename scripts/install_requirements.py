@@ -75,8 +75,11 @@ DALI = {12: "nvidia-dali-cuda120>=2.4,<3", 13: "nvidia-dali-cuda130>=2.4,<3"}
 DALI_ON_CPU = DALI[12]
 
 # Distributions that install the same Python package folder: two of one group overwrite each other.
-SAME_FOLDER = (("paddlepaddle", "paddlepaddle-gpu"), ("onnxruntime", "onnxruntime-gpu"),
-               ("nvidia-dali-cuda120", "nvidia-dali-cuda130"))
+SAME_FOLDER = (
+    ("paddlepaddle", "paddlepaddle-gpu"),
+    ("onnxruntime", "onnxruntime-gpu"),
+    ("nvidia-dali-cuda120", "nvidia-dali-cuda130"),
+)
 
 NVIDIA_SMI_TIMEOUT_S = 60  # a hung driver must not hang `make install`
 
@@ -131,9 +134,11 @@ def detect_machine() -> Machine:
     header = run_quietly([smi])
     match = re.search(r"CUDA Version:\s*(\d+)\.(\d+)", header.stdout) if header.returncode == 0 else None
     if match is None:
-        raise InstallError(f"nvidia-smi lists {len(gpus)} GPU(s) but its header shows no 'CUDA Version: X.Y': "
-                           f"name the build yourself, e.g. make install PADDLE={GPU_PADDLE} "
-                           f"PADDLE_INDEX={PADDLE_INDEX.format(12, 6)}")
+        raise InstallError(
+            f"nvidia-smi lists {len(gpus)} GPU(s) but its header shows no 'CUDA Version: X.Y': "
+            f"name the build yourself, e.g. make install PADDLE={GPU_PADDLE} "
+            f"PADDLE_INDEX={PADDLE_INDEX.format(12, 6)}"
+        )
     driver = (int(match.group(1)), int(match.group(2)))
     return Machine(driver, f"{len(gpus)} GPU{'s' if len(gpus) > 1 else ''}, driver runs CUDA {cuda_text(driver)}")
 
@@ -166,11 +171,16 @@ def swap(lines: list[str], name: str, requirement: str) -> list[str]:
     found = [i for i, line in enumerate(lines) if name_of(line) == name and not line.lstrip().startswith("#")]
     if len(found) != 1:
         raise InstallError(f"requirements.txt must name {name} on exactly one line (found {len(found)}): fix it")
-    return lines[:found[0]] + [requirement] + lines[found[0] + 1:]
+    return lines[: found[0]] + [requirement] + lines[found[0] + 1 :]
 
 
-def choose(machine: Machine, requirements: list[str], paddle: str | None = None, paddle_index: str | None = None,
-           dali: bool = False) -> Plan:
+def choose(
+    machine: Machine,
+    requirements: list[str],
+    paddle: str | None = None,
+    paddle_index: str | None = None,
+    dali: bool = False,
+) -> Plan:
     """The set to install on `machine`. `paddle` and `paddle_index` (PADDLE=, PADDLE_INDEX=) override the
     package and the index; the CUDA build then comes from the index's name where it has one."""
     driver = machine.driver_cuda
@@ -180,13 +190,17 @@ def choose(machine: Machine, requirements: list[str], paddle: str | None = None,
 
     if gpu_paddle and paddle_index is None:
         if driver is None:
-            raise InstallError(f"{paddle} comes from Paddle's index for its CUDA build, and no GPU was found "
-                               f"to choose one ({machine.why}): add PADDLE_INDEX={PADDLE_INDEX.format(12, 6)} "
-                               f"(or cu118, cu129, cu130)")
+            raise InstallError(
+                f"{paddle} comes from Paddle's index for its CUDA build, and no GPU was found "
+                f"to choose one ({machine.why}): add PADDLE_INDEX={PADDLE_INDEX.format(12, 6)} "
+                f"(or cu118, cu129, cu130)"
+            )
         if driver_build is None:
-            raise InstallError(f"the NVIDIA driver runs CUDA {cuda_text(driver)}, older than the oldest "
-                               f"paddlepaddle-gpu {PADDLE_VERSION} build (CUDA {cuda_text(PADDLE_CUDA_BUILDS[0])}): "
-                               f"update the driver, or install the CPU build with make install PADDLE={CPU_PADDLE}")
+            raise InstallError(
+                f"the NVIDIA driver runs CUDA {cuda_text(driver)}, older than the oldest "
+                f"paddlepaddle-gpu {PADDLE_VERSION} build (CUDA {cuda_text(PADDLE_CUDA_BUILDS[0])}): "
+                f"update the driver, or install the CPU build with make install PADDLE={CPU_PADDLE}"
+            )
         paddle_index = PADDLE_INDEX.format(*driver_build)
     index_build = build_of_index(paddle_index) if gpu_paddle and paddle_index else None
     cuda_build = (index_build or driver_build) if gpu_paddle else None
@@ -204,9 +218,11 @@ def choose(machine: Machine, requirements: list[str], paddle: str | None = None,
         build = "CUDA build unknown: the index names none and no GPU was found"
     else:  # from the index's name, or the driver's choice when PADDLE_INDEX= names no build
         build = f"CUDA {cuda_text(cuda_build)} build" + ("" if index_build else " assumed from the driver")
-    summary = (f"install: {paddle}, {build} ({machine.why}), index {paddle_index or 'PyPI'}; "
-               f"{next(line for line in lines if name_of(line).startswith('onnxruntime'))}"
-               + (f"; {lines[-1]}" if dali else ""))
+    summary = (
+        f"install: {paddle}, {build} ({machine.why}), index {paddle_index or 'PyPI'}; "
+        f"{next(line for line in lines if name_of(line).startswith('onnxruntime'))}"
+        + (f"; {lines[-1]}" if dali else "")
+    )
     return Plan(paddle, paddle_index, cuda_build, lines, summary)
 
 
@@ -216,8 +232,10 @@ def dali_requirement(machine: Machine) -> str:
         return DALI_ON_CPU
     major = machine.driver_cuda[0]
     if major < min(DALI):
-        raise InstallError(f"DALI=1: DALI's oldest build on PyPI is for CUDA {min(DALI)} and this driver runs "
-                           f"CUDA {cuda_text(machine.driver_cuda)}: update the driver, or install without DALI=1")
+        raise InstallError(
+            f"DALI=1: DALI's oldest build on PyPI is for CUDA {min(DALI)} and this driver runs "
+            f"CUDA {cuda_text(machine.driver_cuda)}: update the driver, or install without DALI=1"
+        )
     return DALI[min(major, max(DALI))]
 
 
@@ -238,8 +256,10 @@ def check_no_clash(names: set[str]) -> None:
     """Raise if `names` holds two builds of one package (see SAME_FOLDER)."""
     both = clashes(names)
     if both:
-        raise InstallError(f"this venv holds both {'; both '.join(both)}, which overwrite each other's files: "
-                           f"remove the venv (make clean) and run make install again")
+        raise InstallError(
+            f"this venv holds both {'; both '.join(both)}, which overwrite each other's files: "
+            f"remove the venv (make clean) and run make install again"
+        )
 
 
 def commands(plan: Plan, out: str, present: set[str]) -> list[list[str]]:
@@ -247,8 +267,12 @@ def commands(plan: Plan, out: str, present: set[str]) -> list[list[str]]:
     pip = [sys.executable, "-m", "pip"]
     wanted = {name_of(line) for line in plan.requirements}
     # The other build of a package we install: it holds the same folder, and pip would leave it beside ours.
-    others = sorted(other for group in SAME_FOLDER for other in group
-                    if other in present and other not in wanted and set(group) & wanted)
+    others = sorted(
+        other
+        for group in SAME_FOLDER
+        for other in group
+        if other in present and other not in wanted and set(group) & wanted
+    )
     cmds = [pip + ["uninstall", "-y", *others]] if others else []
     if plan.paddle_index:
         cmds.append(pip + ["install", "-q", plan.paddle, "--index-url", plan.paddle_index])
@@ -257,17 +281,29 @@ def commands(plan: Plan, out: str, present: set[str]) -> list[list[str]]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--paddle", help=f"the Paddle requirement (PADDLE=); default {GPU_PADDLE} on a GPU "
-                                         f"machine, {CPU_PADDLE} elsewhere")
-    parser.add_argument("--paddle-index", help="the index to install it from (PADDLE_INDEX=); default: Paddle's "
-                                               "index for the chosen CUDA build, PyPI for the CPU build")
+    parser.add_argument(
+        "--paddle",
+        help=f"the Paddle requirement (PADDLE=); default {GPU_PADDLE} on a GPU machine, {CPU_PADDLE} elsewhere",
+    )
+    parser.add_argument(
+        "--paddle-index",
+        help="the index to install it from (PADDLE_INDEX=); default: Paddle's "
+        "index for the chosen CUDA build, PyPI for the CPU build",
+    )
     parser.add_argument("--dali", action="store_true", help="add NVIDIA DALI, the build for the driver's CUDA")
-    parser.add_argument("--out", default=os.path.join(sys.prefix, "requirements.resolved.txt"),
-                        help="where to write the resolved requirement set (default: in the venv)")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="print the choice and the commands, write --out, install nothing")
-    parser.add_argument("--check-only", action="store_true",
-                        help="only check that no two builds of Paddle, ONNX Runtime or DALI are installed")
+    parser.add_argument(
+        "--out",
+        default=os.path.join(sys.prefix, "requirements.resolved.txt"),
+        help="where to write the resolved requirement set (default: in the venv)",
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the choice and the commands, write --out, install nothing"
+    )
+    parser.add_argument(
+        "--check-only",
+        action="store_true",
+        help="only check that no two builds of Paddle, ONNX Runtime or DALI are installed",
+    )
     args = parser.parse_args()
 
     try:
@@ -284,8 +320,9 @@ def main() -> int:
                 if args.dry_run:
                     print("would run:", " ".join(cmd))
                 elif subprocess.run(cmd).returncode != 0:
-                    raise InstallError(f"`{' '.join(cmd[1:])}` failed (its output is above): fix that and run "
-                                       f"make install again")
+                    raise InstallError(
+                        f"`{' '.join(cmd[1:])}` failed (its output is above): fix that and run make install again"
+                    )
             if args.dry_run:
                 return 0
         check_no_clash(installed())

@@ -39,14 +39,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-cifar", action="store_true", help="write only the ImageNet-layout folder")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    imagenet = make_fake_imagenet(os.path.join(args.out, "imagenet"), args.classes, args.per_class,
-                                  args.val_per_class, args.size, args.seed, args.jpeg_only)
-    print(f"wrote {imagenet}/train and val: {args.classes} classes, {args.per_class} + {args.val_per_class} "
-          f"images per class, {args.size[0]}x{args.size[1]}")
+    imagenet = make_fake_imagenet(
+        os.path.join(args.out, "imagenet"),
+        args.classes,
+        args.per_class,
+        args.val_per_class,
+        args.size,
+        args.seed,
+        args.jpeg_only,
+    )
+    print(
+        f"wrote {imagenet}/train and val: {args.classes} classes, {args.per_class} + {args.val_per_class} "
+        f"images per class, {args.size[0]}x{args.size[1]}"
+    )
     if not args.no_cifar:
         for kind in ("cifar10", "cifar100"):
-            print("wrote", make_fake_cifar(os.path.join(args.out, "cifar"), kind, args.cifar_train, args.cifar_test,
-                                           args.seed))
+            print(
+                "wrote",
+                make_fake_cifar(os.path.join(args.out, "cifar"), kind, args.cifar_train, args.cifar_test, args.seed),
+            )
     return 0
 
 

@@ -127,8 +127,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures", "weights"))
     parser.add_argument("--only", nargs="*", default=None, help="fixture ids to (re)make")
-    parser.add_argument("--replace", action="store_true",
-                        help="rewrite existing files from the fresh run (default: keep their meta and float32 logits)")
+    parser.add_argument(
+        "--replace",
+        action="store_true",
+        help="rewrite existing files from the fresh run (default: keep their meta and float32 logits)",
+    )
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
     torch.set_num_threads(1)
@@ -142,15 +145,24 @@ def main() -> None:
         specs = [(k, tuple(v.shape), str(v.numpy().dtype)) for k, v in model.state_dict().items()]
         weights = synthetic_state(specs, seed)
         x = synthetic_input(INPUT_SHAPE, seed)
-        out = {f"{mode}_{bits}": logits(make(), weights, x, mode == "train", dt)
-               for mode in ("eval", "train") for bits, dt in (("f32", torch.float32), ("f64", torch.float64))}
+        out = {
+            f"{mode}_{bits}": logits(make(), weights, x, mode == "train", dt)
+            for mode in ("eval", "train")
+            for bits, dt in (("f32", torch.float32), ("f64", torch.float64))
+        }
         out = {k: v.astype(np.float64 if k.endswith("f64") else np.float32) for k, v in out.items()}
         ref_noise = max(rel(out[f"{m}_f32"], out[f"{m}_f64"]) for m in ("eval", "train"))
-        meta = {"id": fid, "source": source, "seed": seed, "input_shape": INPUT_SHAPE,
-                "model": fid.split("_", 1)[1], "specs": specs,
-                "params": int(sum(p.numel() for p in model.parameters())),
-                "reference_f32_vs_f64": ref_noise,
-                "versions": {"torch": torch.__version__, "timm": timm.__version__, "torchvision": tv.__version__}}
+        meta = {
+            "id": fid,
+            "source": source,
+            "seed": seed,
+            "input_shape": INPUT_SHAPE,
+            "model": fid.split("_", 1)[1],
+            "specs": specs,
+            "params": int(sum(p.numel() for p in model.parameters())),
+            "reference_f32_vs_f64": ref_noise,
+            "versions": {"torch": torch.__version__, "timm": timm.__version__, "torchvision": tv.__version__},
+        }
         meta_arr = np.array(json.dumps(meta))
         path = os.path.join(args.out, fid + ".npz")
         note = ""
@@ -163,15 +175,20 @@ def main() -> None:
             if json.loads(json.dumps({k: meta[k] for k in same})) != {k: old_meta[k] for k in same}:
                 sys.exit(f"{fid}: the stored meta describes other weights or input; rerun with --replace")
             fresh = {m: rel(out[f"{m}_f32"], stored[f"{m}_f32"]) for m in ("eval", "train")}
-            note = (f", fresh vs stored float32: eval {fresh['eval']:.1e} train {fresh['train']:.1e}"
-                    f" (stored reference_f32_vs_f64 {old_meta['reference_f32_vs_f64']:.2e},"
-                    f" versions {old_meta['versions']})")
+            note = (
+                f", fresh vs stored float32: eval {fresh['eval']:.1e} train {fresh['train']:.1e}"
+                f" (stored reference_f32_vs_f64 {old_meta['reference_f32_vs_f64']:.2e},"
+                f" versions {old_meta['versions']})"
+            )
             meta_arr = stored["meta"]
             out.update({k: v for k, v in stored.items() if k.endswith("f32")})
         keys = ("eval_f32", "train_f32", "eval_f64", "train_f64")
         np.savez_compressed(path, meta=meta_arr, **{k: out[k] for k in keys})
-        print(f"{fid}: {meta['params']:,} parameters, reference float32 vs float64 {ref_noise:.2e}, "
-              f"{os.path.getsize(path) / 1024:.0f} KB{note}", flush=True)
+        print(
+            f"{fid}: {meta['params']:,} parameters, reference float32 vs float64 {ref_noise:.2e}, "
+            f"{os.path.getsize(path) / 1024:.0f} KB{note}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

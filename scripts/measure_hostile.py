@@ -23,11 +23,13 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-PEAK = ("import resource, subprocess, sys\n"
-        "p = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
-        "sys.stderr.write(p.stderr[-400:])\n"
-        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024)\n"
-        "sys.exit(p.returncode)\n")
+PEAK = (
+    "import resource, subprocess, sys\n"
+    "p = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+    "sys.stderr.write(p.stderr[-400:])\n"
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024)\n"
+    "sys.exit(p.returncode)\n"
+)
 DEMO = os.path.join("configs", "demo", "se_resnet20_digits.yaml")
 
 
@@ -39,9 +41,30 @@ def export_resnet18(tmp: str, fake: str) -> str:
     weights = os.path.join(tmp, "resnet18.safetensors")
     save_safetensors(create_model("resnet18", num_classes=4), weights, {"arch": "resnet18"})
     out = os.path.join(tmp, "export")
-    subprocess.run([sys.executable, os.path.join(ROOT, "tools", "export.py"), "-c", DEMO, "-o", "model.arch=resnet18",
-                    "model.num_classes=4", "data.name=imagenet", f"data.root={fake}", f"model.weights={weights}",
-                    f"output_dir={tmp}", "--output", out], cwd=ROOT, check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "tools", "export.py"),
+            "-c",
+            DEMO,
+            "-o",
+            "model.arch=resnet18",
+            "model.num_classes=4",
+            "model.stem_pool=pytorch",  # the random weights' metadata names no stem pool: say which
+            "data.name=imagenet",
+            "data.image_size=224",  # ImageNet's sizes, not the demo config's 32 px
+            "data.eval_resize=256",
+            "data.eval_crop=224",
+            f"data.root={fake}",
+            f"model.weights={weights}",
+            f"output_dir={tmp}",
+            "--output",
+            out,
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
     return out
 
 
@@ -94,7 +117,7 @@ def cases(tmp: str) -> list[tuple[str, list[str]]]:
 
     j = os.path.join
     fake = make_fake_imagenet(j(tmp, "fake"), classes=4, train_per_class=6, val_per_class=1)
-    check = ["check_data.py", "-o", "model.num_classes=4"]
+    check = ["check_data.py", "-o", "model.num_classes=4"]  # the fake ImageNet's; CIFAR rows say 10
     out: list[tuple[str, list[str]]] = []
 
     def one(what, *tool):
@@ -106,8 +129,14 @@ def cases(tmp: str) -> list[tuple[str, list[str]]]:
         f.write(progressive_jpeg(500, flat=False))
     one("normal: a 500x500 JPEG", "infer.py", "--model", export, "--images", j(tmp, "photo.jpg"))
     jpeg_header_bomb(j(tmp, "bomb.jpg"))
-    one("929-byte JPEG declaring 15000x15000, a stray byte before its frame header", "infer.py", "--model", export,
-        "--images", j(tmp, "bomb.jpg"))
+    one(
+        "929-byte JPEG declaring 15000x15000, a stray byte before its frame header",
+        "infer.py",
+        "--model",
+        export,
+        "--images",
+        j(tmp, "bomb.jpg"),
+    )
     long_png(j(tmp, "long.png"))
     one("103-byte 8000x1 PNG", "infer.py", "--model", export, "--images", j(tmp, "long.png"))
     os.mkfifo(j(tmp, "fifo.jpg"))
@@ -117,51 +146,117 @@ def cases(tmp: str) -> list[tuple[str, list[str]]]:
     os.rename(j(tmp, "bomb.jpg"), j(hostile, "train", sorted(os.listdir(j(hostile, "train")))[0], "bomb.jpg"))
     os.rename(j(tmp, "long.png"), j(hostile, "train", sorted(os.listdir(j(hostile, "train")))[1], "long.png"))
     os.mkfifo(j(hostile, "val", sorted(os.listdir(j(hostile, "val")))[0], "fifo.jpg"))
-    one("the bomb, the long PNG and a FIFO in an image folder", *check, "data.name=imagenet", f"data.root={hostile}",
-        "--decode")
+    one(
+        "the bomb, the long PNG and a FIFO in an image folder",
+        *check,
+        "data.name=imagenet",
+        f"data.root={hostile}",
+        "--decode",
+    )
     endless_list_file(j(tmp, "train.txt"))
-    one("list file of one endless line (1 GiB, sparse)", *check, "data.name=imagenet", f"data.root={fake}",
-        f"data.train_list={j(tmp, 'train.txt')}")
+    one(
+        "list file of one endless line (1 GiB, sparse)",
+        *check,
+        "data.name=imagenet",
+        f"data.root={fake}",
+        f"data.train_list={j(tmp, 'train.txt')}",
+    )
     normal_tar = make_fake_cifar(j(tmp, "cifar"), "cifar10")
     os.rename(normal_tar, j(tmp, "normal.tar.gz"))  # another name: no MD5 check in any tree
-    one("normal: a small CIFAR-10 tarball", *check, "data.name=cifar10", f"data.root={j(tmp, 'normal.tar.gz')}")
+    one(
+        "normal: a small CIFAR-10 tarball",
+        *check,
+        "data.name=cifar10",
+        "model.num_classes=10",
+        f"data.root={j(tmp, 'normal.tar.gz')}",
+    )
     cifar_with_a_huge_member(j(tmp, "member.tar.gz"))
-    one("CIFAR .tar.gz whose test_batch member says 2 GiB", *check, "data.name=cifar10",
-        f"data.root={j(tmp, 'member.tar.gz')}")
+    one(
+        "CIFAR .tar.gz whose test_batch member says 2 GiB",
+        *check,
+        "data.name=cifar10",
+        "model.num_classes=10",
+        f"data.root={j(tmp, 'member.tar.gz')}",
+    )
     pickle_of_shared_lists(j(tmp, "lists.pdparams"))
-    one("227-byte checkpoint of shared lists (2^30 leaves)", "eval.py", "-c", DEMO, "-o",
-        f"model.weights={j(tmp, 'lists.pdparams')}")
+    one(
+        "227-byte checkpoint of shared lists (2^30 leaves)",
+        "eval.py",
+        "-c",
+        DEMO,
+        "-o",
+        f"model.weights={j(tmp, 'lists.pdparams')}",
+    )
 
     def crop_3000(info):
         info["preprocess"]["crop"] = info["preprocess"]["resize"] = 3000
         info["input"]["shape"] = [-1, 3, 3000, 3000]
 
-    one("inference.yml with crop and resize 3000", "infer.py", "--model",
-        exported_variant(export, tmp, "crop3000", crop_3000), "--images", j(tmp, "photo.jpg"))
-    one("5,000 random bytes as model.pdmodel", "infer.py", "--model",
-        exported_variant(export, tmp, "garbage", garbage=True), "--images", j(tmp, "photo.jpg"))
+    one(
+        "inference.yml with crop and resize 3000",
+        "infer.py",
+        "--model",
+        exported_variant(export, tmp, "crop3000", crop_3000),
+        "--images",
+        j(tmp, "photo.jpg"),
+    )
+    one(
+        "5,000 random bytes as model.pdmodel",
+        "infer.py",
+        "--model",
+        exported_variant(export, tmp, "garbage", garbage=True),
+        "--images",
+        j(tmp, "photo.jpg"),
+    )
 
     # Issue 23: small files that expand.
     tar_with_big_header(j(tmp, "header.tar.gz"), b"L", 1 << 30)
-    one("tarball with a 1 GiB GNU long-name header", *check, "data.name=cifar10",
-        f"data.root={j(tmp, 'header.tar.gz')}")
-    for name, data in (("normal_scan", progressive_jpeg(2048, flat=False)),
-                       ("scans", repeat_smallest_scan(progressive_jpeg(2048), 2000))):
+    one(
+        "tarball with a 1 GiB GNU long-name header",
+        *check,
+        "data.name=cifar10",
+        "model.num_classes=10",
+        f"data.root={j(tmp, 'header.tar.gz')}",
+    )
+    for name, data in (
+        ("normal_scan", progressive_jpeg(2048, flat=False)),
+        ("scans", repeat_smallest_scan(progressive_jpeg(2048), 2000)),
+    ):
         for split in ("train", "val"):
             os.makedirs(j(tmp, name, split, "n01"))
             with open(j(tmp, name, split, "n01", "a.jpg"), "wb") as f:
                 f.write(data)
-        one("normal: a progressive 2048x2048 JPEG" if name == "normal_scan" else
-            "JPEG 2048x2048, one scan repeated 2,000 times (57 KB)", *check[:2], "model.num_classes=1",
-            "data.name=imagenet", f"data.root={j(tmp, name)}", "--decode")
+        one(
+            "normal: a progressive 2048x2048 JPEG"
+            if name == "normal_scan"
+            else "JPEG 2048x2048, one scan repeated 2,000 times (57 KB)",
+            *check[:2],
+            "model.num_classes=1",
+            "data.name=imagenet",
+            f"data.root={j(tmp, name)}",
+            "--decode",
+        )
     convert = ["convert_weights.py", "--from"]
-    write_pth(j(tmp, "normal.pth"), {"fc.weight": ("0", 0, (1000, 2048), (2048, 1))},
-              {"0": np.zeros(2048 * 1000, np.float32)})
-    one("normal: an 8 MB .pth", *convert, "torchvision", j(tmp, "normal.pth"))
-    write_pth(j(tmp, "stride0.pth"), {f"w{i}": ("0", 0, (1 << 14, 1 << 14), (0, 0)) for i in range(3)},
-              {"0": np.zeros(1, np.float32)})
-    one(".pth: 3 tensors of stride 0, 2^28 elements each, over a 4-byte storage", *convert, "torchvision",
-        j(tmp, "stride0.pth"))
+    write_pth(
+        j(tmp, "normal.pth"), {"fc.weight": ("0", 0, (1000, 2048), (2048, 1))}, {"0": np.zeros(2048 * 1000, np.float32)}
+    )
+    one(
+        "normal: an 8 MB .pth (read whole; exit 1: one fc tensor is no model)",
+        *convert,
+        "torchvision",
+        j(tmp, "normal.pth"),
+    )
+    write_pth(
+        j(tmp, "stride0.pth"),
+        {f"w{i}": ("0", 0, (1 << 14, 1 << 14), (0, 0)) for i in range(3)},
+        {"0": np.zeros(1, np.float32)},
+    )
+    one(
+        ".pth: 3 tensors of stride 0, 2^28 elements each, over a 4-byte storage",
+        *convert,
+        "torchvision",
+        j(tmp, "stride0.pth"),
+    )
     views = {f"w{i}": ("0", 0, (1 << 10, 1 << 10), (1 << 10, 1)) for i in range(1000)}
     write_pth(j(tmp, "views.pth"), views, {"0": np.zeros(1 << 20, np.float32)})
     one(".pth: 1000 tensors viewing one 4 MB storage", *convert, "torchvision", j(tmp, "views.pth"))
@@ -175,13 +270,19 @@ def cases(tmp: str) -> list[tuple[str, list[str]]]:
 
 
 def measure(tree: str, tool: list[str], tmp: str, timeout: float) -> str:
-    """"peak MB, seconds, exit N" of the tool in `tree`, or what stopped it."""
+    """ "peak MB, seconds, exit N" of the tool in `tree`, or what stopped it."""
     args = [os.path.join(tree, "tools", tool[0]), *tool[1:]]
     if tool[0] == "convert_weights.py":
         args += ["--out", tempfile.mkdtemp(dir=tmp) + "/out"]
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", PEAK, sys.executable, *args], cwd=tree, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", PEAK, sys.executable, *args],
+        cwd=tree,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         stdout, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -194,22 +295,24 @@ def measure(tree: str, tool: list[str], tmp: str, timeout: float) -> str:
 
 def checksum_cost(tree: str) -> str:
     """save_checkpoint / load_checkpoint of an SE-ResNet-50 state (model, momentum, EMA), 3 times each."""
-    code = (f"import sys, time; sys.path.insert(0, {tree!r})\n"
-            "from senet.runtime import setup_cpu; setup_cpu(0)\n"
-            "import tempfile, os\n"
-            "from senet.checkpoint import save_checkpoint, load_checkpoint\n"
-            "from senet.resnet import create_model\n"
-            "sd = {k: v.numpy() for k, v in create_model('se_resnet50').state_dict().items()}\n"
-            "state = {'model': sd, 'optimizer': {k: v.copy() for k, v in sd.items()}, 'ema': dict(sd),\n"
-            "         'lr_scheduler': {}, 'epoch': 1, 'batch_in_epoch': 0, 'global_step': 1, 'rng': {},\n"
-            "         'history': [], 'config': {}}\n"
-            "path = os.path.join(tempfile.mkdtemp(), 'c.pdparams')\n"
-            "s, l = [], []\n"
-            "for _ in range(3):\n"
-            "    t = time.perf_counter(); save_checkpoint(path, state); s.append(time.perf_counter() - t)\n"
-            "    t = time.perf_counter(); load_checkpoint(path); l.append(time.perf_counter() - t)\n"
-            "print(f'save {min(s):.2f}-{max(s):.2f} s, load {min(l):.2f}-{max(l):.2f} s, '\n"
-            "      f'{os.path.getsize(path) / 2**20:.0f} MiB')\n")
+    code = (
+        f"import sys, time; sys.path.insert(0, {tree!r})\n"
+        "from senet.runtime import setup_cpu; setup_cpu(0)\n"
+        "import tempfile, os\n"
+        "from senet.checkpoint import save_checkpoint, load_checkpoint\n"
+        "from senet.resnet import create_model\n"
+        "sd = {k: v.numpy() for k, v in create_model('se_resnet50').state_dict().items()}\n"
+        "state = {'model': sd, 'optimizer': {k: v.copy() for k, v in sd.items()}, 'ema': dict(sd),\n"
+        "         'lr_scheduler': {}, 'epoch': 1, 'batch_in_epoch': 0, 'global_step': 1, 'rng': {},\n"
+        "         'history': [], 'config': {}}\n"
+        "path = os.path.join(tempfile.mkdtemp(), 'c.pdparams')\n"
+        "s, l = [], []\n"
+        "for _ in range(3):\n"
+        "    t = time.perf_counter(); save_checkpoint(path, state); s.append(time.perf_counter() - t)\n"
+        "    t = time.perf_counter(); load_checkpoint(path); l.append(time.perf_counter() - t)\n"
+        "print(f'save {min(s):.2f}-{max(s):.2f} s, load {min(l):.2f}-{max(l):.2f} s, '\n"
+        "      f'{os.path.getsize(path) / 2**20:.0f} MiB')\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     return proc.stdout.strip().splitlines()[-1] if proc.returncode == 0 else f"failed: {proc.stderr[-200:]}"
 
@@ -228,8 +331,11 @@ def main() -> None:
                 cells.append(measure(tree, tool, tmp, args.timeout))
                 print(f"{what}, {label}: {cells[-1]}", file=sys.stderr, flush=True)
             rows.append(f"| {what} | `tools/{tool[0]}` | " + " | ".join(cells) + " |")
-        rows.append("| checksum cost: an SE-ResNet-50 training state | `save_checkpoint` / `load_checkpoint` | "
-                    + " | ".join(checksum_cost(tree) for _, tree in trees) + " |")
+        rows.append(
+            "| checksum cost: an SE-ResNet-50 training state | `save_checkpoint` / `load_checkpoint` | "
+            + " | ".join(checksum_cost(tree) for _, tree in trees)
+            + " |"
+        )
     print("| case | tool | " + " | ".join(f"{label}: peak, time, exit" for label, _ in trees) + " |")
     print("|---|---|" + "---|" * len(trees))
     print("\n".join(rows))

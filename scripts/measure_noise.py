@@ -106,16 +106,25 @@ def measure(threads: int) -> dict[str, float]:
     conv.model.eval()
     img = synthetic_input(tuple(meta["input_shape"]), meta["seed"])
     ours = run(conv.model, img)
-    noise = max(float32_noise(ours, run(twin(conv.model), img.astype(np.float64))),
-                float32_noise(fx["eval_f32"], fx["eval_f64"]))
+    noise = max(
+        float32_noise(ours, run(twin(conv.model), img.astype(np.float64))),
+        float32_noise(fx["eval_f32"], fx["eval_f64"]),
+    )
     ratios["SE-ResNet-50 converted: ours vs timm (float32)"] = within_noise(ours, fx["eval_f32"], noise).ratio
 
     # Exported engines against dygraph.
     for arch, size in (("se_resnet50", 64), ("eca_resnet20", 32), ("cbam_resnet20", 32)):
-        cfg = load_config(os.path.join(ROOT, "configs", "demo", "se_resnet20_digits.yaml"),
-                          [f"model.arch={arch}", f"model.num_classes={1000 if '50' in arch else 10}",
-                           "data.name=synthetic", "data.synthetic_val_size=2", f"data.image_size={size}",
-                           f"data.eval_crop={size}"])
+        cfg = load_config(
+            os.path.join(ROOT, "configs", "demo", "se_resnet20_digits.yaml"),
+            [
+                f"model.arch={arch}",
+                f"model.num_classes={1000 if '50' in arch else 10}",
+                "data.name=synthetic",
+                "data.synthetic_val_size=2",
+                f"data.image_size={size}",
+                f"data.eval_crop={size}",
+            ],
+        )
         paddle.seed(0)
         model = build_model(cfg)
         model.eval()
@@ -147,8 +156,12 @@ def main() -> None:
     for label, extra in SETTINGS:
         for threads in sorted({1, cpu_count()}):
             env = {k: v for k, v in os.environ.items() if not k.startswith(("MKL_", "ONEDNN_"))}
-            proc = subprocess.run([sys.executable, __file__, "--child", str(threads)], env={**env, **extra},
-                                  capture_output=True, text=True)
+            proc = subprocess.run(
+                [sys.executable, __file__, "--child", str(threads)],
+                env={**env, **extra},
+                capture_output=True,
+                text=True,
+            )
             line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
             if proc.returncode != 0 or line is None:
                 sys.exit(f"{label}, {threads} threads failed:\n{proc.stderr[-3000:]}")

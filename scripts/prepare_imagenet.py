@@ -52,8 +52,10 @@ def _labels(args: argparse.Namespace) -> dict[str, str]:
 
 def _report_unlabeled(unlabeled: list[str]) -> None:
     if unlabeled:
-        print(f"warning: {len(unlabeled)} val images have no ground-truth label and were left out, e.g. "
-              f"{unlabeled[:5]}", file=sys.stderr)
+        print(
+            f"warning: {len(unlabeled)} val images have no ground-truth label and were left out, e.g. {unlabeled[:5]}",
+            file=sys.stderr,
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,11 +67,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--devkit", help="ILSVRC2012_devkit_t12.tar.gz, as the val ground truth")
     p.add_argument("--sort-val", metavar="DIR", help="sort this flat val folder into class folders in place")
     p.add_argument("--verify", metavar="ROOT", help="only count ROOT/train and ROOT/val")
-    p.add_argument("--short-side", type=int, metavar="N",
-                   help="with --src and --out: copy the dataset with every image's shorter side at most N px")
+    p.add_argument(
+        "--short-side",
+        type=int,
+        metavar="N",
+        help="with --src and --out: copy the dataset with every image's shorter side at most N px",
+    )
     p.add_argument("--src", metavar="ROOT", help="the dataset that --short-side copies")
-    p.add_argument("--quality", type=int, default=RESIZE_QUALITY,
-                   help=f"JPEG quality of --short-side ({RESIZE_QUALITY})")
+    p.add_argument(
+        "--quality", type=int, default=RESIZE_QUALITY, help=f"JPEG quality of --short-side ({RESIZE_QUALITY})"
+    )
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes for --short-side (all cores)")
     p.add_argument("--expect-train", type=int, default=EXPECTED["train"])
     p.add_argument("--expect-val", type=int, default=EXPECTED["val"])
@@ -100,10 +107,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     root = args.verify or args.out or os.path.dirname(os.path.abspath(args.sort_val))
-    counts, problems = verify(root, {"train": args.expect_train, "val": args.expect_val,
-                                     "classes": args.expect_classes})
-    print(f"{root}: train {counts['train']:,} images in {counts['train_classes']} classes, "
-          f"val {counts['val']:,} images in {counts['val_classes']} classes")
+    counts, problems = verify(
+        root, {"train": args.expect_train, "val": args.expect_val, "classes": args.expect_classes}
+    )
+    print(
+        f"{root}: train {counts['train']:,} images in {counts['train_classes']} classes, "
+        f"val {counts['val']:,} images in {counts['val_classes']} classes"
+    )
     for problem in problems:
         print(f"problem: {problem}", file=sys.stderr)
     return 1 if problems else 0
@@ -120,13 +130,17 @@ def _short_side(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"{args.out}: {done['resized']:,} images resized to a shorter side of {args.short_side} px, "
-          f"{done['copied']:,} copied as they were (already that small), {done['exists']:,} already there")
+    print(
+        f"{args.out}: {done['resized']:,} images resized to a shorter side of {args.short_side} px, "
+        f"{done['copied']:,} copied as they were (already that small), {done['exists']:,} already there"
+    )
     for line in done["bad"]:
         print(f"bad image {line}", file=sys.stderr)
     (src_counts, _), (counts, _) = verify(args.src), verify(args.out)
-    print(f"{args.out}: train {counts['train']:,} images in {counts['train_classes']} classes, "
-          f"val {counts['val']:,} images in {counts['val_classes']} classes")
+    print(
+        f"{args.out}: train {counts['train']:,} images in {counts['train_classes']} classes, "
+        f"val {counts['val']:,} images in {counts['val_classes']} classes"
+    )
     if counts != src_counts:
         print(f"problem: the copy holds {counts}, its source {src_counts}", file=sys.stderr)
         return 1

@@ -31,6 +31,11 @@ import paddle.nn as nn
 
 from senet.attention import REGISTRY, attention_blocks, kind_of, split_arch
 from senet.attention.gates import CHANNEL, record_gates
+from senet.checkpoint import load_weights
+from senet.data import Loader, build_dataset, normalize_batch
+from senet.data.loader import ShardedBatchSampler
+from senet.device import device_notices
+from senet.resnet import build_model
 
 LOW, HIGH = 0.05, 0.95  # a gate below LOW counts as saturated near 0, above HIGH near 1
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
@@ -39,8 +44,9 @@ MAX_PLOT_CHANNELS = 64  # Figure 6 shows evenly spaced channels (the paper shows
 
 # --------------------------------------------------------------------------- recording
 
+
 def paper_label(name: str, kind: str = "SE") -> str:
-    """"layer3.1.se" -> "SE_4_2" (kind "ECA": "ECA_4_2"), the SE paper's SE_stageID_blockID named after
+    """ "layer3.1.se" -> "SE_4_2" (kind "ECA": "ECA_4_2"), the SE paper's SE_stageID_blockID named after
     the block kind. Its stage 2 (conv2_x) is our layer1. The slot is `se` for every kind (senet.resnet)."""
     m = re.fullmatch(r"layer(\d+)\.(\d+)\.se", name)
     return f"{kind}_{int(m[1]) + 1}_{int(m[2]) + 1}" if m else name
@@ -52,12 +58,8 @@ def kind_title(model: nn.Layer) -> str:
     return kind_of(blocks[0]).title if blocks else "SE"
 
 
-
-
 def collect(model: nn.Layer, loader, cfg: dict, data_format: str = "NCHW") -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Run a loader of (uint8 images, labels) through `model`: ({block: channel gates [N, C]}, labels [N])."""
-    from senet.data import normalize_batch
-
     parts: dict[str, list[np.ndarray]] = {}
     labels = []
     for images, y in loader:
@@ -73,6 +75,7 @@ def collect(model: nn.Layer, loader, cfg: dict, data_format: str = "NCHW") -> tu
 
 
 # --------------------------------------------------------------------------- statistics
+
 
 def default_blocks(names: Sequence[str]) -> list[str]:
     """The paper's Figure 6 choice, generalised: the last block of every stage but the last, then the
@@ -94,12 +97,15 @@ def resolve_blocks(wanted: Sequence[str] | None, names: Sequence[str], kind: str
     "ECA"); the default choice if none."""
     if not wanted:
         return default_blocks(names)
-    by_label = ({paper_label(n, kind): n for n in names} | {n.removesuffix(".se"): n for n in names}
-                | {n: n for n in names})
+    by_label = (
+        {paper_label(n, kind): n for n in names} | {n.removesuffix(".se"): n for n in names} | {n: n for n in names}
+    )
     missing = [w for w in wanted if w not in by_label]
     if missing:
-        raise ValueError(f"unknown {kind} block(s) {missing}; this model has {', '.join(names)} (or the "
-                         f"paper-style names {paper_label(names[0], kind)} ... {paper_label(names[-1], kind)})")
+        raise ValueError(
+            f"unknown {kind} block(s) {missing}; this model has {', '.join(names)} (or the "
+            f"paper-style names {paper_label(names[0], kind)} ... {paper_label(names[-1], kind)})"
+        )
     return [by_label[w] for w in wanted]
 
 
@@ -116,20 +122,28 @@ def resolve_classes(wanted: Sequence[str] | None, class_names: Sequence[str], co
         elif w.isdigit() and int(w) < k:
             out.append(int(w))
         else:
-            raise ValueError(f"unknown class {w!r}: give a class name (e.g. {', '.join(class_names[:3])}) "
-                             f"or an index 0..{k - 1}")
+            raise ValueError(
+                f"unknown class {w!r}: give a class name (e.g. {', '.join(class_names[:3])}) or an index 0..{k - 1}"
+            )
     return out
 
 
 def block_stats(s: np.ndarray) -> dict[str, Any]:
     """The distribution of one block's channel gates [N, C] over all images and channels."""
-    return {"mean": float(s.mean()), "std": float(s.std()), "min": float(s.min()), "max": float(s.max()),
-            "frac_low": float((s < LOW).mean()), "frac_high": float((s > HIGH).mean()),
-            "quantiles": {str(q): float(v) for q, v in zip(QUANTILES, np.quantile(s, QUANTILES))}}
+    return {
+        "mean": float(s.mean()),
+        "std": float(s.std()),
+        "min": float(s.min()),
+        "max": float(s.max()),
+        "frac_low": float((s < LOW).mean()),
+        "frac_high": float((s > HIGH).mean()),
+        "quantiles": {str(q): float(v) for q, v in zip(QUANTILES, np.quantile(s, QUANTILES))},
+    }
 
 
-def excitation_stats(gates: dict[str, np.ndarray], labels: np.ndarray, in_sample: np.ndarray,
-                     classes: Sequence[int], kind: str = "SE") -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
+def excitation_stats(
+    gates: dict[str, np.ndarray], labels: np.ndarray, in_sample: np.ndarray, classes: Sequence[int], kind: str = "SE"
+) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
     """Per block: scalar statistics (JSON) and per-channel arrays (NPZ); labels named after `kind`.
 
     The distribution and the all-classes means use the uniform sample only (`in_sample`); the class
@@ -148,14 +162,27 @@ def excitation_stats(gates: dict[str, np.ndarray], labels: np.ndarray, in_sample
                 class_mean[i], class_std[i] = s[labels == k].mean(axis=0), s[labels == k].std(axis=0)
         seen = counts > 0
         gap = float(np.abs(class_mean[seen] - all_mean).mean()) if seen.any() else None
-        rows.append({"name": name, "label": paper_label(name, kind), "depth": depth, "channels": int(s.shape[1]),
-                     **block_stats(sample), "class_gap": gap})
-        arrays |= {f"{name}/all_mean": all_mean, f"{name}/all_std": sample.std(axis=0),
-                   f"{name}/class_mean": class_mean, f"{name}/class_std": class_std}
+        rows.append(
+            {
+                "name": name,
+                "label": paper_label(name, kind),
+                "depth": depth,
+                "channels": int(s.shape[1]),
+                **block_stats(sample),
+                "class_gap": gap,
+            }
+        )
+        arrays |= {
+            f"{name}/all_mean": all_mean,
+            f"{name}/all_std": sample.std(axis=0),
+            f"{name}/class_mean": class_mean,
+            f"{name}/class_std": class_std,
+        }
     return rows, arrays
 
 
 # --------------------------------------------------------------------------- plots and text
+
 
 def _pyplot():
     import matplotlib
@@ -166,8 +193,14 @@ def _pyplot():
     return plt
 
 
-def plot_class_profiles(arrays: dict[str, np.ndarray], blocks: Sequence[str], class_names: Sequence[str],
-                        path: str, title: str = "", kind: str = "SE") -> None:
+def plot_class_profiles(
+    arrays: dict[str, np.ndarray],
+    blocks: Sequence[str],
+    class_names: Sequence[str],
+    path: str,
+    title: str = "",
+    kind: str = "SE",
+) -> None:
     """Figure 6: per block, the mean excitation of each channel for each chosen class and for all classes."""
     plt = _pyplot()
     cols = min(3, len(blocks))
@@ -185,7 +218,7 @@ def plot_class_profiles(arrays: dict[str, np.ndarray], blocks: Sequence[str], cl
         ax.set_xlabel(f"channel index{step}")
         ax.set_ylabel(f"mean {kind} channel gate")
         ax.grid(alpha=0.3)
-    for ax in axes.flat[len(blocks):]:
+    for ax in axes.flat[len(blocks) :]:
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="upper right", ncol=min(len(labels), 6), fontsize=9, title="class")
@@ -198,15 +231,33 @@ def plot_class_profiles(arrays: dict[str, np.ndarray], blocks: Sequence[str], cl
 def plot_depth(rows: list[dict[str, Any]], path: str, title: str = "") -> None:
     """Figure 7: the distribution of the excitations block by block along the depth, and its saturation."""
     plt = _pyplot()
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(7.0, 0.32 * len(rows) + 3), 6.5), sharex=True,
-                                      gridspec_kw={"height_ratios": [2, 1]})
+    fig, (top, bottom) = plt.subplots(
+        2, 1, figsize=(max(7.0, 0.32 * len(rows) + 3), 6.5), sharex=True, gridspec_kw={"height_ratios": [2, 1]}
+    )
     x = np.arange(len(rows))
-    boxes = [{"label": r["label"], "med": r["quantiles"]["0.5"], "q1": r["quantiles"]["0.25"],
-              "q3": r["quantiles"]["0.75"], "whislo": r["quantiles"]["0.05"], "whishi": r["quantiles"]["0.95"],
-              "fliers": []} for r in rows]
+    boxes = [
+        {
+            "label": r["label"],
+            "med": r["quantiles"]["0.5"],
+            "q1": r["quantiles"]["0.25"],
+            "q3": r["quantiles"]["0.75"],
+            "whislo": r["quantiles"]["0.05"],
+            "whishi": r["quantiles"]["0.95"],
+            "fliers": [],
+        }
+        for r in rows
+    ]
     top.bxp(boxes, positions=x, showfliers=False, widths=0.6)
-    top.errorbar(x, [r["mean"] for r in rows], yerr=[r["std"] for r in rows], fmt="o", ms=3, color="C3",
-                 capsize=2, label="mean ± std")
+    top.errorbar(
+        x,
+        [r["mean"] for r in rows],
+        yerr=[r["std"] for r in rows],
+        fmt="o",
+        ms=3,
+        color="C3",
+        capsize=2,
+        label="mean ± std",
+    )
     top.set_ylabel("channel gate")
     top.set_title("boxes: quartiles, median; whiskers: 5th-95th percentile", fontsize=9)
     top.legend(loc="best", fontsize=9)
@@ -235,48 +286,78 @@ def summary_text(report: dict[str, Any]) -> str:
     """A short readable summary: one line per block, then what stands out."""
     m, rows = report["meta"], report["blocks"]
     weights = m["weights"] or "random init, NOT trained: says nothing about a trained network"
-    lines = [f"{m['kind']} channel gates of {m['arch']} ({weights}) on {m['data']}/{m['split']}",
-             f"images: {m['sample_images']} sampled uniformly (of {m['split_images']}), "
-             f"+{m['extra_images']} more of the chosen classes; classes: "
-             + ", ".join(f"{n} ({c})" for n, c in zip(m['class_names'], m['class_images'])), "",
-             f"{'block':<14}{'paper':<9}{'C':>5}{'mean':>7}{'std':>7}{'<' + str(LOW):>7}{'>' + str(HIGH):>7}"
-             f"{'q05':>7}{'median':>7}{'q95':>7}{'class gap':>10}"]
+    lines = [
+        f"{m['kind']} channel gates of {m['arch']} ({weights}) on {m['data']}/{m['split']}",
+        f"images: {m['sample_images']} sampled uniformly (of {m['split_images']}), "
+        f"+{m['extra_images']} more of the chosen classes; classes: "
+        + ", ".join(f"{n} ({c})" for n, c in zip(m["class_names"], m["class_images"])),
+        "",
+        f"{'block':<14}{'paper':<9}{'C':>5}{'mean':>7}{'std':>7}{'<' + str(LOW):>7}{'>' + str(HIGH):>7}"
+        f"{'q05':>7}{'median':>7}{'q95':>7}{'class gap':>10}",
+    ]
     for r in rows:
         q = r["quantiles"]
-        lines.append(f"{r['name']:<14}{r['label']:<9}{r['channels']:>5}{r['mean']:>7.3f}{r['std']:>7.3f}"
-                     f"{100 * r['frac_low']:>6.1f}%{100 * r['frac_high']:>6.1f}%{q['0.05']:>7.3f}{q['0.5']:>7.3f}"
-                     f"{q['0.95']:>7.3f}{_fmt(r['class_gap']):>10}")
+        lines.append(
+            f"{r['name']:<14}{r['label']:<9}{r['channels']:>5}{r['mean']:>7.3f}{r['std']:>7.3f}"
+            f"{100 * r['frac_low']:>6.1f}%{100 * r['frac_high']:>6.1f}%{q['0.05']:>7.3f}{q['0.5']:>7.3f}"
+            f"{q['0.95']:>7.3f}{_fmt(r['class_gap']):>10}"
+        )
     gaps = [r for r in rows if r["class_gap"] is not None]
     if gaps:
         first, last = gaps[0], gaps[-1]
         peak = max(gaps, key=lambda r: r["class_gap"])
-        lines += ["", f"class gap (mean |class mean - all-classes mean|, 0 = class-agnostic): {first['label']} "
-                      f"{first['class_gap']:.3f} -> {last['label']} {last['class_gap']:.3f}; "
-                      f"largest at {peak['label']} ({peak['class_gap']:.3f})"]
+        lines += [
+            "",
+            f"class gap (mean |class mean - all-classes mean|, 0 = class-agnostic): {first['label']} "
+            f"{first['class_gap']:.3f} -> {last['label']} {last['class_gap']:.3f}; "
+            f"largest at {peak['label']} ({peak['class_gap']:.3f})",
+        ]
     high = max(rows, key=lambda r: r["frac_high"])
     low = max(rows, key=lambda r: r["frac_low"])
-    lines.append(f"most saturated near 1: {high['label']} ({100 * high['frac_high']:.1f}% of gates > {HIGH}); "
-                 f"near 0: {low['label']} ({100 * low['frac_low']:.1f}% < {LOW})")
+    lines.append(
+        f"most saturated near 1: {high['label']} ({100 * high['frac_high']:.1f}% of gates > {HIGH}); "
+        f"near 0: {low['label']} ({100 * low['frac_low']:.1f}% < {LOW})"
+    )
     return "\n".join(lines) + "\n"
 
 
-def write_report(report: dict[str, Any], arrays: dict[str, np.ndarray], out_dir: str,
-                 raw: dict[str, np.ndarray] | None = None) -> dict[str, str]:
+def write_report(
+    report: dict[str, Any], arrays: dict[str, np.ndarray], out_dir: str, raw: dict[str, np.ndarray] | None = None
+) -> dict[str, str]:
     """se_stats.json, se_stats.npz, the two PNGs and summary.txt (and excitations.npz with raw)."""
     os.makedirs(out_dir, exist_ok=True)
     m = report["meta"]
-    paths = {name: os.path.join(out_dir, name) for name in
-             ("se_stats.json", "se_stats.npz", "fig6_class_excitations.png", "fig7_depth_distribution.png",
-              "summary.txt")}
+    paths = {
+        name: os.path.join(out_dir, name)
+        for name in (
+            "se_stats.json",
+            "se_stats.npz",
+            "fig6_class_excitations.png",
+            "fig7_depth_distribution.png",
+            "summary.txt",
+        )
+    }
     with open(paths["se_stats.json"], "w") as f:
         json.dump(report, f, indent=2)
-    np.savez(paths["se_stats.npz"], blocks=np.array([r["name"] for r in report["blocks"]]),
-             classes=np.array(m["classes"]), class_names=np.array(m["class_names"]), **arrays)
+    np.savez(
+        paths["se_stats.npz"],
+        blocks=np.array([r["name"] for r in report["blocks"]]),
+        classes=np.array(m["classes"]),
+        class_names=np.array(m["class_names"]),
+        **arrays,
+    )
     what = f"{m['arch']} on {m['data']}/{m['split']}" + ("" if m["weights"] else " (random init)")
-    plot_class_profiles(arrays, m["plot_blocks"], m["class_names"], paths["fig6_class_excitations.png"],
-                        f"Mean {m['kind']} gate per channel, chosen classes vs all: {what}", m["kind"])
-    plot_depth(report["blocks"], paths["fig7_depth_distribution.png"],
-               f"{m['kind']} channel gates along the depth: {what}")
+    plot_class_profiles(
+        arrays,
+        m["plot_blocks"],
+        m["class_names"],
+        paths["fig6_class_excitations.png"],
+        f"Mean {m['kind']} gate per channel, chosen classes vs all: {what}",
+        m["kind"],
+    )
+    plot_depth(
+        report["blocks"], paths["fig7_depth_distribution.png"], f"{m['kind']} channel gates along the depth: {what}"
+    )
     with open(paths["summary.txt"], "w") as f:
         f.write(summary_text(report))
     if raw is not None:
@@ -286,6 +367,7 @@ def write_report(report: dict[str, Any], arrays: dict[str, np.ndarray], out_dir:
 
 
 # --------------------------------------------------------------------------- end to end
+
 
 class _Subset(paddle.io.Dataset):
     def __init__(self, dataset: paddle.io.Dataset, indices: np.ndarray) -> None:
@@ -298,21 +380,23 @@ class _Subset(paddle.io.Dataset):
         return self.dataset[int(self.indices[i])]
 
 
-def analyze(cfg: dict, split: str = "val", samples: int = 1000, classes: Sequence[str] | None = None,
-            blocks: Sequence[str] | None = None, per_class: int = 50, out_dir: str | None = None,
-            raw: bool = False, seed: int = 0) -> dict[str, Any]:
+def analyze(
+    cfg: dict,
+    split: str = "val",
+    samples: int = 1000,
+    classes: Sequence[str] | None = None,
+    blocks: Sequence[str] | None = None,
+    per_class: int = 50,
+    out_dir: str | None = None,
+    raw: bool = False,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Build the model (with cfg model.weights if set), record its channel gates on `split` and write the report.
 
     Images: `samples` drawn uniformly from the split (all of it if smaller) for the distributions and the
     all-classes means, plus up to `per_class` images of each chosen class for the class means.
     Returns {"meta", "blocks", "paths"}.
     """
-    from senet.checkpoint import load_weights
-    from senet.data import Loader, build_dataset
-    from senet.data.loader import ShardedBatchSampler
-    from senet.device import device_notices
-    from senet.resnet import build_model
-
     data_format = device_notices(cfg)["data_format"]
     paddle.seed(cfg["train"]["seed"])  # without weights, the same random model every time
     model = build_model({**cfg, "train": {**cfg["train"], "data_format": data_format}})
@@ -320,13 +404,16 @@ def analyze(cfg: dict, split: str = "val", samples: int = 1000, classes: Sequenc
     names = [name for name, block in attention_blocks(model).items() if CHANNEL in block.gates()]
     if not names:
         stages = f" (model.{entry.name}.stages {cfg['model'][entry.name]['stages']})" if entry else ""
-        raise ValueError(f"model.arch {cfg['model']['arch']} has no attention blocks with channel gates{stages}; "
-                         f"analyse a model with them ({', '.join(k + '_' for k in REGISTRY)})")
+        raise ValueError(
+            f"model.arch {cfg['model']['arch']} has no attention blocks with channel gates{stages}; "
+            f"analyse a model with them ({', '.join(k + '_' for k in REGISTRY)})"
+        )
     kind = kind_title(model)
     plot_blocks = resolve_blocks(blocks, names, kind)
     if cfg["model"]["weights"]:
-        load_weights(model, cfg["model"]["weights"], trust=cfg["model"]["trust_pickle"],
-                     expected_arch=cfg["model"]["arch"])
+        load_weights(
+            model, cfg["model"]["weights"], trust=cfg["model"]["trust_pickle"], expected_arch=cfg["model"]["arch"]
+        )
     dataset = build_dataset(cfg, split)
     labels_all = np.asarray(dataset.labels)
     chosen = resolve_classes(classes, dataset.classes)
@@ -347,13 +434,23 @@ def analyze(cfg: dict, split: str = "val", samples: int = 1000, classes: Sequenc
         labels = np.concatenate([labels, more_labels])
         in_sample = np.concatenate([in_sample, np.zeros(len(more_labels), dtype=bool)])
     rows, arrays = excitation_stats(gates, labels, in_sample, chosen, kind)
-    meta = {"arch": cfg["model"]["arch"], "weights": cfg["model"]["weights"], "data": cfg["data"]["name"],
-            "split": split, "split_images": len(dataset), "sample_images": int(in_sample.sum()),
-            "extra_images": int((~in_sample).sum()), "classes": chosen,
-            "class_names": [str(dataset.classes[k]) for k in chosen],
-            "class_images": [int((labels == k).sum()) for k in chosen], "plot_blocks": plot_blocks,
-            "thresholds": {"low": LOW, "high": HIGH}, "kind": kind, "attention": entry.name,
-            "options": cfg["model"].get(entry.name, {})}
+    meta = {
+        "arch": cfg["model"]["arch"],
+        "weights": cfg["model"]["weights"],
+        "data": cfg["data"]["name"],
+        "split": split,
+        "split_images": len(dataset),
+        "sample_images": int(in_sample.sum()),
+        "extra_images": int((~in_sample).sum()),
+        "classes": chosen,
+        "class_names": [str(dataset.classes[k]) for k in chosen],
+        "class_images": [int((labels == k).sum()) for k in chosen],
+        "plot_blocks": plot_blocks,
+        "thresholds": {"low": LOW, "high": HIGH},
+        "kind": kind,
+        "attention": entry.name,
+        "options": cfg["model"].get(entry.name, {}),
+    }
     report = {"meta": meta, "blocks": rows}
     raw_arrays = None
     if raw:

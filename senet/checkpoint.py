@@ -19,7 +19,9 @@ Checkpoints of version 1 (before the checksum) still load, with a one-line notic
 unverified. `model.safetensors` carries the same kind of digest in its metadata (`senet_sha256`,
 over the tensor names, dtypes, shapes, bytes and the other metadata), checked at load when present.
 
-Loading never runs arbitrary pickled code: files are unpickled with an allow-list of plain
+The byte-level readers (the restricted unpickler, the SHA trailer, the safetensors parser,
+atomic_write) are senet.formats; this module builds the training checkpoints and the model-level
+loading on them. Loading never runs arbitrary pickled code: files are unpickled with an allow-list of plain
 types (numpy arrays, dicts, tuples). A `.pdparams` file that is not one of our checkpoints is
 refused unless the user says they trust it (`model.trust_pickle=true`), because a pickle from
 elsewhere could carry code. The unpickled data is also bounded (senet.limits.check_tree: object
@@ -35,9 +37,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import math
 import os
-import pickle
 import random
 import re
 import sys
@@ -45,117 +45,42 @@ from typing import Any
 
 import numpy as np
 import paddle
+from safetensors.numpy import save
 
-from senet.limits import (
-    RENAMED,
-    TreeTooLarge,
-    array_budget,
-    check_tree,
-    file_kind,
-    open_regular,
-    regular_file_problem,
-    shared_arrays,
+from senet.attention import split_arch
+from senet.formats import (  # the byte-level readers, re-exported for the callers of senet.checkpoint
+    _ST_CODES,
+    SAFETENSORS_DIGEST_KEY,
+    TRAILER_MAGIC,
+    CheckpointError,
+    _file_problem,
+    _ForbiddenGlobal,
+    _SafeUnpickler,
+    _tensors_digest,
+    _to_arrays,
+    _verify_trailer,
+    atomic_write,
+    check_finite,
+    read_safetensors,
 )
+from senet.limits import RENAMED, TreeTooLarge, array_budget, check_tree, file_kind, os_error_fix, shared_arrays
 
 MARKER = "senet_checkpoint"  # key present in every checkpoint this harness writes
 # The names the trainer gives its checkpoints in <output_dir>/checkpoints; group 2 is an epoch number.
 # Anything else there is the user's: pruning and --resume auto leave it alone.
 CHECKPOINT_NAME = re.compile(r"(last|best|epoch_(\d+))\.pdparams")
 VERSION = 2  # 2: SHA-256 trailer after the pickle; 1: no checksum (still loaded, with a notice)
-TRAILER_MAGIC = b"senet:sha256:v1\n"  # 16 bytes, then the 32-byte digest of everything before it
-TRAILER_SIZE = len(TRAILER_MAGIC) + 32
-SAFETENSORS_DIGEST_KEY = "senet_sha256"
 # Keys TrainState.restore reads, with the type each must have: a checkpoint without them cannot resume.
-_STATE_KEYS = {"model": dict, "optimizer": dict, "lr_scheduler": dict, "epoch": int, "batch_in_epoch": int,
-               "global_step": int, "rng": dict, "history": list}
-
-# (module, name) pairs a paddle.save pickle of tensors and plain python values needs.
-_SAFE_GLOBALS = {
-    ("collections", "OrderedDict"), ("builtins", "tuple"), ("builtins", "list"), ("builtins", "dict"),
-    ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "slice"), ("builtins", "complex"),
-    ("numpy", "ndarray"), ("numpy", "dtype"),
-    ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "scalar"), ("numpy.core.multiarray", "scalar"),
+_STATE_KEYS = {
+    "model": dict,
+    "optimizer": dict,
+    "lr_scheduler": dict,
+    "epoch": int,
+    "batch_in_epoch": int,
+    "global_step": int,
+    "rng": dict,
+    "history": list,
 }
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint or weights file that cannot be used; the message says why and what to do."""
-
-
-class _ForbiddenGlobal(pickle.UnpicklingError):
-    """The pickle names a class or function outside the allow-list."""
-
-
-def _empty_reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
-    """numpy's _reconstruct as a pickle of an array calls it: an empty array, filled by __setstate__.
-
-    A hand-made pickle could call it with a huge shape and allocate that much; numpy itself only
-    ever pickles shape (0,).
-    """
-    if subtype is not np.ndarray or int(np.prod(shape)) != 0:
-        raise pickle.UnpicklingError("numpy _reconstruct called with a non-empty shape (not written by numpy)")
-    return np.ndarray.__new__(np.ndarray, shape, dtype)
-
-
-class _SafeUnpickler(pickle.Unpickler):
-    """Only the plain types of _SAFE_GLOBALS. Bound the result with senet.limits.check_tree before
-    walking it (read_pickle does)."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _SAFE_GLOBALS:
-            if name == "_reconstruct":
-                return _empty_reconstruct
-            return super().find_class(module, name)
-        raise _ForbiddenGlobal(f"{module}.{name}")
-
-
-def _to_arrays(obj: Any) -> Any:
-    """paddle.save stores a tensor as (name, ndarray); turn those back into plain arrays."""
-    if isinstance(obj, dict):
-        return type(obj)((k, _to_arrays(v)) for k, v in obj.items())
-    if isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[0], str) and isinstance(obj[1], np.ndarray):
-        return obj[1]
-    if isinstance(obj, list):
-        return [_to_arrays(v) for v in obj]
-    return obj
-
-
-def _file_problem(path: str) -> None:
-    problem = regular_file_problem(path)
-    if problem == "does not exist":
-        raise CheckpointError(f"weights file not found: {path}")
-    if problem:
-        raise CheckpointError(f"{path} {problem}: give the path of a checkpoint or weights file")
-    if os.path.getsize(path) == 0:
-        raise CheckpointError(f"{path} is empty (0 bytes): the write that made it did not finish")
-
-
-def _verify_trailer(path: str) -> bool:
-    """True if `path` ends in our checksum trailer and the digest matches; False if it has no trailer.
-
-    A trailer whose digest does not match is a CheckpointError. Reads the file once, in chunks.
-    """
-    size = os.path.getsize(path)
-    if size < TRAILER_SIZE:
-        return False
-    with open(path, "rb") as f:
-        f.seek(size - TRAILER_SIZE)
-        tail = f.read(TRAILER_SIZE)
-        if tail[:len(TRAILER_MAGIC)] != TRAILER_MAGIC:
-            return False
-        f.seek(0)
-        h, left = hashlib.sha256(), size - TRAILER_SIZE
-        while left > 0:
-            block = f.read(min(left, 1 << 22))
-            if not block:
-                break
-            h.update(block)
-            left -= len(block)
-    if h.digest() != tail[len(TRAILER_MAGIC):]:
-        raise CheckpointError(f"{path} fails its SHA-256 checksum: the file was damaged after it was written "
-                              f"(disk, copy or transfer error); use another checkpoint")
-    return True
 
 
 def _unpickle_checked(path: str, trust: bool) -> tuple[Any, bool]:
@@ -179,15 +104,20 @@ def _unpickle_checked(path: str, trust: bool) -> tuple[Any, bool]:
                 check_tree(obj, max_array_bytes=array_budget(os.path.getsize(path)))
                 return _to_arrays(obj), False
             except Exception as e2:  # noqa: BLE001  (any failure of a foreign file is "cannot load it")
-                raise CheckpointError(f"{path} could not be loaded even as a trusted pickle "
-                                      f"({type(e2).__name__}: {str(e2)[:200]}); use another file") from None
-        raise CheckpointError(f"{path} contains a pickled {e}, which could run code when loaded. Load it only "
-                              f"if you trust its source, with -o model.trust_pickle=true") from None
+                raise CheckpointError(
+                    f"{path} could not be loaded even as a trusted pickle "
+                    f"({type(e2).__name__}: {str(e2)[:200]}); use another file"
+                ) from None
+        raise CheckpointError(
+            f"{path} contains a pickled {e}, which could run code when loaded. Load it only "
+            f"if you trust its source, with -o model.trust_pickle=true"
+        ) from None
     except TreeTooLarge as e:
         raise CheckpointError(f"{path} is refused: its pickled data is {e}; use another checkpoint") from None
     except Exception as e:  # noqa: BLE001  (truncated or corrupt pickles raise many types; all mean "unusable")
-        raise CheckpointError(f"{path} is truncated or corrupt ({type(e).__name__}: {str(e)[:200]}); "
-                              f"use another checkpoint") from None
+        raise CheckpointError(
+            f"{path} is truncated or corrupt ({type(e).__name__}: {str(e)[:200]}); use another checkpoint"
+        ) from None
 
 
 def read_pickle(path: str, trust: bool = False) -> Any:
@@ -196,72 +126,6 @@ def read_pickle(path: str, trust: bool = False) -> Any:
     A checksum trailer (our checkpoints) is verified first. Any failure is a CheckpointError.
     """
     return _unpickle_checked(path, trust)[0]
-
-
-def unpickle_restricted(file: Any, source: str, extra_globals: dict[tuple[str, str], Any] | None = None,
-                        persistent_load: Any = None) -> Any:
-    """Unpickle an open binary `file` with the allow-list of plain types, plus `extra_globals`: each
-    (module, name) a foreign format needs, mapped to our own stand-in (never the real object, so the
-    pickle's code never runs). `persistent_load` resolves persistent ids (torch's storages). The result
-    is bounded like read_pickle's. A name outside both lists is a CheckpointError naming it."""
-    extra = dict(extra_globals or {})
-
-    class Unpickler(_SafeUnpickler):
-        def find_class(self, module: str, name: str) -> Any:
-            if (module, name) in extra:
-                return extra[(module, name)]
-            return super().find_class(module, name)
-
-    unpickler = Unpickler(file)
-    if persistent_load is not None:
-        unpickler.persistent_load = persistent_load
-    try:
-        size = os.fstat(file.fileno()).st_size if hasattr(file, "fileno") else None
-    except (OSError, ValueError, io.UnsupportedOperation):  # a zip member: the caller bounds what it reads
-        size = None
-    try:
-        obj = unpickler.load()
-        check_tree(obj, max_array_bytes=array_budget(size) if size is not None else None)
-        return obj
-    except CheckpointError:
-        raise
-    except _ForbiddenGlobal as e:
-        raise CheckpointError(f"{source} is refused: its pickle names {e}, which is not on the list of names a "
-                              f"state dict needs (it could run code; nothing from it was run)") from None
-    except TreeTooLarge as e:
-        raise CheckpointError(f"{source} is refused: its pickled data is {e}") from None
-    except Exception as e:  # noqa: BLE001  (truncated or corrupt pickles raise many types; all mean "unusable")
-        raise CheckpointError(f"{source} is truncated or corrupt ({type(e).__name__}: {str(e)[:200]})") from None
-
-
-def atomic_write(path: str, data: bytes | list[bytes]) -> None:
-    """Write to a temporary file beside `path`, fsync it, rename it over `path`, fsync the folder.
-
-    `data` may be a list of byte strings, written in turn (no joined copy in memory)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    if os.path.lexists(tmp):  # left by an earlier process of the same pid; removed, never written through
-        os.remove(tmp)
-    try:
-        # O_EXCL: a new file, never through a link planted at the temporary name (issue 23). The rename
-        # then replaces whatever stands at `path` (a link included) without following it.
-        fd = open_regular(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
-        with os.fdopen(fd, "wb") as f:
-            for part in data if isinstance(data, list) else [data]:
-                f.write(part)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    dir_fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def rng_state() -> dict:
@@ -273,9 +137,14 @@ def rng_state() -> dict:
     on another machine, or with another CUDA_VISIBLE_DEVICES, would fail. Each rank needs only its own.
     """
     gpu = _current_gpu()
-    return {"python": random.getstate(), "numpy": np.random.get_state(),
-            "paddle": {"cpu": paddle.base.core.default_cpu_generator().get_state().__getstate__(),
-                       "gpu": _cuda_generator(gpu).get_state().__getstate__() if gpu is not None else None}}
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "paddle": {
+            "cpu": paddle.base.core.default_cpu_generator().get_state().__getstate__(),
+            "gpu": _cuda_generator(gpu).get_state().__getstate__() if gpu is not None else None,
+        },
+    }
 
 
 def set_rng_state(state: dict) -> None:
@@ -319,6 +188,52 @@ def _tuples(x: Any) -> Any:
     return tuple(_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
+class CheckpointSaver:
+    """The one owner of a run's checkpoints, as timm's CheckpointSaver: where each goes
+    (`<output_dir>/checkpoints/<name>.pdparams`), writing it atomically, pruning the numbered ones, and
+    which one is the last good one (for the messages of a run that stops). Only rank 0 writes; the
+    state's to_checkpoint() runs only there."""
+
+    def __init__(self, output_dir: str, rank: int = 0) -> None:
+        self.folder = os.path.join(output_dir, "checkpoints")
+        self.rank = rank
+        self.last_saved: str | None = None  # also the checkpoint a run resumed from, until it saves
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.folder, f"{name}.pdparams")
+
+    def save(self, state: Any, name: str, keep_last: int | None = None) -> None:
+        """Save state.to_checkpoint() as <name>.pdparams; with keep_last, then prune the numbered ones."""
+        if self.rank != 0:
+            return
+        path = self.path(name)
+        try:
+            save_checkpoint(path, state.to_checkpoint())
+        except OSError as e:
+            kept = f"the previous {path} is intact" if os.path.isfile(path) else "no earlier checkpoint exists"
+            raise CheckpointError(
+                f"could not write checkpoint {path} ({e.strerror or e}); {kept}. {os_error_fix(e)}"
+            ) from e
+        self.last_saved = path
+        if keep_last:
+            self._prune(keep_last)
+
+    def _prune(self, keep_last: int) -> None:
+        """Delete all but the newest keep_last epoch_<N>.pdparams; other files (a user's copy named
+        epoch_1_keep.pdparams) are never parsed as ours, never deleted."""
+        numbered = sorted(
+            (int(m.group(2)), n) for n in os.listdir(self.folder) if (m := CHECKPOINT_NAME.fullmatch(n)) and m.group(2)
+        )
+        for _, name in numbered[:-keep_last]:
+            os.remove(os.path.join(self.folder, name))
+
+    def last_good(self) -> str:
+        """The sentence a stopped run ends with: which checkpoint to go back to."""
+        if self.last_saved:
+            return f"Last good checkpoint: {self.last_saved}."
+        return "No checkpoint was saved before this step."
+
+
 def save_checkpoint(path: str, state: dict) -> None:
     """Atomically save a training state dict (see senet.train) with our marker, version and checksum."""
     buf = io.BytesIO()
@@ -338,21 +253,33 @@ def load_checkpoint(path: str, trust: bool = False) -> dict:
 
 def _checked_checkpoint(path: str, state: Any, verified: bool) -> dict:
     if not isinstance(state, dict) or MARKER not in state:
-        raise CheckpointError(f"{path} is not a senet checkpoint (no '{MARKER}' marker). To start from its "
-                              f"weights, set model.weights to it; foreign .pdparams need model.trust_pickle=true")
+        raise CheckpointError(
+            f"{path} is not a senet checkpoint (no '{MARKER}' marker). To start from its "
+            f"weights, set model.weights to it; foreign .pdparams need model.trust_pickle=true"
+        )
     version = state[MARKER]
     if not isinstance(version, int) or version > VERSION:
-        raise CheckpointError(f"{path} has checkpoint version {version!r}; this code reads versions 1 to {VERSION} "
-                              f"(update senet, or use another checkpoint)")
+        raise CheckpointError(
+            f"{path} has checkpoint version {version!r}; this code reads versions 1 to {VERSION} "
+            f"(update senet, or use another checkpoint)"
+        )
     if version >= 2 and not verified:
-        raise CheckpointError(f"{path} lacks the checksum every version-{version} checkpoint ends with "
-                              f"(truncated or damaged); use another checkpoint")
+        raise CheckpointError(
+            f"{path} lacks the checksum every version-{version} checkpoint ends with "
+            f"(truncated or damaged); use another checkpoint"
+        )
     if not verified and path not in _UNVERIFIED_NOTED:
         _UNVERIFIED_NOTED.add(path)
-        print(f"notice: {path} is a version-1 checkpoint, written before checkpoints carried a checksum: "
-              f"loaded unverified", file=sys.stderr)
-    bad = [f"{k} ({type(state.get(k)).__name__}, not {t.__name__})" for k, t in _STATE_KEYS.items()
-           if not isinstance(state.get(k), t)]
+        print(
+            f"notice: {path} is a version-1 checkpoint, written before checkpoints carried a checksum: "
+            f"loaded unverified",
+            file=sys.stderr,
+        )
+    bad = [
+        f"{k} ({type(state.get(k)).__name__}, not {t.__name__})"
+        for k, t in _STATE_KEYS.items()
+        if not isinstance(state.get(k), t)
+    ]
     if bad:
         raise CheckpointError(f"{path} is damaged or incomplete: {', '.join(bad)}; use another checkpoint")
     check_finite(state["model"], path)
@@ -381,8 +308,10 @@ def _float32_array(name: str, tensor: paddle.Tensor) -> np.ndarray:
     if tensor.dtype in (paddle.float16, paddle.bfloat16, paddle.float64):
         tensor = tensor.astype("float32")
     if tensor.dtype != paddle.float32:
-        raise CheckpointError(f"weight {name!r} is {tensor.dtype}, not a float: a model's weights are floats, "
-                              f"and this writer stores them as float32")
+        raise CheckpointError(
+            f"weight {name!r} is {tensor.dtype}, not a float: a model's weights are floats, "
+            f"and this writer stores them as float32"
+        )
     return np.ascontiguousarray(tensor.numpy())
 
 
@@ -390,15 +319,20 @@ def set_weights(model: paddle.nn.Layer, weights: dict) -> None:
     """Load checked weights (arrays or tensors, float32 as saved) into `model`, each cast to the dtype the
     model holds it in: fp16 or bf16 for the conv weights of an AMP O2 model. Paddle's set_value refuses
     any dtype other than the tensor's own."""
-    own = model.state_dict(use_hook=False) if not isinstance(model, paddle.DataParallel) \
+    own = (
+        model.state_dict(use_hook=False)
+        if not isinstance(model, paddle.DataParallel)
         else model._layers.state_dict(use_hook=False)
+    )
     tensors = {}
     for k, v in weights.items():
         t = v if isinstance(v, paddle.Tensor) else paddle.to_tensor(v)
         if k in own and t.dtype != own[k].dtype:
             if paddle.is_floating_point(own[k]) and not paddle.is_floating_point(t):
-                raise CheckpointError(f"weight {k!r} is {t.dtype}, not a float: casting would load integers as "
-                                      f"weights; re-save the weights as floats")
+                raise CheckpointError(
+                    f"weight {k!r} is {t.dtype}, not a float: casting would load integers as "
+                    f"weights; re-save the weights as floats"
+                )
             t = t.astype(own[k].dtype)
         tensors[k] = t
     model.set_state_dict(tensors)
@@ -425,8 +359,11 @@ def restore_optimizer(optimizer: Any, saved: dict) -> None:
     saved names. A checkpoint written before the names were recorded gets the name Paddle gives the
     first master weight of a parameter in a fresh process (`<parameter>_fp32_master_0`).
     """
-    state = {k: paddle.to_tensor(v) if isinstance(v, np.ndarray) else v for k, v in saved.items()
-             if k not in ("master_weights", "master_weight_names")}
+    state = {
+        k: paddle.to_tensor(v) if isinstance(v, np.ndarray) else v
+        for k, v in saved.items()
+        if k not in ("master_weights", "master_weight_names")
+    }
     masters = saved.get("master_weights") or {}
     if masters:
         names = saved.get("master_weight_names") or {}
@@ -436,114 +373,6 @@ def restore_optimizer(optimizer: Any, saved: dict) -> None:
             tensor.name = names.get(param_name, f"{param_name}_fp32_master_0")
             state["master_weights"][param_name] = tensor
     optimizer.set_state_dict(state)
-
-
-def check_finite(weights: dict, source: str) -> None:
-    """Refuse weights holding NaN or Inf, naming the first such tensor (a diverged or damaged run)."""
-    for name, value in weights.items():
-        if not isinstance(value, np.ndarray):
-            raise CheckpointError(f"{source}: weight {name!r} is a {type(value).__name__}, not a tensor; "
-                                  f"the file is damaged or not a weights file")
-        if value.dtype.kind == "f" and not np.isfinite(value).all():
-            bad = int(np.count_nonzero(~np.isfinite(value)))
-            raise CheckpointError(f"{source}: tensor {name!r} holds {bad:,} NaN/Inf values of {value.size:,} (a "
-                                  f"diverged run or a damaged file); use weights from an earlier checkpoint")
-
-
-# safetensors dtype codes (https://github.com/huggingface/safetensors, "Format"); BF16 is decoded by hand.
-_ST_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16,
-              "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8,
-              "U64": np.uint64, "U32": np.uint32, "U16": np.uint16, "U8": np.uint8, "BOOL": np.bool_}
-_ST_CODES = {np.dtype(t): code for code, t in _ST_DTYPES.items() if code != "BF16"}  # what safetensors.numpy writes
-MAX_SAFETENSORS_HEADER = 4 << 20  # bytes; ours are ~100 KB (ResNet-152 with its config in the metadata)
-
-
-def _tensors_digest(tensors: dict[str, tuple[str, list[int], Any]], metadata: dict[str, str]) -> str:
-    """SHA-256 over (name, dtype code, shape, raw bytes) of every tensor in name order, then the metadata."""
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        code, shape, data = tensors[name]
-        h.update(json.dumps([name, code, list(shape)]).encode())
-        h.update(data)
-    h.update(json.dumps(sorted((k, v) for k, v in metadata.items() if k != SAFETENSORS_DIGEST_KEY)).encode())
-    return h.hexdigest()
-
-
-def read_safetensors(path: str, integer_ok: Any = None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """(float32 tensors, metadata) of a .safetensors file: header, offsets and digest checked first.
-
-    float16 / bfloat16 are widened exactly, float64 narrowed (refused if a value overflows float32);
-    integer and bool tensors are refused: a model's weights are floats. `integer_ok(name)` may let
-    named ones through as they are (torch's BN counter `num_batches_tracked`, for the converter).
-    """
-    _file_problem(path)
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        if size < 8 or n < 2 or n > min(size - 8, MAX_SAFETENSORS_HEADER):
-            kind = file_kind(path)
-            if kind not in (None, "safetensors"):
-                raise CheckpointError(f"{path} is not a safetensors file but {RENAMED[kind]}")
-            raise CheckpointError(f"{path} is not a safetensors file: its header length ({n:,} bytes) does not fit "
-                                  f"the file ({size:,} bytes) or the {MAX_SAFETENSORS_HEADER:,}-byte limit")
-        try:
-            header = json.loads(f.read(n))
-            check_tree(header, max_nodes=200_000, max_depth=8)
-        except (ValueError, RecursionError) as e:
-            raise CheckpointError(f"{path} is not a safetensors file: unreadable header ({e})") from None
-        if not isinstance(header, dict):
-            raise CheckpointError(f"{path} is not a safetensors file: its header is not a JSON object")
-        meta = header.pop("__metadata__", None) or {}
-        if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
-            raise CheckpointError(f"{path}: the safetensors metadata must map strings to strings")
-        data_len, raw = size - 8 - n, {}
-        for name, spec in header.items():
-            try:
-                code, shape, (begin, end) = spec["dtype"], spec["shape"], spec["data_offsets"]
-                dtype = np.dtype(_ST_DTYPES[code])
-                ok = (all(isinstance(d, int) and d >= 0 for d in shape) and isinstance(begin, int)
-                      and isinstance(end, int) and 0 <= begin <= end <= data_len
-                      and end - begin == math.prod(shape) * dtype.itemsize)  # Python ints: no int64 wrap-around
-            except (KeyError, TypeError, ValueError):
-                ok = False
-            if not ok:
-                raise CheckpointError(f"{path}: tensor {name!r} has a malformed entry {json.dumps(spec)[:200]} "
-                                      f"(dtype, shape and offsets must agree and fit the file); re-save the file")
-            raw[name] = (code, shape, (begin, end))
-        # Each tensor its own bytes (the format's rule): 1,000 entries over one byte range made a 4 MB file
-        # materialise 4 GB (issue 23). With no overlap, what is read is at most the file's own size.
-        spans = sorted((begin, end, name) for name, (_, _, (begin, end)) in raw.items() if end > begin)
-        for (_, end_a, a), (begin_b, _, b) in zip(spans, spans[1:]):
-            if begin_b < end_a:
-                raise CheckpointError(f"{path} is refused: tensors {a!r} and {b!r} share bytes of the file (a "
-                                      f"safetensors file stores each tensor once); re-save it")
-        for name, (code, shape, (begin, end)) in raw.items():
-            buf = bytearray(end - begin)
-            f.seek(8 + n + begin)
-            if f.readinto(buf) != len(buf):
-                raise CheckpointError(f"{path} is truncated (tensor {name!r}); re-save or copy it again")
-            raw[name] = (code, shape, buf)
-    digest = meta.get(SAFETENSORS_DIGEST_KEY)
-    if digest is not None and digest != _tensors_digest(raw, meta):
-        raise CheckpointError(f"{path} fails its SHA-256 checksum (metadata {SAFETENSORS_DIGEST_KEY}): the file "
-                              f"was damaged after it was written; export or copy it again")
-    tensors = {}
-    for name, (code, shape, buf) in raw.items():
-        a = np.frombuffer(buf, dtype=_ST_DTYPES[code]).reshape(shape)
-        if code == "BF16":  # the top half of a float32
-            a = (a.astype(np.uint32) << 16).view(np.float32)
-        elif code in ("F16", "F64"):
-            with np.errstate(over="ignore", invalid="ignore"):
-                wide = a.astype(np.float32)
-            if code == "F64" and np.isfinite(a).all() and not np.isfinite(wide).all():
-                raise CheckpointError(f"{path}: float64 tensor {name!r} has values beyond the float32 range; "
-                                      f"the model is float32: rescale or re-save the weights")
-            a = wide
-        elif code != "F32" and not (integer_ok and integer_ok(name)):
-            raise CheckpointError(f"{path}: tensor {name!r} is {code} ({np.dtype(_ST_DTYPES[code]).name}); model "
-                                  f"weights are floats (F32, F16, BF16 or F64): re-save the weights as floats")
-        tensors[name] = a
-    return tensors, meta
 
 
 def extract_model_state(path: str, trust: bool = False, prefer_ema: bool = False) -> dict[str, np.ndarray]:
@@ -602,8 +431,10 @@ def check_classes(recorded: list[str] | None, current: list[str] | None, source:
     (data.allow_class_change=true: fine-tuning on other classes, knowingly)."""
     problem = class_list_problem(recorded, current)
     if problem and not allow:
-        raise CheckpointError(f"{source}: {problem}. Check data.root, or set -o data.allow_class_change=true "
-                              f"to use these weights with these classes (fine-tuning on new classes)")
+        raise CheckpointError(
+            f"{source}: {problem}. Check data.root, or set -o data.allow_class_change=true "
+            f"to use these weights with these classes (fine-tuning on new classes)"
+        )
 
 
 def check_stem_era(model: paddle.nn.Layer, recorded_cfg: Any, source: str) -> None:
@@ -621,7 +452,8 @@ def check_stem_era(model: paddle.nn.Layer, recorded_cfg: Any, source: str) -> No
             f"{source} was written before model.stem_pool existed, when every ImageNet model padded its stem "
             f"max-pool by 1; model.arch={model_cfg.get('arch')} now defaults to Caffe's unpadded pool, which "
             f"gives other outputs with the same weights. Add -o model.stem_pool=pytorch (and keep it when "
-            f"resuming or fine-tuning)")
+            f"resuming or fine-tuning)"
+        )
 
 
 def _pickled_weights(path: str, trust: bool, prefer_ema: bool) -> tuple[dict[str, np.ndarray], Any, Any]:
@@ -631,19 +463,24 @@ def _pickled_weights(path: str, trust: bool, prefer_ema: bool) -> tuple[dict[str
         weights = state["ema"] if prefer_ema and state.get("ema") is not None else state["model"]
         return weights, state.get("config"), state.get("classes")
     if not trust:
-        raise CheckpointError(f"{path} is a pickle from outside this project (not a senet checkpoint). Unpickling "
-                              f"can run code: convert it to .safetensors, or if you trust it pass "
-                              f"-o model.trust_pickle=true")
+        raise CheckpointError(
+            f"{path} is a pickle from outside this project (not a senet checkpoint). Unpickling "
+            f"can run code: convert it to .safetensors, or if you trust it pass "
+            f"-o model.trust_pickle=true"
+        )
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} holds a {type(state).__name__}, not a state_dict")
     if shared := shared_arrays(state):
-        raise CheckpointError(f"{path} is refused: {shared[0]!r} and {shared[1]!r} are one array stored under two "
-                              f"names (a state dict stores each tensor once)")
+        raise CheckpointError(
+            f"{path} is refused: {shared[0]!r} and {shared[1]!r} are one array stored under two "
+            f"names (a state dict stores each tensor once)"
+        )
     return dict(state), None, None  # fp16 and fp64 are widened or narrowed to float32 by _weights_and_config
 
 
-def load_weights(model: paddle.nn.Layer, path: str, trust: bool = False, prefer_ema: bool = False,
-                 expected_arch: str | None = None) -> list[str] | None:
+def load_weights(
+    model: paddle.nn.Layer, path: str, trust: bool = False, prefer_ema: bool = False, expected_arch: str | None = None
+) -> list[str] | None:
     """Load weights into `model`, refusing any missing, unexpected or mis-shaped tensor by name. Returns
     the class list the file records (None if it records none: converted or older weights)."""
     weights, recorded_cfg, classes = _weights_and_config(path, trust, prefer_ema)
@@ -667,19 +504,25 @@ def check_attention_kind(recorded_cfg: Any, expected_arch: str | None, source: s
     arch = _recorded_arch(recorded_cfg)
     if not expected_arch or arch is None:
         return
-    from senet.attention import split_arch
-
     theirs, ours = split_arch(arch)[0], split_arch(expected_arch)[0]
     if theirs != ours:
+
         def kind(entry: Any) -> str:
             return f"{entry.title} blocks" if entry is not None else "no attention blocks"
 
-        raise CheckpointError(f"{source} holds {arch} weights ({kind(theirs)}), but model.arch={expected_arch} has "
-                              f"{kind(ours)}: set model.arch={arch}, or give weights of a {expected_arch}")
+        raise CheckpointError(
+            f"{source} holds {arch} weights ({kind(theirs)}), but model.arch={expected_arch} has "
+            f"{kind(ours)}: set model.arch={arch}, or give weights of a {expected_arch}"
+        )
 
 
-def check_compatible(model: paddle.nn.Layer, weights: dict, source: str, expected_arch: str | None = None,
-                     recorded_arch: str | None = None) -> None:
+def check_compatible(
+    model: paddle.nn.Layer,
+    weights: dict,
+    source: str,
+    expected_arch: str | None = None,
+    recorded_arch: str | None = None,
+) -> None:
     own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     theirs = {k: tuple(np.shape(v)) for k, v in weights.items()}
     missing = [k for k in own if k not in theirs]
@@ -693,8 +536,11 @@ def check_compatible(model: paddle.nn.Layer, weights: dict, source: str, expecte
             more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
             parts.append(f"{len(items)} {label}: {', '.join(items[:5])}{more}")
     arch = f" for model.arch={expected_arch}" if expected_arch else ""
-    hint = (f"It records model.arch={recorded_arch}." if recorded_arch and recorded_arch != expected_arch
-            else "Was it saved from another architecture, reduction or num_classes?")
+    hint = (
+        f"It records model.arch={recorded_arch}."
+        if recorded_arch and recorded_arch != expected_arch
+        else "Was it saved from another architecture, reduction or num_classes?"
+    )
     raise CheckpointError(f"{source} does not fit the model{arch}: " + "; ".join(parts) + ". " + hint)
 
 
@@ -702,11 +548,10 @@ def save_safetensors(model: paddle.nn.Layer, path: str, metadata: dict | None = 
     """Weights only, no pickle: safe to share. Metadata values are stored as JSON strings, plus the
     SHA-256 digest (`senet_sha256`) that read_safetensors checks. Floats are written as F32 whatever the
     model holds (see _float32_array)."""
-    from safetensors.numpy import save
-
     tensors = {k: _float32_array(k, v) for k, v in model.state_dict().items()}
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
     meta.pop(SAFETENSORS_DIGEST_KEY, None)
     meta[SAFETENSORS_DIGEST_KEY] = _tensors_digest(
-        {k: (_ST_CODES[v.dtype], list(v.shape), v.reshape(-1).view(np.uint8)) for k, v in tensors.items()}, meta)
+        {k: (_ST_CODES[v.dtype], list(v.shape), v.reshape(-1).view(np.uint8)) for k, v in tensors.items()}, meta
+    )
     atomic_write(path, save(tensors, metadata=meta))

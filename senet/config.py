@@ -18,6 +18,9 @@ from typing import Any
 
 import yaml
 
+from senet.attention_options import SECTIONS as ATTENTION_SECTIONS
+from senet.attention_options import config_tables
+from senet.augment_policy import parse_policy
 from senet.limits import open_regular, regular_file_problem
 
 # One commented dict of every setting. Units are in the comments.
@@ -34,34 +37,14 @@ DEFAULTS: dict[str, Any] = {
         # a 1x1 conv + BN shortcut on stage 1's first block, not an identity (PaddleClas's ResNet18/34)
         "first_block_projection": False,
         "zero_init_residual": False,  # every residual branch starts at 0: its last BN gamma (pre-activation: last conv)
+        # stochastic depth: while training, block k of the net's N (0-based) drops its residual branch, attention
+        # block included, with probability rate * k / (N - 1) (timm's rule); 0 = off. Never in eval or exports
+        "drop_path_rate": 0.0,
         "sync_bn": False,  # synchronised BatchNorm across devices (multi-device training)
         "weights": None,  # a checkpoint (.pdparams), a .safetensors file, or a run folder (its model.safetensors)
         "trust_pickle": False,  # allow .pdparams pickles from outside this project (unpickling can run code)
-        "se": {
-            "reduction": 16,  # r: hidden width is exactly C // r
-            "divisor": 1,  # 1: C // r; d > 1: C / r rounded to a multiple of d, at least d (timm: 8)
-            "impl": "conv",  # conv: 1x1 convs on the pooled map; linear: Linear on the vector
-            "squeeze": "avg",  # avg | max | none (the paper's NoSqueeze ablation)
-            "gate": "sigmoid",  # sigmoid | tanh | relu
-            "bias": True,  # biases on the two FCs, as in the authors' Caffe release
-            "placement": "standard",  # standard | pre | post | identity | after_3x3
-            "stages": None,  # list of stage numbers (1-based) that get SE; null: all
-        },
-        "eca": {  # eca_<arch>: Wang et al., ECA-Net (senet.attention.eca)
-            "kernel_size": None,  # odd k of the 1D conv across channels; null: k = psi(C), Eq. 12
-            "gamma": 2,  # psi(C) = |(log2 C + b) / gamma|_odd
-            "b": 1,
-            "placement": "standard",  # as model.se.placement
-            "stages": None,  # as model.se.stages
-        },
-        "cbam": {  # cbam_<arch>: Woo et al., CBAM (senet.attention.cbam)
-            "reduction": 16,  # shared MLP hidden width C // r
-            "spatial_kernel": 7,  # odd k of the spatial attention's k x k conv
-            "spatial": True,  # false: channel attention only
-            "bias": True,  # biases in the shared MLP, as in the authors' code
-            "placement": "standard",  # as model.se.placement
-            "stages": None,  # as model.se.stages
-        },
+        # model.se, model.eca, model.cbam: each attention block's options (senet.attention_options),
+        # added below from the options classes, which are their only source.
     },
     "data": {
         "name": "imagenet",  # imagenet | cifar10 | cifar100 | digits | synthetic
@@ -94,14 +77,35 @@ DEFAULTS: dict[str, Any] = {
         "allow_class_change": False,
         "synthetic_train_size": 1024,  # images in the synthetic train split
         "synthetic_val_size": 256,
+        # Modern recipes' per-sample augmentations, off by default (senet/data/augment.py, docs/data.md).
+        # A policy string: timm's RandAugment (rand-m9-mstd0.5-inc1), AutoAugment's ImageNet policies
+        # (original, v0, their r variants; -mstd0.5 optional) or ta_wide (TrivialAugment wide); null = off
+        "auto_augment": None,
+        "random_erasing": {  # timm's RandomErasing, after the policy and colour jitter
+            "prob": 0.0,  # per image; 0 = off
+            "min_area": 0.02,  # area of the erased boxes, as a fraction of the image (split over the count)
+            "max_area": 0.3333333333333333,
+            "min_aspect": 0.3,  # box aspect ratio log-uniform in [min_aspect, 1 / min_aspect]
+            "mode": "pixel",  # pixel: N(0, 1) noise per pixel | rand: one N(0, 1) colour per box | const: the mean
+            "min_count": 1,  # boxes per erased image, uniform in min_count..max_count
+            "max_count": 1,
+        },
+        "repeated_aug": 1,  # timm's repeated augmentation: each train image k times per epoch; 1 = off
+        # eval: timm's crop_pct, the other way to give data.eval_resize: floor(eval_crop / crop_pct);
+        # null = eval_resize as given
+        "crop_pct": None,
     },
     "optimizer": {
-        "name": "momentum",  # momentum | sgd | adamw
+        "name": "momentum",  # momentum | sgd | adamw | lamb (senet.optim)
         "lr": 0.1,  # per 256 images; scaled linearly with the global batch
         "momentum": 0.9,
         "nesterov": False,
+        # momentum, sgd: L2 added to the gradient; adamw: decoupled (p -= lr wd p); lamb: added to the update
         "weight_decay": 1e-4,
-        "no_weight_decay_on_bn_bias": False,
+        "no_weight_decay_on_bn_bias": False,  # no decay on 1-D tensors: every BN scale and shift and every bias
+        "betas": [0.9, 0.999],  # adamw, lamb: decay rates of the gradient's first and second moments
+        "eps": None,  # adamw, lamb: added to the denominator; null: each one's default (adamw 1e-8, lamb 1e-6)
+        "clip_grad_norm": 0.0,  # clip the gradients' global L2 norm to this, after AMP unscaling; 0 = off
     },
     "lr_scheduler": {
         "name": "step",  # step | multistep | cosine; stepped every iteration
@@ -112,7 +116,21 @@ DEFAULTS: dict[str, Any] = {
     },
     "train": {
         "epochs": 100,
-        "label_smoothing": 0.0,
+        "label_smoothing": 0.0,  # with train.mixup on, folded into the mixed targets (applied once)
+        # ce: cross-entropy | soft_ce: timm's soft-target cross-entropy (the same value) | bce: binary
+        # cross-entropy per class on the (soft) one-hot targets, as timm's (senet.losses). Eval: always ce
+        "loss": "ce",
+        "bce_target_thresh": None,  # bce: targets above this become 1, the others 0 (RSB: 0.2); null: as they are
+        # Mixup and CutMix on the device, as timm's Mixup (senet.mixup); off unless an alpha or cutmix_minmax is set
+        "mixup": {
+            "alpha": 0.0,  # mixup: lambda ~ Beta(alpha, alpha); 0 = no mixup
+            "cutmix_alpha": 0.0,  # CutMix: lambda ~ Beta(cutmix_alpha, cutmix_alpha); 0 = no CutMix
+            "cutmix_minmax": None,  # [min, max]: CutMix box sides drawn as these fractions of the image side instead
+            "prob": 1.0,  # probability of mixing a batch (pair, image) at all
+            "switch_prob": 0.5,  # with both alphas set: probability of CutMix, else mixup
+            "mode": "batch",  # batch | pair | elem: one draw per batch, per mirrored pair of images, per image
+            "correct_lam": True,  # CutMix: lambda = the share of the image left once the box is clipped to it
+        },
         "amp": {
             "enabled": True,  # GPU only; on a CPU a one-line notice, then fp32
             "level": "O1",  # O1 | O2
@@ -144,45 +162,39 @@ NULLABLE: dict[str, tuple[type, ...]] = {
     "model.stride_in_1x1": (bool,),
     "model.stem_pool": (str,),
     "model.weights": (str,),
-    "model.se.stages": (list,),
-    "model.eca.kernel_size": (int,),
-    "model.eca.stages": (list,),
-    "model.cbam.stages": (list,),
     "data.train_list": (str,),
     "data.val_list": (str,),
+    "data.auto_augment": (str,),
+    "data.crop_pct": (float,),
+    "optimizer.eps": (float,),
+    "train.bce_target_thresh": (float,),
+    "train.mixup.cutmix_minmax": (list,),
 }
-
-# senet.attention.PLACEMENTS and its registry's names, each a config section model.<name> and an arch
-# prefix <name>_ (a test checks they agree; importing senet.attention here would import Paddle).
-PLACEMENTS = ("standard", "pre", "post", "identity", "after_3x3")
-ATTENTION_SECTIONS = ("se", "eca", "cbam")
 
 # Keys whose value must be one of a fixed set.
 CHOICES: dict[str, tuple[str, ...]] = {
     "model.stem_pool": ("caffe", "pytorch"),  # null (each arch's original) is also allowed
-    "model.se.impl": ("conv", "linear"),
-    "model.se.squeeze": ("avg", "max", "none"),
-    "model.se.gate": ("sigmoid", "tanh", "relu"),
-    "model.se.placement": PLACEMENTS,
-    "model.eca.placement": PLACEMENTS,
-    "model.cbam.placement": PLACEMENTS,
     "data.name": ("imagenet", "cifar10", "cifar100", "digits", "synthetic"),
     "data.on_bad_image": ("error", "skip"),
     "data.loader": ("paddle", "dali"),
-    "optimizer.name": ("momentum", "sgd", "adamw"),
+    "data.random_erasing.mode": ("pixel", "rand", "const"),
+    "optimizer.name": ("momentum", "sgd", "adamw", "lamb"),
     "lr_scheduler.name": ("step", "multistep", "cosine"),
     "train.amp.level": ("O1", "O2"),
     "train.amp.dtype": ("float16", "bfloat16"),
     "train.data_format": ("NCHW", "NHWC"),
     "train.nan_policy": ("stop", "skip"),
+    "train.loss": ("ce", "soft_ce", "bce"),
+    "train.mixup.mode": ("batch", "pair", "elem"),
 }
 
 
 class Range:
     """Allowed values of a number: lo..hi, inclusive unless `lo_open`/`hi_open`; None means unbounded."""
 
-    def __init__(self, lo: float | None = None, hi: float | None = None, lo_open: bool = False,
-                 hi_open: bool = False) -> None:
+    def __init__(
+        self, lo: float | None = None, hi: float | None = None, lo_open: bool = False, hi_open: bool = False
+    ) -> None:
         self.lo, self.hi, self.lo_open, self.hi_open = lo, hi, lo_open, hi_open
 
     def __contains__(self, x: float) -> bool:
@@ -205,16 +217,7 @@ PIXELS = Range(8, 4096)  # an image side: below 8 pixels nothing is left to lear
 # the run at once instead of giving an untrained "finished" model or a framework traceback.
 RANGES: dict[str, Range] = {
     "model.num_classes": Range(1, 1_000_000),
-    "model.se.reduction": POSITIVE,  # too large for a stage is refused by the model (zero-width SE)
-    "model.se.divisor": Range(1, 1024),  # above the widest stage (2048 // 2) it only sets every width to d
-    "model.se.stages": POSITIVE,  # beyond the arch's stage count is refused by the model
-    "model.eca.kernel_size": Range(1, 255),  # even is refused by the block
-    "model.eca.gamma": POSITIVE,
-    "model.eca.b": Range(0, 64),
-    "model.eca.stages": POSITIVE,
-    "model.cbam.reduction": POSITIVE,
-    "model.cbam.spatial_kernel": Range(1, 63),  # even is refused by the block
-    "model.cbam.stages": POSITIVE,
+    "model.drop_path_rate": BELOW_ONE,  # 1 would drop the last block's branch always, and scale it by 1/0
     "data.batch_size": Range(1, 65536),
     "data.num_workers": Range(0, 256),
     "data.image_size": PIXELS,
@@ -227,17 +230,34 @@ RANGES: dict[str, Range] = {
     "data.hflip": FRACTION,
     "data.color_jitter": FRACTION,
     "data.pad_crop": Range(0, 256),
+    "data.random_erasing.prob": FRACTION,
+    "data.random_erasing.min_area": Range(0.0, 1.0, lo_open=True),
+    "data.random_erasing.max_area": Range(0.0, 1.0, lo_open=True),
+    "data.random_erasing.min_aspect": Range(0.0, 1.0, lo_open=True),  # the upper bound is 1 / min_aspect
+    "data.random_erasing.min_count": Range(1, 100),
+    "data.random_erasing.max_count": Range(1, 100),
+    "data.repeated_aug": Range(1, 64),
+    "data.crop_pct": Range(0.0, 1.0, lo_open=True),
     "data.synthetic_train_size": Range(1, 1_000_000),
     "data.synthetic_val_size": Range(1, 1_000_000),
     "optimizer.lr": ABOVE_ZERO,
     "optimizer.momentum": BELOW_ONE,
     "optimizer.weight_decay": BELOW_ONE,
+    "optimizer.betas": BELOW_ONE,
+    "optimizer.eps": ABOVE_ZERO,
+    "optimizer.clip_grad_norm": Range(0.0),  # 0: off
     "lr_scheduler.warmup_epochs": Range(0.0),
     "lr_scheduler.step_size": POSITIVE,
     "lr_scheduler.milestones": ANY_COUNT,
     "lr_scheduler.gamma": Range(0.0, 1.0, lo_open=True),
     "train.epochs": Range(1, 1_000_000),
     "train.label_smoothing": BELOW_ONE,
+    "train.bce_target_thresh": BELOW_ONE,
+    "train.mixup.alpha": Range(0.0),
+    "train.mixup.cutmix_alpha": Range(0.0),
+    "train.mixup.cutmix_minmax": Range(0.0, 1.0, lo_open=True),
+    "train.mixup.prob": FRACTION,
+    "train.mixup.switch_prob": FRACTION,
     "train.amp.init_loss_scaling": ABOVE_ZERO,
     "train.ema.decay": BELOW_ONE,
     "train.eval_every": ANY_COUNT,  # 0: never (but the last epoch is always evaluated)
@@ -253,24 +273,72 @@ RANGES: dict[str, Range] = {
 }
 # Lists with a fixed length, and the type of their items (other lists hold ints).
 LIST_SHAPES: dict[str, tuple[type, int | None]] = {
-    "model.se.stages": (int, None), "model.eca.stages": (int, None), "model.cbam.stages": (int, None),
     "lr_scheduler.milestones": (int, None),
-    "data.mean": (float, 3), "data.std": (float, 3), "data.rrc_scale": (float, 2), "data.rrc_ratio": (float, 2),
+    "data.mean": (float, 3),
+    "data.std": (float, 3),
+    "data.rrc_scale": (float, 2),
+    "data.rrc_ratio": (float, 2),
+    "optimizer.betas": (float, 2),
+    "train.mixup.cutmix_minmax": (float, 2),
 }
+
+
+def add_attention_section(name: str, options: type) -> None:
+    """Declare the config section model.<name> from an attention block's options class (its fields,
+    defaults and rules; senet.attention_options). senet.attention.register calls it for a new block."""
+    tables, key = config_tables(options), f"model.{name}."
+    ATTENTION_SECTIONS[name] = options
+    DEFAULTS["model"][name] = dict(tables.defaults)
+    CHOICES.update({key + k: v for k, v in tables.choices.items()})
+    RANGES.update({key + k: Range(lo, hi) for k, (lo, hi) in tables.ranges.items()})
+    NULLABLE.update({key + k: (v,) for k, v in tables.null_types.items()})
+    LIST_SHAPES.update({key + k: (v, None) for k, v in tables.list_items.items()})
+
+
+def remove_attention_section(name: str) -> None:
+    """Undo add_attention_section (senet.attention.unregister)."""
+    ATTENTION_SECTIONS.pop(name, None)
+    DEFAULTS["model"].pop(name, None)
+    for table in (CHOICES, RANGES, NULLABLE, LIST_SHAPES):
+        for key in [k for k in table if k.startswith(f"model.{name}.")]:
+            del table[key]
+
+
+for _name, _options in list(ATTENTION_SECTIONS.items()):
+    add_attention_section(_name, _options)
 
 # Settings a resumed run may change: how the run is executed, evaluated or recorded, not what it
 # trains. Changing any other one (the model, the training data and its augmentation, the optimizer,
 # the LR schedule, the batch size or device count, the loss, EMA, AMP, the seed) makes another
 # experiment, and resuming with it needs --allow-config-change. A key is listed whole or by section.
 RESUME_MAY_CHANGE = (
-    "name", "output_dir", "model.weights", "model.trust_pickle",  # weights: the checkpoint replaces them
-    "data.num_workers", "data.on_bad_image",  # augmentation is seeded per sample, not per worker
-    "data.verify_md5", "data.allow_class_change",  # checks of the data, not the data (classes: checked apart)
+    "name",
+    "output_dir",
+    "model.weights",
+    "model.trust_pickle",  # weights: the checkpoint replaces them
+    "data.num_workers",
+    "data.on_bad_image",  # augmentation is seeded per sample, not per worker
+    "data.verify_md5",
+    "data.allow_class_change",  # checks of the data, not the data (classes: checked apart)
     "data.loader",  # the same crops and flips either way; only the resize filter differs
-    "data.val_list", "data.synthetic_val_size", "data.eval_resize", "data.eval_crop",  # eval only
-    "train.epochs", "train.eval_every", "train.log_every", "train.save_every", "train.save_every_steps",
-    "train.threads", "train.keep_last", "train.nan_policy", "train.nan_skip_limit", "train.log_se_every",
-    "train.max_steps", "train.data_format", "train.amp.eval",
+    "data.val_list",
+    "data.synthetic_val_size",
+    "data.eval_resize",
+    "data.eval_crop",
+    "data.crop_pct",  # eval only
+    "train.epochs",
+    "train.eval_every",
+    "train.log_every",
+    "train.save_every",
+    "train.save_every_steps",
+    "train.threads",
+    "train.keep_last",
+    "train.nan_policy",
+    "train.nan_skip_limit",
+    "train.log_se_every",
+    "train.max_steps",
+    "train.data_format",
+    "train.amp.eval",
 )
 
 
@@ -300,8 +368,9 @@ class _ConfigLoader(yaml.SafeLoader):
         try:
             if self.depth > MAX_YAML_DEPTH:
                 mark = self.peek_event().start_mark
-                raise ConfigError(f"{mark.name}:{mark.line + 1}: nested more than {MAX_YAML_DEPTH} levels deep; "
-                                  f"a config needs a few")
+                raise ConfigError(
+                    f"{mark.name}:{mark.line + 1}: nested more than {MAX_YAML_DEPTH} levels deep; a config needs a few"
+                )
             return super().compose_node(parent, index)
         finally:
             self.depth -= 1
@@ -320,8 +389,10 @@ class _ConfigLoader(yaml.SafeLoader):
             key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
             where = f"{key_node.start_mark.name}:{line}"
             if not isinstance(key, str):
-                raise ConfigError(f"{where}: the key {key!r} ({type(key).__name__}) is not a string "
-                                  f"(YAML reads yes/no/on/off/null and numbers that way); quote it or rename it")
+                raise ConfigError(
+                    f"{where}: the key {key!r} ({type(key).__name__}) is not a string "
+                    f"(YAML reads yes/no/on/off/null and numbers that way); quote it or rename it"
+                )
             if key in seen:
                 raise ConfigError(f"{where}: duplicate key '{key}' (first on line {seen[key]}); keep only one")
             seen[key] = line
@@ -334,7 +405,8 @@ class _ConfigLoader(yaml.SafeLoader):
 _ConfigLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:[0-9]+\.[0-9]*(?:[eE][-+]?[0-9]+)?|\.[0-9]+(?:[eE][-+]?[0-9]+)?|[0-9]+[eE][-+]?[0-9]+)$"),
-    list("-+0123456789."))
+    list("-+0123456789."),
+)
 
 
 def _check_expanded_size(root: yaml.Node) -> None:
@@ -354,14 +426,18 @@ def _check_expanded_size(root: yaml.Node) -> None:
             size = max(1, len(node.value)) if isinstance(node, yaml.ScalarNode) else 1
             sizes[id(node)] = size + sum(sizes[id(c)] for c in children)
             if sizes[id(node)] > MAX_YAML_SIZE:
-                raise ConfigError(f"{root.start_mark.name}: its aliases (*name) expand to more than "
-                                  f"{MAX_YAML_SIZE:,} characters, far beyond any config (an alias bomb?); "
-                                  f"write the values out instead of nesting aliases")
+                raise ConfigError(
+                    f"{root.start_mark.name}: its aliases (*name) expand to more than "
+                    f"{MAX_YAML_SIZE:,} characters, far beyond any config (an alias bomb?); "
+                    f"write the values out instead of nesting aliases"
+                )
         elif id(node) not in sizes:
             if id(node) in on_path:
                 mark = node.start_mark
-                raise ConfigError(f"{mark.name}:{mark.line + 1}: an alias refers to the list or mapping that "
-                                  f"contains it (a recursive YAML structure); a config cannot use one")
+                raise ConfigError(
+                    f"{mark.name}:{mark.line + 1}: an alias refers to the list or mapping that "
+                    f"contains it (a recursive YAML structure); a config cannot use one"
+                )
             on_path.add(id(node))
             stack.append((node, True))
             stack += [(c, False) for c in children if id(c) not in sizes]
@@ -381,8 +457,9 @@ def safe_yaml(source: str | Any, name: str | None = None) -> Any:
         loader = _ConfigLoader(text)  # checks every character first: a control character fails here
     except yaml.reader.ReaderError as e:
         line = text.count("\n", 0, e.position) + 1
-        raise ConfigError(f"{name}:{line}: holds the control character {e.character!r}, which YAML does not allow; "
-                          f"remove it") from None
+        raise ConfigError(
+            f"{name}:{line}: holds the control character {e.character!r}, which YAML does not allow; remove it"
+        ) from None
     loader.name = name
     try:
         return loader.get_single_data()
@@ -422,15 +499,17 @@ def _load_yaml(path: str, chain: tuple[str, ...] = ()) -> dict:
     if path in chain:
         raise ConfigError(f"circular _base_: {' -> '.join(chain + (path,))}")
     if len(chain) > MAX_BASE_DEPTH:
-        raise ConfigError(f"{chain[0]}: its _base_ chain is deeper than {MAX_BASE_DEPTH} files (at {path}); "
-                          f"merge the settings into fewer files")
+        raise ConfigError(
+            f"{chain[0]}: its _base_ chain is deeper than {MAX_BASE_DEPTH} files (at {path}); "
+            f"merge the settings into fewer files"
+        )
     where = f" (the _base_ of {chain[-1]})" if chain else ""
     if os.path.isdir(path):
         saved = os.path.join(path, "config.yaml")  # a run folder holds its resolved config
         hint = f"; its resolved config is {saved}" if os.path.isfile(saved) else ""
         raise ConfigError(f"{path} is a folder, not a config file{where}: give a YAML file{hint}")
     problem = regular_file_problem(path)  # a FIFO or device would block open() or never end
-    if problem == "does not exist":
+    if problem and problem.missing:
         raise ConfigError(f"config file not found: {path}{where}")
     if problem:
         raise ConfigError(f"config file {path}{where} {problem}: give a YAML file")
@@ -481,8 +560,10 @@ def _check_value(key: str, value: Any, default: Any) -> Any:
     else:
         ok = isinstance(value, type(default))
     if not ok:
-        raise ConfigError(f"{key} must be {type(default).__name__} (like the default {default!r}), "
-                          f"got {type(value).__name__} {value!r}")
+        raise ConfigError(
+            f"{key} must be {type(default).__name__} (like the default {default!r}), "
+            f"got {type(value).__name__} {value!r}"
+        )
     return value
 
 
@@ -527,15 +608,68 @@ def _check_range(key: str, value: Any) -> Any:
     return value
 
 
+def _check_per_sample_augment(d: dict) -> None:
+    """data.auto_augment, data.random_erasing and data.crop_pct; crop_pct sets eval_resize (timm's rule)."""
+    if d["auto_augment"] is not None:
+        try:
+            parse_policy(d["auto_augment"])
+        except ValueError as e:
+            raise ConfigError(f"data.auto_augment={d['auto_augment']!r}: {e}") from None
+    erasing = d["random_erasing"]
+    for lo, hi in (("min_area", "max_area"), ("min_count", "max_count")):
+        if erasing[lo] > erasing[hi]:
+            raise ConfigError(
+                f"data.random_erasing.{lo}={erasing[lo]} must not exceed data.random_erasing.{hi}={erasing[hi]}"
+            )
+    if d["crop_pct"] is None:
+        return
+    resize = math.floor(d["eval_crop"] / d["crop_pct"])  # timm's transforms_imagenet_eval
+    if d["eval_resize"] not in (DEFAULTS["data"]["eval_resize"], resize):
+        raise ConfigError(
+            f"data.crop_pct={d['crop_pct']} means data.eval_resize = floor({d['eval_crop']} / "
+            f"{d['crop_pct']}) = {resize}, but data.eval_resize={d['eval_resize']} is set too: "
+            f"give one of the two"
+        )
+    if resize not in RANGES["data.eval_resize"]:
+        raise ConfigError(
+            f"data.crop_pct={d['crop_pct']} makes data.eval_resize {resize}, out of range: it must "
+            f"be {RANGES['data.eval_resize']}"
+        )
+    d["eval_resize"] = resize
+
+
 def _check_relations(cfg: dict) -> None:
     """Checks between settings, once every one is in its own range."""
+    for name, options in ATTENTION_SECTIONS.items():  # the rules an options class adds (an odd kernel)
+        section = dict(cfg["model"][name])
+        if section.get("stages") is not None:
+            section["stages"] = tuple(section["stages"])
+        try:
+            options(**section)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(str(e)) from None
+    _check_recipe_relations(cfg)
     d = cfg["data"]
+    _check_per_sample_augment(d)
     if d["eval_crop"] > d["eval_resize"]:
         raise ConfigError(f"data.eval_crop ({d['eval_crop']}) must not exceed data.eval_resize ({d['eval_resize']})")
     for key in ("rrc_scale", "rrc_ratio"):
         lo, hi = d[key]
         if lo > hi:
             raise ConfigError(f"data.{key}={d[key]!r}: the first (lowest) value must not exceed the second")
+
+
+def _check_recipe_relations(cfg: dict) -> None:
+    """The batch side of the training recipe: losses and mixup (senet.losses, senet.mixup)."""
+    t = cfg["train"]
+    if t["bce_target_thresh"] is not None and t["loss"] != "bce":
+        raise ConfigError(
+            f"train.bce_target_thresh={t['bce_target_thresh']} applies to train.loss=bce only "
+            f"(train.loss is {t['loss']}); set train.loss=bce or remove it"
+        )
+    minmax = t["mixup"]["cutmix_minmax"]
+    if minmax is not None and minmax[0] >= minmax[1]:
+        raise ConfigError(f"train.mixup.cutmix_minmax={minmax!r}: the first (lowest) value must be below the second")
 
 
 def _leaves(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -569,7 +703,7 @@ def config_changes(old: dict, new: dict) -> tuple[list[str], list[str]]:
 
 
 def _attention_of(arch: Any) -> str | None:
-    """"eca_resnet50" -> "eca"; None for a plain arch."""
+    """ "eca_resnet50" -> "eca"; None for a plain arch."""
     prefix = arch.partition("_")[0] if isinstance(arch, str) else None
     return prefix if prefix in ATTENTION_SECTIONS else None
 
@@ -619,14 +753,18 @@ def weights_file(path: str) -> str:
     found = sorted(os.path.relpath(f, path) for f in _weights_files_near(path))
     if found:  # an unfinished run: it has checkpoints but no final weights yet
         pick = "checkpoints/last.pdparams" if "checkpoints/last.pdparams" in found else found[0]
-        raise ConfigError(f"model.weights={path} is a folder without model.safetensors (a run writes it when "
-                          f"training finishes); it holds {', '.join(found[:8])}"
-                          f"{' ...' if len(found) > 8 else ''}: give one, e.g. -o model.weights="
-                          f"{os.path.join(path, pick)}")
+        raise ConfigError(
+            f"model.weights={path} is a folder without model.safetensors (a run writes it when "
+            f"training finishes); it holds {', '.join(found[:8])}"
+            f"{' ...' if len(found) > 8 else ''}: give one, e.g. -o model.weights="
+            f"{os.path.join(path, pick)}"
+        )
     held = sorted(os.listdir(path))
     holds = f"it holds only {', '.join(held[:8])}{' ...' if len(held) > 8 else ''}" if held else "it is empty"
-    raise ConfigError(f"model.weights={path} is a folder without model.safetensors or checkpoints ({holds}): "
-                      f"give a .safetensors file or a .pdparams checkpoint")
+    raise ConfigError(
+        f"model.weights={path} is a folder without model.safetensors or checkpoints ({holds}): "
+        f"give a .safetensors file or a .pdparams checkpoint"
+    )
 
 
 def _weights_files_near(folder: str, depth: int = 2, budget: int = 10_000) -> list[str]:
@@ -673,9 +811,11 @@ def split_override_args(values: list[str] | None) -> list[str]:
     return flat
 
 
-def add_config_args(parser: argparse.ArgumentParser, config_help: str = "YAML config",
-                    override_help: str = "key=value overrides, e.g. -o model.se.reduction=8 data.batch_size=32",
-                    ) -> None:
+def add_config_args(
+    parser: argparse.ArgumentParser,
+    config_help: str = "YAML config",
+    override_help: str = "key=value overrides, e.g. -o model.se.reduction=8 data.batch_size=32",
+) -> None:
     """The `-c CONFIG -o key=value ...` pair every tool takes."""
     parser.add_argument("-c", "--config", required=True, help=config_help)
     parser.add_argument("-o", "--override", nargs="+", action="append", default=[], help=override_help)

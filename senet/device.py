@@ -77,23 +77,38 @@ def device_notices(cfg: dict) -> dict:
     if amp["enabled"]:
         problem = amp_dtype_problem(amp["dtype"], gpu_capability(), paddle.version.cuda())
         if problem:
-            other = ("; train.amp.dtype=float16 keeps mixed precision" if amp["dtype"] == "bfloat16"
-                     and amp_dtype_problem("float16", gpu_capability(), paddle.version.cuda()) is None else "")
-            notices.append(f"{problem}: Paddle would run in fp32 while the run says {amp['dtype']}, so the run "
-                           f"trains in fp32 and records it as such{other}.")
+            other = (
+                "; train.amp.dtype=float16 keeps mixed precision"
+                if amp["dtype"] == "bfloat16"
+                and amp_dtype_problem("float16", gpu_capability(), paddle.version.cuda()) is None
+                else ""
+            )
+            notices.append(
+                f"{problem}: Paddle would run in fp32 while the run says {amp['dtype']}, so the run "
+                f"trains in fp32 and records it as such{other}."
+            )
             amp["enabled"] = False
     if data_format == "NHWC" and not on_gpu:
         notices.append("NHWC is a GPU (tensor-core) layout; on this CPU the model runs in NCHW.")
         data_format = "NCHW"
     elif data_format == "NHWC" and not amp["enabled"]:
-        notices.append("NHWC in fp32: cuDNN runs NHWC natively only in fp16/bf16, so each conv pays two "
-                       "transposes; enable AMP (train.amp.enabled=true) or use train.data_format=NCHW.")
+        notices.append(
+            "NHWC in fp32: cuDNN runs NHWC natively only in fp16/bf16, so each conv pays two "
+            "transposes; enable AMP (train.amp.enabled=true) or use train.data_format=NCHW."
+        )
     if on_gpu and amp["enabled"] and amp["level"] == "O2" and not amp.get("eval", False):
-        notices.append(f"train.amp.eval=false under O2: the model's weights are {amp['dtype']}, so the "
-                       f"end-of-epoch eval runs in {amp['dtype']} too (as PaddleClas does); checkpoints and "
-                       f"model.safetensors hold float32 weights, which tools/eval.py evaluates in fp32.")
-    return {"on_gpu": on_gpu, "amp": amp, "data_format": data_format, "notices": notices,
-            "precision": precision_label(amp)}
+        notices.append(
+            f"train.amp.eval=false under O2: the model's weights are {amp['dtype']}, so the "
+            f"end-of-epoch eval runs in {amp['dtype']} too (as PaddleClas does); checkpoints and "
+            f"model.safetensors hold float32 weights, which tools/eval.py evaluates in fp32."
+        )
+    return {
+        "on_gpu": on_gpu,
+        "amp": amp,
+        "data_format": data_format,
+        "notices": notices,
+        "precision": precision_label(amp),
+    }
 
 
 def cudnn_flags() -> dict[str, bool]:

@@ -54,7 +54,7 @@ class SyncBatchNormCPU(nn.BatchNorm2D):
         c = x.shape[1]
         n = stats[2 * c]
         mean = stats[:c] / n
-        var = stats[c:2 * c] / n - mean * mean
+        var = stats[c : 2 * c] / n - mean * mean
         with paddle.no_grad():
             m = self._momentum  # Paddle's convention: running = momentum * running + (1 - momentum) * batch
             paddle.assign(self._mean * m + mean.detach() * (1 - m), output=self._mean)

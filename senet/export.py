@@ -1,11 +1,15 @@
-"""Export a model for deployment: a static Paddle inference model, ONNX, safetensors weights, inference.yml.
+"""Export a model for deployment: a static Paddle inference model, ONNX, an int8 ONNX model, safetensors
+weights, inference.yml.
 
-    export(cfg, "output/se_resnet50/export", ["paddle", "onnx", "safetensors"])
+    export(cfg, "output/se_resnet50/export", ["paddle", "onnx", "int8", "safetensors"])
 
 writes, in one folder:
 - `model.json` + `model.pdiparams`: the static graph for Paddle Inference (`paddle.jit.save`), input
   `x` float32 NCHW [batch, 3, H, W] with any batch size and H = W = the eval crop;
 - `model.onnx`: the same graph through paddle2onnx, opset >= 13, converted offline;
+- `model.int8.onnx`: that ONNX graph quantised to int8 (QDQ), calibrated on training images
+  (senet.quantize; ONNX Runtime and OpenVINO run it); its calibration set and settings go in
+  inference.yml. bf16 needs no file of its own: the engines convert the fp32 model when they load it;
 - `model.safetensors`: the weights alone, safe to share (no pickle), loadable as `model.weights`;
 - `inference.yml`: what a deployment needs besides the graph: resize, crop, mean, std, input layout,
   class names, arch, num_classes (fields in docs/export.md).
@@ -32,18 +36,24 @@ import numpy as np
 import paddle
 import yaml
 
+from senet.attention import attention_blocks, kernels, split_arch
 from senet.checkpoint import atomic_write, check_classes, load_weights, save_safetensors
+from senet.data import DatasetError, build_dataset, normalize_batch
 from senet.folders import new_temp_folder, swap_into_place
 from senet.imagenet_classes import imagenet_names_for
+from senet.inference import ENGINE_PRECISIONS, stdout_to_stderr
 from senet.limits import sha256_file
+from senet.quantize import CALIBRATION_IMAGES, QuantizeError, quantize_int8
 from senet.resnet import build_model
 from senet.runtime import PADDLE_PIR_OUT, filter_stderr
 
-FORMATS = ("paddle", "onnx", "safetensors")
+FORMATS = ("paddle", "onnx", "int8", "safetensors")
+DEFAULT_FORMATS = ("paddle", "onnx", "safetensors")  # export()'s default: int8 needs training images to calibrate
 ONNX_OPSET = 13  # the lowest opset asked for; paddle2onnx may raise it if an op needs a newer one
 INFO_FILE = "inference.yml"
 PADDLE_PREFIX = "model"  # model.json + model.pdiparams
 ONNX_FILE = "model.onnx"
+INT8_FILE = "model.int8.onnx"
 SAFETENSORS_FILE = "model.safetensors"
 INPUT_NAME = "x"
 
@@ -74,8 +84,10 @@ def load_model(cfg: dict) -> tuple[paddle.nn.Layer, list[str] | None]:
     and the class list the weights record (None if they record none)."""
     weights = cfg["model"]["weights"]
     if not weights:
-        raise ExportError("model.weights is not set: give the trained weights with -o model.weights=PATH "
-                          "(a .safetensors file or one of our .pdparams checkpoints)")
+        raise ExportError(
+            "model.weights is not set: give the trained weights with -o model.weights=PATH "
+            "(a .safetensors file or one of our .pdparams checkpoints)"
+        )
     model = build_model(_nchw(cfg))
     classes = load_weights(model, weights, trust=cfg["model"]["trust_pickle"], expected_arch=cfg["model"]["arch"])
     model.eval()
@@ -96,8 +108,6 @@ def eval_geometry(cfg: dict) -> tuple[int, int, list[str] | None]:
     that size. The dataset is built when it can be (class names come from it); when its files are
     not on this machine the config alone decides and classes are left as indices.
     """
-    from senet.data import DatasetError, build_dataset
-
     d = cfg["data"]
     crop = d["eval_crop"]
     resize = d["eval_resize"] if d["name"] == "imagenet" else crop
@@ -106,8 +116,10 @@ def eval_geometry(cfg: dict) -> tuple[int, int, list[str] | None]:
             warnings.simplefilter("ignore")
             dataset = build_dataset(cfg, "val")
     except (DatasetError, OSError, ValueError, ImportError) as e:
-        print(f"notice: the val split could not be read ({str(e).splitlines()[0]}); "
-              f"class names will be indices", file=sys.stderr)
+        print(
+            f"notice: the val split could not be read ({str(e).splitlines()[0]}); class names will be indices",
+            file=sys.stderr,
+        )
         return resize, crop, None
     if d["name"] != "imagenet":  # stored at their final size, never resized: one sample tells it
         h, w = dataset[0][0].shape[:2]
@@ -135,8 +147,6 @@ def save_static(model: paddle.nn.Layer, prefix: str, size: int) -> dict:
 def pooled_squeezes(model: paddle.nn.Layer) -> Iterator[int]:
     """While exporting, every attention block's global mean over H x W is a global average pool
     (senet.attention.kernels.pooled_means says why). Yields the number of attention blocks."""
-    from senet.attention import attention_blocks, kernels
-
     with kernels.pooled_means():
         yield len(attention_blocks(model))
 
@@ -163,31 +173,25 @@ def save_onnx(prefix: str, path: str) -> int:
     optimisation still runs). With save_file=None it returns the bytes, which we write atomically.
     """
     import paddle2onnx  # its ccache warning (from Paddle's cpp_extension) is filtered by senet.runtime.quiet_paddle
+
     try:
-        with _stdout_to_stderr():
-            data = paddle2onnx.export(prefix + ".json", prefix + ".pdiparams", save_file=None,
-                                      opset_version=ONNX_OPSET, auto_upgrade_opset=True, verbose=False,
-                                      enable_onnx_checker=True, optimize_tool="None")
+        with stdout_to_stderr():
+            data = paddle2onnx.export(
+                prefix + ".json",
+                prefix + ".pdiparams",
+                save_file=None,
+                opset_version=ONNX_OPSET,
+                auto_upgrade_opset=True,
+                verbose=False,
+                enable_onnx_checker=True,
+                optimize_tool="None",
+            )
     except Exception as e:  # paddle2onnx logs the cause, then fails on an unset local: report ours
-        raise ExportError(f"paddle2onnx could not convert the model ({type(e).__name__}: {e}); "
-                          f"its log above names the operator") from None
+        raise ExportError(
+            f"paddle2onnx could not convert the model ({type(e).__name__}: {e}); its log above names the operator"
+        ) from None
     atomic_write(path, data)
     return onnx_opset(path)
-
-
-@contextlib.contextmanager
-def _stdout_to_stderr() -> Iterator[None]:
-    """Send file descriptor 1 to stderr: paddle2onnx's C++ code prints progress on stdout, which
-    must stay clean for tools that print JSON there."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    try:
-        os.dup2(2, 1)
-        yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
 
 
 def onnx_opset(path: str) -> int:
@@ -199,8 +203,12 @@ def onnx_opset(path: str) -> int:
 
 def file_digests(output: str, files: dict) -> dict[str, str]:
     """{file name: SHA-256} of every file inference.yml lists: the Predictor checks them before loading."""
-    names = [v for entry in files.values() for v in (entry.values() if isinstance(entry, dict) else [entry])
-             if isinstance(v, str)]
+    names = [
+        v
+        for entry in files.values()
+        for v in (entry.values() if isinstance(entry, dict) else [entry])
+        if isinstance(v, str)
+    ]
     return {name: sha256_file(os.path.join(output, name)) for name in names}
 
 
@@ -233,19 +241,34 @@ def inference_info(cfg: dict, resize: int, crop: int, classes: list[str] | None,
     }
 
 
-def export(cfg: dict, output: str, formats: list[str] | tuple[str, ...] = FORMATS,
-           model: paddle.nn.Layer | None = None) -> dict[str, Any]:
+def export(
+    cfg: dict,
+    output: str,
+    formats: list[str] | tuple[str, ...] = DEFAULT_FORMATS,
+    model: paddle.nn.Layer | None = None,
+    calibration_images: int | None = None,
+    int8_optional: bool = False,
+) -> dict[str, Any]:
     """Write the requested formats and inference.yml to `output`; return inference.yml's contents.
 
     `model` defaults to the config's model with `model.weights` loaded (see load_model); pass one
-    to export it as it is (it must be NCHW and in eval mode).
+    to export it as it is (it must be NCHW and in eval mode). int8 is calibrated on
+    `calibration_images` training images (senet.quantize.CALIBRATION_IMAGES by default); with
+    `int8_optional` (the "all" of tools/export.py) a train split that cannot be read skips int8 with
+    a notice instead of failing the export.
     """
     formats = parse_formats(list(formats))
+    calibration_images = CALIBRATION_IMAGES if calibration_images is None else calibration_images
     output = os.path.abspath(output)
-    if os.path.lexists(output) and not (os.path.isdir(output) and not os.path.islink(output) and
-                                        (not os.listdir(output) or os.path.isfile(os.path.join(output, INFO_FILE)))):
-        raise ExportError(f"--output {output} exists and is not an export folder (no {INFO_FILE}); an export "
-                          f"replaces the folder whole: choose a new one")
+    if os.path.lexists(output) and not (
+        os.path.isdir(output)
+        and not os.path.islink(output)
+        and (not os.listdir(output) or os.path.isfile(os.path.join(output, INFO_FILE)))
+    ):
+        raise ExportError(
+            f"--output {output} exists and is not an export folder (no {INFO_FILE}); an export "
+            f"replaces the folder whole: choose a new one"
+        )
     recorded = None
     if model is None:
         model, recorded = load_model(cfg)
@@ -260,7 +283,7 @@ def export(cfg: dict, output: str, formats: list[str] | tuple[str, ...] = FORMAT
     except OSError as e:
         raise ExportError(f"cannot write beside {output} ({e.strerror or e})") from None
     try:
-        info = _write_export(cfg, model, tmp, formats, resize, crop, classes)
+        info = _write_export(cfg, model, tmp, formats, resize, crop, classes, calibration_images, int8_optional)
         swap_into_place(tmp, output)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -271,48 +294,90 @@ def export(cfg: dict, output: str, formats: list[str] | tuple[str, ...] = FORMAT
     return info
 
 
-def _write_export(cfg: dict, model: paddle.nn.Layer, folder: str, formats: list[str], resize: int, crop: int,
-                  classes: list[str] | None) -> dict[str, Any]:
+def _write_export(
+    cfg: dict,
+    model: paddle.nn.Layer,
+    folder: str,
+    formats: list[str],
+    resize: int,
+    crop: int,
+    classes: list[str] | None,
+    calibration_images: int,
+    int8_optional: bool,
+) -> dict[str, Any]:
     """The formats and inference.yml, written into `folder` (a new temporary one)."""
     files: dict[str, Any] = {}
-    if "paddle" in formats or "onnx" in formats:
-        # ONNX is converted from the static graph; without the paddle format that graph is temporary.
+    if {"paddle", "onnx", "int8"} & set(formats):
+        # ONNX is converted from the static graph, int8 from ONNX; graphs not asked for are temporary.
         static_dir = folder if "paddle" in formats else tempfile.mkdtemp(prefix=".static-", dir=folder)
         try:
             prefix = os.path.join(static_dir, PADDLE_PREFIX)
             entry = save_static(model, prefix, crop)
             if "paddle" in formats:
                 files["paddle"] = entry
-            if "onnx" in formats:
-                opset = save_onnx(prefix, os.path.join(folder, ONNX_FILE))
-                files["onnx"] = {"model": ONNX_FILE, "opset": opset}
+            if "onnx" in formats or "int8" in formats:
+                onnx_path = os.path.join(folder if "onnx" in formats else static_dir, ONNX_FILE)
+                opset = save_onnx(prefix, onnx_path)
+                if "onnx" in formats:
+                    files["onnx"] = {"model": ONNX_FILE, "opset": opset}
+            if "int8" in formats:
+                int8 = save_int8(cfg, onnx_path, os.path.join(folder, INT8_FILE), calibration_images, int8_optional)
+                if int8 is not None:
+                    files["int8"] = int8
         finally:
             if static_dir != folder:
                 shutil.rmtree(static_dir, ignore_errors=True)
     if "safetensors" in formats:
-        meta = {"arch": cfg["model"]["arch"], "num_classes": cfg["model"]["num_classes"], **attention_section(cfg),
-                **({"classes": classes} if classes is not None else {})}
+        meta = {
+            "arch": cfg["model"]["arch"],
+            "num_classes": cfg["model"]["num_classes"],
+            **attention_section(cfg),
+            **({"classes": classes} if classes is not None else {}),
+        }
         save_safetensors(model, os.path.join(folder, SAFETENSORS_FILE), metadata=meta)
         files["safetensors"] = SAFETENSORS_FILE
     info = inference_info(cfg, resize, crop, classes, files)
+    info["precisions"] = engine_precisions(files)
     info["sha256"] = file_digests(folder, files)
     atomic_write(os.path.join(folder, INFO_FILE), yaml.safe_dump(info, sort_keys=False).encode())
     return info
 
 
+def engine_precisions(files: dict) -> dict[str, list[str]]:
+    """{precision: the engines that run it from these files}, for inference.yml (senet.inference.ENGINE_PRECISIONS).
+    bf16 is each engine's conversion of the fp32 graph at load time, on CPUs with bf16 instructions."""
+    source = {"paddle": "paddle", "onnxruntime": "onnx", "openvino": "onnx"}  # the fp32 / bf16 graph of each
+    out: dict[str, list[str]] = {}
+    for engine, precisions in ENGINE_PRECISIONS.items():
+        for p in precisions:
+            if (p == "int8" and "int8" in files) or (p != "int8" and source[engine] in files):
+                out.setdefault(p, []).append(engine)
+    return out
+
+
+def save_int8(cfg: dict, onnx_path: str, out_path: str, images: int, optional: bool) -> dict | None:
+    """The int8 QDQ model of an fp32 ONNX file (senet.quantize) and its inference.yml entry; None (with a
+    notice) when `optional` and the training images cannot be read."""
+    try:
+        with stdout_to_stderr():  # stdout stays clean for tools that print JSON there
+            calibration = quantize_int8(cfg, onnx_path, out_path, images=images, seed=cfg["train"]["seed"])
+    except QuantizeError as e:
+        if not optional:
+            raise ExportError(str(e)) from None
+        print(f"notice: int8 skipped: {e}", file=sys.stderr)
+        return None
+    return {"model": os.path.basename(out_path), "opset": onnx_opset(out_path), "calibration": calibration}
+
+
 def attention_section(cfg: dict) -> dict:
     """{"eca": the model.eca options} for an eca_ arch (likewise se, cbam): the settings the weights were
     trained with, for the safetensors metadata; {} for a plain network."""
-    from senet.attention import split_arch
-
     entry, _ = split_arch(cfg["model"]["arch"])
     return {entry.name: cfg["model"].get(entry.name, {})} if entry is not None else {}
 
 
 def dygraph_logits(model: paddle.nn.Layer, images: np.ndarray, mean: list[float], std: list[float]) -> np.ndarray:
     """The reference: eval-mode dygraph logits of uint8 NHWC images, normalised as the trainer does."""
-    from senet.data import normalize_batch
-
     with paddle.no_grad():
         x = normalize_batch(paddle.to_tensor(images), mean, std, "NCHW")
         return model(x).numpy()

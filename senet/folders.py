@@ -11,10 +11,12 @@ of the same command.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 
 _RENAME_EXCHANGE = 2  # linux/fs.h
 _AT_FDCWD = -100
@@ -51,7 +53,7 @@ def remove_stale_temporaries(out_dir: str) -> list[str]:
     except OSError:
         return removed
     for name in names:
-        pid = name[len(prefix):].split("-", 1)[0]
+        pid = name[len(prefix) :].split("-", 1)[0]
         if pid.isdigit() and _alive(int(pid)):
             continue
         shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
@@ -69,6 +71,29 @@ def new_temp_folder(out_dir: str) -> str:
     tmp = tempfile.mkdtemp(prefix=f"{temp_prefix(out_dir)}{os.getpid()}-", dir=parent)
     os.chmod(tmp, 0o777 & ~_umask())
     return tmp
+
+
+def remove_own_temporaries(out_dir: str) -> None:
+    """Remove this process's temporary folders of out_dir, except a previous output waiting under an
+    "-old-" name in swap_into_place's two-rename fallback (the next run removes it, as before)."""
+    parent, prefix = os.path.dirname(os.path.abspath(out_dir)), f"{temp_prefix(out_dir)}{os.getpid()}-"
+    with contextlib.suppress(OSError):
+        for name in os.listdir(parent):
+            if name.startswith(prefix) and not name.startswith(prefix + "old-"):
+                shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+
+
+@contextlib.contextmanager
+def temp_folder_for(out_dir: str) -> Iterator[str]:
+    """A new temporary folder beside out_dir (new_temp_folder), removed if the body raises, a stop
+    signal's exception included. Removed by its name's pid, not by the path the body received: a
+    signal that lands after mkdtemp made the folder but before its path was returned (seen in a full
+    test run under load) would otherwise leave it."""
+    try:
+        yield new_temp_folder(out_dir)
+    except BaseException:
+        remove_own_temporaries(out_dir)
+        raise
 
 
 def swap_into_place(tmp: str, out_dir: str) -> None:

@@ -11,18 +11,21 @@ from __future__ import annotations
 import collections
 import gzip
 import io
+import json
 import pickle
 import sys
 import tarfile
 import types
 import zipfile
 
+import cv2
 import numpy as np
 
 
 def tar_with_big_header(path: str, kind: bytes, size: int, folder: str = "cifar-10-batches-py") -> None:
     """A tar.gz whose first member carries an extended header of `size` bytes (type `kind`: b"L" GNU long
     name, b"K" long link, b"x" pax), all zeros (they compress about 1000:1), then one small member."""
+
     def header(name: str, size: int, typeflag: bytes) -> bytes:
         info = tarfile.TarInfo(name)
         info.size, info.type = size, typeflag
@@ -43,8 +46,6 @@ def tar_with_big_header(path: str, kind: bytes, size: int, folder: str = "cifar-
 
 def progressive_jpeg(side: int, flat: bool = True) -> bytes:
     """A progressive JPEG of side x side pixels: flat grey (its AC scans are a few bytes each) or a gradient."""
-    import cv2
-
     if flat:
         img = np.full((side, side, 3), 128, np.uint8)
     else:
@@ -60,7 +61,7 @@ def repeat_smallest_scan(jpeg: bytes, times: int) -> bytes:
     libjpeg decodes each repeat as a pass over the whole image (and warns of an inconsistent sequence)."""
     starts = [i for i in range(len(jpeg) - 1) if jpeg[i] == 0xFF and jpeg[i + 1] == 0xDA] + [len(jpeg) - 2]
     k = min(range(len(starts) - 1), key=lambda i: starts[i + 1] - starts[i])
-    return jpeg[:-2] + jpeg[starts[k]:starts[k + 1]] * times + jpeg[-2:]
+    return jpeg[:-2] + jpeg[starts[k] : starts[k + 1]] * times + jpeg[-2:]
 
 
 def write_pth(path: str, tensors: dict, storages: dict, compressed_pickle_mb: int = 0) -> None:
@@ -127,11 +128,11 @@ def write_pth(path: str, tensors: dict, storages: dict, compressed_pickle_mb: in
 def safetensors_sharing(path: str, tensors: int, floats: int, overlap: int | None = None) -> None:
     """A .safetensors file whose `tensors` entries all point at one range of `floats` float32 values (or,
     with `overlap`, each starting `overlap` floats after the previous one, overlapping it)."""
-    import json
-
     step = 0 if overlap is None else overlap
-    header = {f"t{i}": {"dtype": "F32", "shape": [floats], "data_offsets": [4 * i * step, 4 * (i * step + floats)]}
-              for i in range(tensors)}
+    header = {
+        f"t{i}": {"dtype": "F32", "shape": [floats], "data_offsets": [4 * i * step, 4 * (i * step + floats)]}
+        for i in range(tensors)
+    }
     data_floats = (tensors - 1) * step + floats
     text = json.dumps(header).encode()
     text += b" " * (-len(text) % 8)
@@ -150,12 +151,10 @@ def pickle_sharing(path: str, names: int, floats: int) -> None:
 def jpeg_header_bomb(path: str, side: int = 15000, stray: bool = True) -> None:
     """A 16x16 JPEG whose frame header says side x side, with one stray byte before it that libjpeg skips
     (it decodes the full declared size) but a strict parser stops at."""
-    import cv2
-
     img = np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8)
     data = bytearray(cv2.imencode(".jpg", img)[1].tobytes())
     i = data.index(b"\xff\xc0")
-    data[i + 5:i + 9] = side.to_bytes(2, "big") + side.to_bytes(2, "big")
+    data[i + 5 : i + 9] = side.to_bytes(2, "big") + side.to_bytes(2, "big")
     if stray:
         data[i:i] = b"\x00"
     with open(path, "wb") as f:
@@ -164,8 +163,6 @@ def jpeg_header_bomb(path: str, side: int = 15000, stray: bool = True) -> None:
 
 def long_png(path: str, width: int = 8000, height: int = 1) -> None:
     """A tiny PNG of an extreme aspect ratio: resizing its shorter side to 256 would make a huge image."""
-    import cv2
-
     ok, buf = cv2.imencode(".png", np.zeros((height, width, 3), np.uint8))
     with open(path, "wb") as f:
         f.write(buf.tobytes())

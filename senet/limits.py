@@ -17,6 +17,7 @@ import errno
 import hashlib
 import os
 import stat
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -33,24 +34,50 @@ class TreeTooLarge(ValueError):
     """Unpickled data that expands beyond MAX_TREE_NODES nodes or MAX_TREE_DEPTH levels (or holds object arrays)."""
 
 
-def regular_file_problem(path: str) -> str | None:
-    """Why `path` must not be read as a data file ("does not exist", "is a FIFO ..."), or None if it is fine.
+@dataclass(frozen=True)
+class FileProblem:
+    """Why a path must not be read as a data file. Callers branch on `missing` (each has its own
+    message for a file that is not there) and print the rest as it is (`str(problem)`)."""
+
+    kind: str  # "missing" (no such file, or a broken link) | "unreadable" | "not_regular"
+    text: str  # "does not exist" | "cannot be read (Permission denied)" | "is a FIFO (named pipe), not a ..."
+
+    @property
+    def missing(self) -> bool:
+        return self.kind == "missing"
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def regular_file_problem(path: str) -> FileProblem | None:
+    """Why `path` must not be read as a data file (missing, unreadable, a FIFO ...), or None if it is fine.
 
     Uses os.stat only (symlinks followed), so a FIFO or device is never opened.
     """
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        return "does not exist"
+        return FileProblem("missing", "does not exist")
     except OSError as e:
-        return f"cannot be read ({e.strerror or e})"
+        return FileProblem("unreadable", f"cannot be read ({e.strerror or e})")
     mode = st.st_mode
     if stat.S_ISREG(mode):
         return None
-    kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode)
-            else "a socket" if stat.S_ISSOCK(mode) else "a character device" if stat.S_ISCHR(mode)
-            else "a block device" if stat.S_ISBLK(mode) else "not a regular file")
-    return f"is {kind}, not a regular file; only regular files are read"
+    kind = (
+        "a folder"
+        if stat.S_ISDIR(mode)
+        else "a FIFO (named pipe)"
+        if stat.S_ISFIFO(mode)
+        else "a socket"
+        if stat.S_ISSOCK(mode)
+        else "a character device"
+        if stat.S_ISCHR(mode)
+        else "a block device"
+        if stat.S_ISBLK(mode)
+        else "not a regular file"
+    )
+    return FileProblem("not_regular", f"is {kind}, not a regular file; only regular files are read")
 
 
 class NotRegularFile(OSError):
@@ -69,8 +96,9 @@ def open_regular(path: str, flags: int, mode: int = 0o644) -> int:
         fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, mode)
     except OSError as e:
         if e.errno == errno.ELOOP:
-            raise NotRegularFile(errno.ELOOP, f"{path} is a symbolic link, which is never written through; "
-                                              f"remove it", path) from None
+            raise NotRegularFile(
+                errno.ELOOP, f"{path} is a symbolic link, which is never written through; remove it", path
+            ) from None
         if e.errno == errno.EISDIR:
             raise NotRegularFile(errno.EISDIR, f"{path} is a folder, not a regular file; remove it", path) from None
         raise
@@ -83,8 +111,9 @@ def open_regular(path: str, flags: int, mode: int = 0o644) -> int:
     return fd
 
 
-def check_tree(obj: Any, max_nodes: int = MAX_TREE_NODES, max_depth: int = MAX_TREE_DEPTH,
-               max_array_bytes: int | None = None) -> int:
+def check_tree(
+    obj: Any, max_nodes: int = MAX_TREE_NODES, max_depth: int = MAX_TREE_DEPTH, max_array_bytes: int | None = None
+) -> int:
     """Count the nodes of `obj` walked as a tree (dict keys and values, lists, tuples, sets); raise
     TreeTooLarge past either bound, or when its arrays, each counted every time it is reached, hold more
     than max_array_bytes (one array stored once under 1,002 names is 1,002 arrays to whoever copies them
@@ -95,8 +124,9 @@ def check_tree(obj: Any, max_nodes: int = MAX_TREE_NODES, max_depth: int = MAX_T
         item, depth = stack.pop()
         nodes += 1
         if nodes > max_nodes:
-            raise TreeTooLarge(f"more than {max_nodes:,} objects when expanded (shared references "
-                               "repeated: a pickle bomb?)")
+            raise TreeTooLarge(
+                f"more than {max_nodes:,} objects when expanded (shared references repeated: a pickle bomb?)"
+            )
         if isinstance(item, dict):
             children = [*item.keys(), *item.values()]
         elif isinstance(item, (list, tuple, set, frozenset)):
@@ -107,8 +137,10 @@ def check_tree(obj: Any, max_nodes: int = MAX_TREE_NODES, max_depth: int = MAX_T
             if isinstance(item, np.ndarray) and max_array_bytes is not None:
                 array_bytes += item.nbytes
                 if array_bytes > max_array_bytes:
-                    raise TreeTooLarge(f"arrays of more than {max_array_bytes:,} bytes when each reference is "
-                                       "counted (one array stored under many names?)")
+                    raise TreeTooLarge(
+                        f"arrays of more than {max_array_bytes:,} bytes when each reference is "
+                        "counted (one array stored under many names?)"
+                    )
             continue
         if depth >= max_depth and len(children):
             raise TreeTooLarge(f"nested more than {max_depth} levels deep")
@@ -161,10 +193,33 @@ def file_kind(path: str) -> str | None:
     return None
 
 
-RENAMED = {"safetensors": "a safetensors file: rename it to .safetensors",
-           "pickle": "a pickle (a .pdparams checkpoint?): rename it to .pdparams",
-           "torch zip": "a torch .pth file: convert it with tools/convert_weights.py",
-           "gzip": "a gzip archive, not weights", "image": "an image, not weights"}
+RENAMED = {
+    "safetensors": "a safetensors file: rename it to .safetensors",
+    "pickle": "a pickle (a .pdparams checkpoint?): rename it to .pdparams",
+    "torch zip": "a torch .pth file: convert it with tools/convert_weights.py",
+    "gzip": "a gzip archive, not weights",
+    "image": "an image, not weights",
+}
+
+
+def os_error_fix(e: OSError, elsewhere: bool = True) -> str:
+    """The fix for a failed write, by what really happened: a full disk is not a permission problem.
+    With `elsewhere`, it also offers another output_dir (not for files that must go beside `last`)."""
+    writable = "Make the folder writable for this user"
+    fixes = {
+        errno.ENOSPC: "Free disk space",
+        errno.EDQUOT: "Free disk space (you are over quota)",
+        errno.EACCES: writable,
+        errno.EPERM: writable,
+        errno.EROFS: "The file system is read-only: remount it read-write",
+        errno.EISDIR: "A folder stands where the file goes: move it away",
+        errno.ENOTDIR: "A file stands where a folder goes: move it away",
+        errno.EEXIST: "A file stands where a folder goes: move it away",
+        errno.EIO: "The disk reported an I/O error: check it (dmesg)",
+        errno.ENAMETOOLONG: "Shorten the path",
+    }
+    fix = fixes.get(e.errno, "Fix the path")
+    return f"{fix} or set -o output_dir=PATH" if elsewhere else fix
 
 
 def sha256_file(path: str, chunk: int = 1 << 22) -> str:

@@ -52,7 +52,7 @@ from dataclasses import dataclass
 import numpy as np
 
 SAFETY = 4.0
-FLOAT64_PER_FLOAT32 = 2.0 ** -29  # unit roundoff of float64 / of float32
+FLOAT64_PER_FLOAT32 = 2.0**-29  # unit roundoff of float64 / of float32
 
 
 def largest(a: np.ndarray) -> float:
@@ -109,8 +109,10 @@ class Agreement:
         return self.diff / self.noise
 
     def __str__(self) -> str:
-        return (f"max |a - b| = {self.diff:.3g}, {self.ratio:.2f} x the measured noise {self.noise:.3g} "
-                f"(bound {SAFETY:g} x noise = {self.bound:.3g})")
+        return (
+            f"max |a - b| = {self.diff:.3g}, {self.ratio:.2f} x the measured noise {self.noise:.3g} "
+            f"(bound {SAFETY:g} x noise = {self.bound:.3g})"
+        )
 
 
 def within_noise(a: np.ndarray, b: np.ndarray, noise: float) -> Agreement:

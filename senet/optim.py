@@ -3,6 +3,14 @@
 The recipe follows Hu et al., Section 5 (and He et al. 2015 for CIFAR): SGD with momentum, a learning
 rate stated per 256 images and scaled linearly with the global batch (Goyal et al.), stepped every
 iteration, with an optional linear warm-up.
+
+For modern recipes: AdamW (Loshchilov and Hutter; decoupled weight decay, p -= lr wd p, as torch's) and
+LAMB (You et al., "Large Batch Optimization for Deep Learning", 2019; the optimizer of "ResNet strikes
+back"). Paddle's Lamb computes what timm's Lamb does with its defaults (bias-corrected moments, L2 decay
+added to the update before the layer-wise trust ratio |w| / |update|, no trust ratio where the decay is 0,
+eps 1e-6), except that timm's Lamb also clips the global gradient norm to 1.0 by default (its
+max_grad_norm) and Paddle's does not: set optimizer.clip_grad_norm=1.0 for timm's behaviour
+(tests/test_optim_recipes.py checks both against timm on fixed gradients).
 """
 
 from __future__ import annotations
@@ -35,26 +43,60 @@ def lr_factor(cfg: dict, step: int, steps_per_epoch: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, (epoch - warmup) / max(total, 1e-8))))
 
 
+def no_weight_decay(p: paddle.Tensor) -> bool:
+    """Whether optimizer.no_weight_decay_on_bn_bias spares `p`: every tensor of one dimension or none, i.e.
+    every BatchNorm scale and shift and every bias (conv, FC, the attention blocks'), as timm's
+    param_groups_weight_decay (which also spares names ending in .bias; ours are all 1-D)."""
+    return len(p.shape) <= 1
+
+
+# Each optimizer's epsilon when optimizer.eps is null: torch's AdamW and timm's Lamb defaults (Paddle's too).
+DEFAULT_EPS = {"adamw": 1e-8, "lamb": 1e-6}
+
+
 def build_optimizer(cfg: dict, model: nn.Layer, steps_per_epoch: int, world_size: int):
     """(optimizer, per-iteration LR scheduler) for the trainable parameters of `model`."""
     o = cfg["optimizer"]
-    scheduler = paddle.optimizer.lr.LambdaDecay(scaled_lr(cfg, world_size),
-                                                lambda step: lr_factor(cfg, step, steps_per_epoch))
+    scheduler = paddle.optimizer.lr.LambdaDecay(
+        scaled_lr(cfg, world_size), lambda step: lr_factor(cfg, step, steps_per_epoch)
+    )
     # BatchNorm running statistics are listed as parameters in Paddle, with stop_gradient=True.
     trainable = [p for p in model.parameters() if not p.stop_gradient]
+    spare = o["no_weight_decay_on_bn_bias"]
     params: Any = trainable
-    if o["no_weight_decay_on_bn_bias"]:  # 1-D tensors are BN scales/shifts and biases
-        decay = [p for p in trainable if len(p.shape) > 1]
-        no_decay = [p for p in trainable if len(p.shape) <= 1]
-        params = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if spare and o["name"] != "lamb":  # Lamb ignores a group's weight_decay: it takes an exclude function
+        params = [
+            {"params": [p for p in trainable if not no_weight_decay(p)]},
+            {"params": [p for p in trainable if no_weight_decay(p)], "weight_decay": 0.0},
+        ]
     wd = o["weight_decay"]
+    # Clipped inside optimizer.step(), so after GradScaler.step has unscaled the gradients (senet.step).
+    clip = paddle.nn.ClipGradByGlobalNorm(o["clip_grad_norm"]) if o["clip_grad_norm"] else None
+    beta1, beta2 = o["betas"]
+    eps = o["eps"] if o["eps"] is not None else DEFAULT_EPS.get(o["name"])
     if o["name"] == "momentum":
-        opt = paddle.optimizer.Momentum(scheduler, o["momentum"], params, use_nesterov=o["nesterov"],
-                                        weight_decay=wd)
+        opt = paddle.optimizer.Momentum(
+            scheduler, o["momentum"], params, use_nesterov=o["nesterov"], weight_decay=wd, grad_clip=clip
+        )
     elif o["name"] == "sgd":
-        opt = paddle.optimizer.SGD(scheduler, params, weight_decay=wd)
+        opt = paddle.optimizer.SGD(scheduler, params, weight_decay=wd, grad_clip=clip)
+    elif o["name"] == "adamw":
+        opt = paddle.optimizer.AdamW(scheduler, beta1, beta2, eps, parameters=params, weight_decay=wd, grad_clip=clip)
+    elif o["name"] == "lamb":
+        # always_adapt=False: the spared tensors take a plain Adam step, without the trust ratio, as timm's Lamb
+        # does for a group whose weight decay is 0.
+        opt = paddle.optimizer.Lamb(
+            scheduler,
+            lamb_weight_decay=wd,
+            beta1=beta1,
+            beta2=beta2,
+            epsilon=eps,
+            parameters=params,
+            grad_clip=clip,
+            exclude_from_weight_decay_fn=no_weight_decay if spare else None,
+        )
     else:
-        opt = paddle.optimizer.AdamW(scheduler, parameters=params, weight_decay=wd)
+        raise ValueError(f"optimizer.name: {o['name']!r} is not one of momentum, sgd, adamw, lamb")
     return opt, scheduler
 
 
@@ -73,8 +115,10 @@ class ModelEMA:
         self.decay = decay
         self.optimizer = optimizer  # its fp32 master weights, where it has any, stand in for the model's
         with paddle.no_grad():
-            self.shadow = {k: v.detach().astype("float32").clone() if paddle.is_floating_point(v)
-                           else v.detach().clone() for k, v in _live_state(model).items()}
+            self.shadow = {
+                k: v.detach().astype("float32").clone() if paddle.is_floating_point(v) else v.detach().clone()
+                for k, v in _live_state(model).items()
+            }
 
     @paddle.no_grad()
     def update(self, model: nn.Layer) -> None:
@@ -99,8 +143,9 @@ class ModelEMA:
         bf16 conv weights under AMP O2): Paddle's set_value refuses a dtype other than the tensor's."""
         ema_model = copy.deepcopy(model)
         own = _live_state(ema_model)
-        ema_model.set_state_dict({k: v if v.dtype == own[k].dtype else v.astype(own[k].dtype)
-                                  for k, v in self.shadow.items()})
+        ema_model.set_state_dict(
+            {k: v if v.dtype == own[k].dtype else v.astype(own[k].dtype) for k, v in self.shadow.items()}
+        )
         return ema_model
 
 

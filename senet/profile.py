@@ -133,8 +133,16 @@ def profile_model(model: nn.Layer, input_size: int = 224) -> Profile:
     """Parameters and multiply-adds of `model`, per stage and for its attention blocks."""
     params, params_total, params_se, params_by_stage = count_params(model)
     macs, macs_se, macs_by_stage = count_macs(model, input_size)
-    return Profile(params=params, params_total=params_total, params_se=params_se, macs=macs, macs_se=macs_se,
-                   input_size=input_size, params_by_stage=params_by_stage, macs_by_stage=macs_by_stage)
+    return Profile(
+        params=params,
+        params_total=params_total,
+        params_se=params_se,
+        macs=macs,
+        macs_se=macs_se,
+        input_size=input_size,
+        params_by_stage=params_by_stage,
+        macs_by_stage=macs_by_stage,
+    )
 
 
 def attention_param_formula(model: nn.Layer) -> int:

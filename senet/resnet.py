@@ -11,6 +11,9 @@ Every block calls an attention hook (senet.attention.attention_slot) once at con
 returns the registered attention block (SE, ECA, CBAM) or Identity, so a ResNet and its
 se_/eca_/cbam_ twins run exactly the same block code. The slot is named `se` whatever the block type,
 as in timm's ResNet, so state-dict names are `layer1.0.se.*` for every attention kind.
+
+Stochastic depth (Huang et al. 2016; model.drop_path_rate) drops each block's residual branch, its
+attention block included, as timm's ResNet does (see ResNet).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from senet.attention import (
     options_from_config,
     split_arch,
 )
-from senet.layers import BNReLUConv, ConvBN, conv2d
+from senet.layers import BNReLUConv, ConvBN, DropPath, conv2d
 
 
 class _Residual(nn.Layer):
@@ -57,6 +60,11 @@ class _Residual(nn.Layer):
     # He et al. 2016 ("Identity Mappings", Fig. 4c, "ReLU before addition") found it worse.
     branch_relu = False
 
+    def __init__(self) -> None:
+        super().__init__()
+        # Stochastic depth on the branch, set by ResNet from model.drop_path_rate; None: off (and no op).
+        self.drop_path: DropPath | None = None
+
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         x, shortcut = self.enter(x)
         if self.placement == "pre":
@@ -71,6 +79,8 @@ class _Residual(nn.Layer):
             out = self.se(out)
         elif self.placement == "identity":
             shortcut = self.se(shortcut)
+        if self.drop_path is not None:  # the whole branch, after its attention block, before the sum
+            out = self.drop_path(out)
         out = self.join(out, shortcut)
         if self.placement == "post":
             out = self.se(out)
@@ -112,9 +122,20 @@ class BasicBlock(_Residual):
 
     expansion = 1
 
-    def __init__(self, in_ch: int, planes: int, stride: int, attn: AttnHook, name: str, stage: int,
-                 placement: str = "standard", pad_shortcut: bool = False, data_format: str = "NCHW",
-                 branch_relu: bool = False, projection: bool = False) -> None:
+    def __init__(
+        self,
+        in_ch: int,
+        planes: int,
+        stride: int,
+        attn: AttnHook,
+        name: str,
+        stage: int,
+        placement: str = "standard",
+        pad_shortcut: bool = False,
+        data_format: str = "NCHW",
+        branch_relu: bool = False,
+        projection: bool = False,
+    ) -> None:
         super().__init__()
         out_ch = planes
         self.conv1 = ConvBN(in_ch, planes, 3, stride, data_format=data_format)
@@ -146,9 +167,21 @@ class Bottleneck(_Residual):
 
     expansion = 4
 
-    def __init__(self, in_ch: int, planes: int, stride: int, attn: AttnHook, name: str, stage: int,
-                 placement: str = "standard", groups: int = 1, width_per_group: int = 64,
-                 stride_in_1x1: bool = True, data_format: str = "NCHW", branch_relu: bool = False) -> None:
+    def __init__(
+        self,
+        in_ch: int,
+        planes: int,
+        stride: int,
+        attn: AttnHook,
+        name: str,
+        stage: int,
+        placement: str = "standard",
+        groups: int = 1,
+        width_per_group: int = 64,
+        stride_in_1x1: bool = True,
+        data_format: str = "NCHW",
+        branch_relu: bool = False,
+    ) -> None:
         super().__init__()
         width = int(planes * width_per_group / 64) * groups
         out_ch = planes * self.expansion
@@ -183,8 +216,17 @@ class PreActBottleneck(_Residual):
 
     expansion = 4
 
-    def __init__(self, in_ch: int, planes: int, stride: int, attn: AttnHook, name: str, stage: int,
-                 placement: str = "standard", data_format: str = "NCHW") -> None:
+    def __init__(
+        self,
+        in_ch: int,
+        planes: int,
+        stride: int,
+        attn: AttnHook,
+        name: str,
+        stage: int,
+        placement: str = "standard",
+        data_format: str = "NCHW",
+    ) -> None:
         super().__init__()
         out_ch = planes * self.expansion
         self.preact = nn.Sequential(nn.BatchNorm2D(in_ch, data_format=data_format), nn.ReLU())
@@ -221,8 +263,9 @@ class PreActBottleneck(_Residual):
         nn.initializer.Constant(0.0)(self.conv3[2].weight)
 
 
-def _make_shortcut(in_ch: int, out_ch: int, stride: int, pad: bool, data_format: str,
-                   projection: bool = False) -> nn.Layer | None:
+def _make_shortcut(
+    in_ch: int, out_ch: int, stride: int, pad: bool, data_format: str, projection: bool = False
+) -> nn.Layer | None:
     """Identity where the shapes match (unless `projection`), else a parameter-free pad or a 1x1 conv + BN."""
     if stride == 1 and in_ch == out_ch and not projection:
         return None
@@ -242,11 +285,24 @@ class ResNet(nn.Layer):
     stem="cifar":    3x3 conv (with BN-ReLU unless pre-activation), widths 16-32-64.
     """
 
-    def __init__(self, block: type, layers: Sequence[int], num_classes: int = 1000, stem: str = "imagenet",
-                 attn: AttnHook | None = None, placement: str = "standard", groups: int = 1,
-                 width_per_group: int = 64, stride_in_1x1: bool = True, zero_init_residual: bool = False,
-                 data_format: str = "NCHW", stem_pool: str = "caffe", branch_relu: bool = False,
-                 first_block_projection: bool = False) -> None:
+    def __init__(
+        self,
+        block: type,
+        layers: Sequence[int],
+        num_classes: int = 1000,
+        stem: str = "imagenet",
+        attn: AttnHook | None = None,
+        placement: str = "standard",
+        groups: int = 1,
+        width_per_group: int = 64,
+        stride_in_1x1: bool = True,
+        zero_init_residual: bool = False,
+        data_format: str = "NCHW",
+        stem_pool: str = "caffe",
+        branch_relu: bool = False,
+        first_block_projection: bool = False,
+        drop_path_rate: float = 0.0,
+    ) -> None:
         super().__init__()
         attn = attn or attention_slot(None, None)
         preact = block is PreActBottleneck
@@ -254,21 +310,31 @@ class ResNet(nn.Layer):
         self.stem_pool = stem_pool if stem == "imagenet" else None  # read by checkpoint.check_stem_era
         if stem == "imagenet":
             widths, in_ch = (64, 128, 256, 512), 64
-            pool = (nn.MaxPool2D(3, 2, 0, ceil_mode=True, data_format=data_format) if stem_pool == "caffe"
-                    else nn.MaxPool2D(3, 2, 1, data_format=data_format))
+            pool = (
+                nn.MaxPool2D(3, 2, 0, ceil_mode=True, data_format=data_format)
+                if stem_pool == "caffe"
+                else nn.MaxPool2D(3, 2, 1, data_format=data_format)
+            )
             self.stem = nn.Sequential(ConvBN(3, 64, 7, 2, data_format=data_format), pool)
         else:
             widths, in_ch = (16, 32, 64), 16
-            self.stem = (conv2d(3, 16, 3, data_format=data_format) if preact
-                         else ConvBN(3, 16, 3, data_format=data_format))
+            self.stem = (
+                conv2d(3, 16, 3, data_format=data_format) if preact else ConvBN(3, 16, 3, data_format=data_format)
+            )
         # Each block type takes only the options that mean something to it.
         block_kw: dict = dict(placement=placement, data_format=data_format)
         if block is BasicBlock:
             block_kw.update(pad_shortcut=stem == "cifar", branch_relu=branch_relu)
         elif block is Bottleneck:
-            block_kw.update(groups=groups, width_per_group=width_per_group, stride_in_1x1=stride_in_1x1,
-                            branch_relu=branch_relu)
+            block_kw.update(
+                groups=groups, width_per_group=width_per_group, stride_in_1x1=stride_in_1x1, branch_relu=branch_relu
+            )
         self.stages = []
+        # Stochastic depth: block k of the net's N (0-based, across stages) drops its branch with probability
+        # drop_path_rate * k / (N - 1), from 0 at the first block to the full rate at the last: timm's
+        # make_blocks ("stochastic depth linear decay rule"; Huang et al.'s linear rule reaches the rate at
+        # the last block too). Blocks at rate 0 get no DropPath, as in timm.
+        block_rates = [drop_path_rate * k / max(sum(layers) - 1, 1) for k in range(sum(layers))]
         for i, (planes, n) in enumerate(zip(widths, layers)):
             blocks = []
             for j in range(n):
@@ -280,13 +346,17 @@ class ResNet(nn.Layer):
                 if block is BasicBlock:
                     block_kw["projection"] = first_block_projection and i == 0 and j == 0
                 blocks.append(block(in_ch, planes, stride, attn, f"layer{i + 1}.{j}", i + 1, **block_kw))
+                rate = block_rates[sum(layers[:i]) + j]
+                if rate > 0:
+                    blocks[-1].drop_path = DropPath(rate)
                 in_ch = planes * block.expansion
             stage = nn.Sequential(*blocks)
             setattr(self, f"layer{i + 1}", stage)
             self.stages.append(stage)
         # Pre-activation nets end with a BN-ReLU, since their blocks end with a bare conv.
-        self.final_act = (nn.Sequential(nn.BatchNorm2D(in_ch, data_format=data_format), nn.ReLU())
-                          if preact else nn.Identity())
+        self.final_act = (
+            nn.Sequential(nn.BatchNorm2D(in_ch, data_format=data_format), nn.ReLU()) if preact else nn.Identity()
+        )
         self.pool = nn.AdaptiveAvgPool2D(1, data_format=data_format)
         self.fc = nn.Linear(in_ch, num_classes)
         self.num_features = in_ch
@@ -338,10 +408,12 @@ MODELS: dict[str, Arch] = {
     "resnet50": Arch(Bottleneck, (3, 4, 6, 3)),
     "resnet101": Arch(Bottleneck, (3, 4, 23, 3)),
     "resnet152": Arch(Bottleneck, (3, 8, 36, 3)),
-    "resnext50_32x4d": Arch(Bottleneck, (3, 4, 6, 3), groups=32, width_per_group=4, stride_in_1x1=False,
-                            stem_pool="pytorch"),
-    "resnext101_32x4d": Arch(Bottleneck, (3, 4, 23, 3), groups=32, width_per_group=4, stride_in_1x1=False,
-                             stem_pool="pytorch"),
+    "resnext50_32x4d": Arch(
+        Bottleneck, (3, 4, 6, 3), groups=32, width_per_group=4, stride_in_1x1=False, stem_pool="pytorch"
+    ),
+    "resnext101_32x4d": Arch(
+        Bottleneck, (3, 4, 23, 3), groups=32, width_per_group=4, stride_in_1x1=False, stem_pool="pytorch"
+    ),
     # CIFAR: 6n+2 layers of basic blocks (He et al. 2015, Section 4.2), 9n+2 pre-activation bottlenecks.
     "resnet20": Arch(BasicBlock, (3, 3, 3), stem="cifar"),
     "resnet32": Arch(BasicBlock, (5, 5, 5), stem="cifar"),
@@ -350,6 +422,7 @@ MODELS: dict[str, Arch] = {
     "resnet110": Arch(BasicBlock, (18, 18, 18), stem="cifar"),
     "resnet164": Arch(PreActBottleneck, (18, 18, 18), stem="cifar"),
 }
+
 
 def all_archs() -> list[str]:
     """Every architecture name: each MODELS key and its `<attention>_` twins, one per registered block."""
@@ -363,24 +436,35 @@ def known_arch(name: str) -> str:
     known = all_archs()
     near = difflib.get_close_matches(name, known, n=1, cutoff=0.4)
     hint = f" Did you mean '{near[0]}'?" if near else ""
-    raise ValueError(f"unknown model.arch '{name}'.{hint} Known: {', '.join(known)}, "
-                     f"or ppim.<name> for a ppim model")
+    raise ValueError(f"unknown model.arch '{name}'.{hint} Known: {', '.join(known)}, or ppim.<name> for a ppim model")
 
 
-def create_model(arch: str, num_classes: int = 1000, attention: AttentionOptions | None = None,
-                 stride_in_1x1: bool | None = None, zero_init_residual: bool = False,
-                 data_format: str = "NCHW", stem_pool: str | None = None, branch_relu: bool = False,
-                 first_block_projection: bool = False) -> nn.Layer:
+def create_model(
+    arch: str,
+    num_classes: int = 1000,
+    attention: AttentionOptions | None = None,
+    stride_in_1x1: bool | None = None,
+    zero_init_residual: bool = False,
+    data_format: str = "NCHW",
+    stem_pool: str | None = None,
+    branch_relu: bool = False,
+    first_block_projection: bool = False,
+    drop_path_rate: float = 0.0,
+) -> nn.Layer:
     """Build `arch`: a MODELS key, optionally prefixed by a registered attention (`se_`, `eca_`,
     `cbam_`), or `ppim.<name>`.
 
     `attention` tunes the blocks of a prefixed model (its options type, e.g. SEOptions for `se_`;
     None: the defaults) and must be None otherwise. `stride_in_1x1` and `stem_pool` left None follow
     the architecture's original (MODELS); they depend on the base architecture only, so a model and
-    its attention twins always get the same ones.
+    its attention twins always get the same ones. `drop_path_rate`: stochastic depth (see ResNet).
     """
     known_arch(arch)
+    if not 0.0 <= drop_path_rate < 1.0:
+        raise ValueError(f"model.drop_path_rate={drop_path_rate} must be in [0, 1)")
     if arch.startswith("ppim."):
+        if drop_path_rate:
+            raise ValueError(f"model.drop_path_rate: {arch} is a ppim model, built by ppim; leave it 0")
         return _create_ppim(arch[5:], num_classes)
     kind, base = split_arch(arch)
     spec = MODELS[base]
@@ -389,8 +473,9 @@ def create_model(arch: str, num_classes: int = 1000, attention: AttentionOptions
     if stem_pool not in (None, "caffe", "pytorch"):
         raise ValueError(f"model.stem_pool: {stem_pool!r} is not one of caffe, pytorch")
     if first_block_projection and spec.stem != "imagenet":
-        raise ValueError(f"model.first_block_projection: {arch} has a CIFAR stem with parameter-free shortcuts; "
-                         f"leave it false")
+        raise ValueError(
+            f"model.first_block_projection: {arch} has a CIFAR stem with parameter-free shortcuts; leave it false"
+        )
     if branch_relu and spec.block is PreActBottleneck:
         raise ValueError(f"model.branch_relu: {arch}'s pre-activation blocks end in a bare conv; leave it false")
     options = None
@@ -400,23 +485,34 @@ def create_model(arch: str, num_classes: int = 1000, attention: AttentionOptions
             raise TypeError(f"{arch} takes {kind.options.__name__}, got {type(options).__name__}")
         bad = [s for s in options.stages or () if not 1 <= s <= len(spec.layers)]
         if bad:
-            raise ValueError(f"{options.section}.stages {list(options.stages)}: {arch} has stages "
-                             f"1-{len(spec.layers)}")
+            raise ValueError(f"{options.section}.stages {list(options.stages)}: {arch} has stages 1-{len(spec.layers)}")
     elif attention is not None:
-        raise ValueError(f"{arch} has no attention blocks; attention options need a prefixed arch "
-                         f"({', '.join(k + '_' for k in REGISTRY)})")
-    return ResNet(spec.block, spec.layers, num_classes, stem=spec.stem,
-                  attn=attention_slot(kind, options, data_format),
-                  placement=options.placement if options else "standard",
-                  groups=spec.groups, width_per_group=spec.width_per_group,
-                  stride_in_1x1=spec.stride_in_1x1 if stride_in_1x1 is None else stride_in_1x1,
-                  zero_init_residual=zero_init_residual, data_format=data_format,
-                  stem_pool=spec.stem_pool if stem_pool is None else stem_pool, branch_relu=branch_relu,
-                  first_block_projection=first_block_projection)
+        raise ValueError(
+            f"{arch} has no attention blocks; attention options need a prefixed arch "
+            f"({', '.join(k + '_' for k in REGISTRY)})"
+        )
+    return ResNet(
+        spec.block,
+        spec.layers,
+        num_classes,
+        stem=spec.stem,
+        attn=attention_slot(kind, options, data_format),
+        placement=options.placement if options else "standard",
+        groups=spec.groups,
+        width_per_group=spec.width_per_group,
+        stride_in_1x1=spec.stride_in_1x1 if stride_in_1x1 is None else stride_in_1x1,
+        zero_init_residual=zero_init_residual,
+        data_format=data_format,
+        stem_pool=spec.stem_pool if stem_pool is None else stem_pool,
+        branch_relu=branch_relu,
+        first_block_projection=first_block_projection,
+        drop_path_rate=drop_path_rate,
+    )
 
 
 def _create_ppim(name: str, num_classes: int) -> nn.Layer:
     import ppim  # it pulls in Paddle's cpp_extension, whose ccache warning senet.runtime.quiet_paddle drops
+
     factory = getattr(ppim, name, None)
     names = [n for group in ppim.models_dict.values() for n in group] if hasattr(ppim, "models_dict") else []
     if not callable(factory) or (names and name not in names):
@@ -445,9 +541,16 @@ def build_model(cfg: dict) -> nn.Layer:
     kind, _ = split_arch(m["arch"])
     # A section absent from a config saved before it existed takes its defaults.
     options = options_from_config(kind, m.get(kind.name)) if kind is not None else None
-    return create_model(m["arch"], num_classes=m["num_classes"], attention=options,
-                        stride_in_1x1=m["stride_in_1x1"], zero_init_residual=m["zero_init_residual"],
-                        data_format=cfg.get("train", {}).get("data_format", "NCHW"),
-                        # absent from configs saved before they existed: today's network
-                        stem_pool=m.get("stem_pool"), branch_relu=m.get("branch_relu", False),
-                        first_block_projection=m.get("first_block_projection", False))
+    return create_model(
+        m["arch"],
+        num_classes=m["num_classes"],
+        attention=options,
+        stride_in_1x1=m["stride_in_1x1"],
+        zero_init_residual=m["zero_init_residual"],
+        data_format=cfg.get("train", {}).get("data_format", "NCHW"),
+        # absent from configs saved before they existed: today's network
+        stem_pool=m.get("stem_pool"),
+        branch_relu=m.get("branch_relu", False),
+        first_block_projection=m.get("first_block_projection", False),
+        drop_path_rate=m.get("drop_path_rate", 0.0),
+    )

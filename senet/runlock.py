@@ -66,12 +66,13 @@ class RunLock:
                 os.close(fd)
                 raise
             # Some network and FUSE file systems have no locks; refusing to train there would be worse.
-            self.notice = (f"cannot lock {self.path} ({e.strerror}): this file system has no file locks, so "
-                           f"nothing stops a second run from using this folder at the same time")
+            self.notice = (
+                f"cannot lock {self.path} ({e.strerror}): this file system has no file locks, so "
+                f"nothing stops a second run from using this folder at the same time"
+            )
         self.fd = fd
         _held_fds.add(fd)
-        holder = {"pid": os.getpid(), "host": socket.gethostname(),
-                  "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
 
@@ -84,8 +85,10 @@ class RunLock:
             who = f"pid {holder['pid']} on host {holder['host']}, started {holder['started']}"
         except (OSError, ValueError, KeyError, TypeError):
             who = "a run that is just starting (its details are not written yet)"
-        return (f"output_dir '{folder}' is in use by another run: {who} (lock {self.path}). Wait for it to end "
-                f"or stop it; to start a separate run, set -o output_dir=PATH")
+        return (
+            f"output_dir '{folder}' is in use by another run: {who} (lock {self.path}). Wait for it to end "
+            f"or stop it; to start a separate run, set -o output_dir=PATH"
+        )
 
     def release(self) -> None:
         if self.fd is not None:

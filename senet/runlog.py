@@ -1,4 +1,5 @@
-"""What a run writes besides its weights: a text log, progress bars, VisualDL scalars, checkpoints.
+"""What a run writes besides its weights: a text log, progress bars, VisualDL scalars (checkpoints:
+senet.checkpoint.CheckpointSaver).
 
 Only rank 0 writes anything; other ranks keep quiet. Progress bars (tqdm) appear when stdout is a
 terminal; under CI or nohup they fall back to one log line every `train.log_every` steps.
@@ -6,13 +7,18 @@ terminal; under CI or nohup they fall back to one log line every `train.log_ever
 
 from __future__ import annotations
 
-import errno
 import os
 import sys
 import time
 
+import psutil
+from tqdm import tqdm
+
 from senet import checkpoint as ckpt
-from senet.limits import open_regular
+from senet.limits import (
+    open_regular,
+    os_error_fix,  # noqa: F401  (tools/train.py imports it from here too)
+)
 
 
 class RunFolderError(RuntimeError):
@@ -21,22 +27,6 @@ class RunFolderError(RuntimeError):
 
 # The files a run writes at the top of its folder (checkpoints/ and vdl/ hold the rest).
 RUN_FILES = ("train.log", "config.yaml", "metrics.json", "model.safetensors", "run.lock")
-
-
-def os_error_fix(e: OSError, elsewhere: bool = True) -> str:
-    """The fix for a failed write, by what really happened: a full disk is not a permission problem.
-    With `elsewhere`, it also offers another output_dir (not for files that must go beside `last`)."""
-    writable = "Make the folder writable for this user"
-    fixes = {errno.ENOSPC: "Free disk space", errno.EDQUOT: "Free disk space (you are over quota)",
-             errno.EACCES: writable, errno.EPERM: writable,
-             errno.EROFS: "The file system is read-only: remount it read-write",
-             errno.EISDIR: "A folder stands where the file goes: move it away",
-             errno.ENOTDIR: "A file stands where a folder goes: move it away",
-             errno.EEXIST: "A file stands where a folder goes: move it away",
-             errno.EIO: "The disk reported an I/O error: check it (dmesg)",
-             errno.ENAMETOOLONG: "Shorten the path"}
-    fix = fixes.get(e.errno, "Fix the path")
-    return f"{fix} or set -o output_dir=PATH" if elsewhere else fix
 
 
 def check_run_folder(output_dir: str) -> None:
@@ -51,8 +41,9 @@ def check_run_folder(output_dir: str) -> None:
     for folder in (checkpoints, os.path.join(output_dir, "vdl")):
         if os.path.islink(folder) or (os.path.lexists(folder) and not os.path.isdir(folder)):
             what = "a symbolic link" if os.path.islink(folder) else "not a folder"
-            raise RunFolderError(f"{folder} is {what}, where the run keeps its own folder; remove it "
-                                 f"or set -o output_dir=PATH")
+            raise RunFolderError(
+                f"{folder} is {what}, where the run keeps its own folder; remove it or set -o output_dir=PATH"
+            )
     for folder, what in ((output_dir, "output_dir"), (checkpoints, "the checkpoint folder")):
         if folder == checkpoints and not os.path.lexists(checkpoints):
             break
@@ -68,15 +59,23 @@ def check_run_folder(output_dir: str) -> None:
     # train.log was appended to through the link (issue 23), and a root run writes anywhere.
     written = [os.path.join(output_dir, n) for n in RUN_FILES]
     if os.path.isdir(checkpoints) and not os.path.islink(checkpoints):
-        written += [os.path.join(checkpoints, n) for n in sorted(os.listdir(checkpoints))
-                    if ckpt.CHECKPOINT_NAME.fullmatch(n)]
+        written += [
+            os.path.join(checkpoints, n) for n in sorted(os.listdir(checkpoints)) if ckpt.CHECKPOINT_NAME.fullmatch(n)
+        ]
     for path in written:
         if os.path.lexists(path) and (os.path.islink(path) or not os.path.isfile(path)):
             link = os.path.islink(path)
-            kind = ("a symbolic link, which the run never writes through" if link else
-                    "a folder" if os.path.isdir(path) else "not a regular file")
-            raise RunFolderError(f"{path} is {kind}, where the run writes its file; {'remove' if link else 'move'} "
-                                 f"it{'' if link else ' away'} or set -o output_dir=PATH")
+            kind = (
+                "a symbolic link, which the run never writes through"
+                if link
+                else "a folder"
+                if os.path.isdir(path)
+                else "not a regular file"
+            )
+            raise RunFolderError(
+                f"{path} is {kind}, where the run writes its file; {'remove' if link else 'move'} "
+                f"it{'' if link else ' away'} or set -o output_dir=PATH"
+            )
 
 
 class RunLogger:
@@ -85,7 +84,6 @@ class RunLogger:
         self.output_dir = cfg["output_dir"]
         self.tty = sys.stdout.isatty()
         self.writer = None
-        self.last_saved: str | None = None
         self._log_file = None
         if rank == 0:
             os.makedirs(self.output_dir, exist_ok=True)
@@ -104,8 +102,6 @@ class RunLogger:
     def progress(self, total: int, initial: int = 0, desc: str = ""):
         if self.rank != 0 or not self.tty:
             return None
-        from tqdm import tqdm
-
         return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, leave=False)
 
     @staticmethod
@@ -140,66 +136,45 @@ class RunLogger:
             self.info(f"step {step}: {text}")
 
     def epoch(self, step: int, record: dict) -> None:
-        tags = {"train_loss": "train/epoch_loss", "train_top1": "train/top1", "epoch_time_s": "train/epoch_time_s",
-                "train_images_per_s": "train/epoch_images_per_s", "rss_mb": "memory/rss_mb",
-                "eval_top1": "eval/top1", "eval_top5": "eval/top5", "eval_loss": "eval/loss",
-                "ema_eval_top1": "eval_ema/top1", "ema_eval_top5": "eval_ema/top5", "ema_eval_loss": "eval_ema/loss",
-                "skipped_steps": "train/skipped_steps", "loss_scale": "amp/loss_scale",
-                "data_wait_pct": "train/data_wait_pct"}
+        tags = {
+            "train_loss": "train/epoch_loss",
+            "train_top1": "train/top1",
+            "epoch_time_s": "train/epoch_time_s",
+            "train_images_per_s": "train/epoch_images_per_s",
+            "rss_mb": "memory/rss_mb",
+            "eval_top1": "eval/top1",
+            "eval_top5": "eval/top5",
+            "eval_loss": "eval/loss",
+            "ema_eval_top1": "eval_ema/top1",
+            "ema_eval_top5": "eval_ema/top5",
+            "ema_eval_loss": "eval_ema/loss",
+            "skipped_steps": "train/skipped_steps",
+            "loss_scale": "amp/loss_scale",
+            "data_wait_pct": "train/data_wait_pct",
+        }
         for key, tag in tags.items():
             if key in record:
                 self.scalar(tag, record[key], step)
-        parts = [f"epoch {record['epoch']}/{self.cfg['train']['epochs']}",
-                 f"train loss {record['train_loss']:.4f} top-1 {record['train_top1']:.2f}%"]
+        parts = [
+            f"epoch {record['epoch']}/{self.cfg['train']['epochs']}",
+            f"train loss {record['train_loss']:.4f} top-1 {record['train_top1']:.2f}%",
+        ]
         if "eval_top1" in record:
-            parts.append(f"val top-1 {record['eval_top1']:.2f}% top-5 {record['eval_top5']:.2f}% "
-                         f"loss {record['eval_loss']:.4f}")
+            parts.append(
+                f"val top-1 {record['eval_top1']:.2f}% top-5 {record['eval_top5']:.2f}% loss {record['eval_loss']:.4f}"
+            )
         if "ema_eval_top1" in record:
             parts.append(f"EMA val top-1 {record['ema_eval_top1']:.2f}%")
-        parts.append(f"{record['epoch_time_s']:.1f}s, {record['train_images_per_s']:.1f} img/s, "
-                     f"RSS {record['rss_mb']:.0f} MB")
+        parts.append(
+            f"{record['epoch_time_s']:.1f}s, {record['train_images_per_s']:.1f} img/s, RSS {record['rss_mb']:.0f} MB"
+        )
         if "data_wait_pct" in record:  # host time waiting for batches (senet.train.EpochMeter)
             parts.append(f"data wait: {record['data_wait_pct']:.1f}% of step time")
         self.info(" | ".join(parts))
 
-    # ---- checkpoints
-    def checkpoint_path(self, name: str) -> str:
-        return os.path.join(self.output_dir, "checkpoints", f"{name}.pdparams")
-
-    def save(self, state, name: str, keep_last: int | None = None) -> None:
-        """Atomically save the training state as checkpoints/<name>.pdparams (rank 0 only)."""
-        if self.rank != 0:
-            return
-        path = self.checkpoint_path(name)
-        try:
-            ckpt.save_checkpoint(path, state.to_checkpoint())
-        except OSError as e:
-            kept = f"the previous {path} is intact" if os.path.isfile(path) else "no earlier checkpoint exists"
-            raise ckpt.CheckpointError(f"could not write checkpoint {path} ({e.strerror or e}); {kept}. "
-                                       f"{os_error_fix(e)}") from e
-        self.last_saved = path
-        if keep_last:
-            self._prune(keep_last)
-
-    def _prune(self, keep_last: int) -> None:
-        """Delete all but the newest keep_last epoch_<N>.pdparams; other files (a user's copy named
-        epoch_1_keep.pdparams) are never parsed as ours, never deleted."""
-        folder = os.path.join(self.output_dir, "checkpoints")
-        numbered = sorted((int(m.group(2)), n) for n in os.listdir(folder)
-                          if (m := ckpt.CHECKPOINT_NAME.fullmatch(n)) and m.group(2))
-        for _, name in numbered[:-keep_last]:
-            os.remove(os.path.join(folder, name))
-
-    def last_good_checkpoint(self) -> str:
-        if self.last_saved:
-            return f"Last good checkpoint: {self.last_saved}."
-        return "No checkpoint was saved before this step."
-
     # ---- memory
     @staticmethod
     def rss_mb() -> float:
-        import psutil
-
         return psutil.Process().memory_info().rss / 2**20
 
     def close(self) -> None:

@@ -28,6 +28,8 @@ import importlib.abc
 import importlib.machinery
 import importlib.util
 import os
+import signal
+import subprocess
 import sys
 import types
 import warnings
@@ -83,8 +85,6 @@ def filter_stderr(drop: tuple[str, ...]) -> Iterator[None]:
     if this process crashes meanwhile (the filter reads to the end of the pipe). The body's end waits
     for the last line. Where fd 2 is closed there is nothing to filter.
     """
-    import subprocess
-
     try:
         saved = os.dup(2)
     except OSError:  # stderr closed (2>&-)
@@ -93,8 +93,13 @@ def filter_stderr(drop: tuple[str, ...]) -> Iterator[None]:
     if sys.stderr is not None:
         sys.stderr.flush()
     try:
-        filt = subprocess.Popen([sys.executable, "-c", _FILTER_PROGRAM, *drop], stdin=subprocess.PIPE,
-                                stdout=saved, stderr=subprocess.DEVNULL, close_fds=True)
+        filt = subprocess.Popen(
+            [sys.executable, "-c", _FILTER_PROGRAM, *drop],
+            stdin=subprocess.PIPE,
+            stdout=saved,
+            stderr=subprocess.DEVNULL,
+            close_fds=True,
+        )
     except OSError:
         os.close(saved)
         yield
@@ -255,6 +260,15 @@ def restore_threads() -> None:
         paddle.base.core.set_num_threads(_configured_threads)
 
 
+# The stop signals of schedulers and terminals. Slurm, systemd and Kubernetes-style tooling, and a
+# terminal's Ctrl-C, send them to every process of the job, loader workers included; a worker that
+# died of one would crash the main process ("DataLoader process ... killed by signal") before it
+# could save. Workers ignore them (senet.data.loader): the main process handles the signal
+# (senet.train saves and stops) and ends the workers itself. A worker whose main process is gone exits on its own
+# (Paddle's parent watchdog).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP)  # SIGHUP: an ssh session dropped
+
+
 class Interrupted(SystemExit):
     """A stop signal turned into an exception (see exit_cleanly_on_signals); its code is 128 + the signal."""
 
@@ -268,8 +282,9 @@ def exit_cleanly_on_signals() -> None:
 
     Paddle installs C++ handlers at import that print a FatalError block and abort: `finally` and
     `except BaseException` blocks never run, and temporary folders stay behind (112 MB per SIGTERM
-    during tools/convert_weights.py). Call this after Paddle is imported, since the import installs them."""
-    import signal
+    during tools/convert_weights.py). Paddle is imported here first, so that its handlers are in
+    place to be replaced (a later first import would put them back over ours)."""
+    import paddle  # noqa: F401  (for its signal handlers, see above)
 
     def stop(signum: int, frame: object) -> None:
         raise Interrupted(signum)

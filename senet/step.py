@@ -7,9 +7,12 @@ losses, logging, checkpoints, stop signals) belong to the caller; the step never
 to the host.
 
 Targets are either int class labels [N] or soft targets, float [N, classes] (each row a probability
-distribution, as mixup and cutmix make); `forward_loss` takes both. train.label_smoothing applies to
-soft targets as well, so a transform that folds smoothing into its targets (as timm's Mixup does)
-wants train.label_smoothing=0.
+distribution, as mixup and cutmix make); every loss takes both (senet.losses: train.loss is ce, soft_ce
+or bce). train.label_smoothing applies to soft targets as well, so a transform that folds smoothing into
+its targets (senet.mixup, as timm's Mixup) wants StepParts.label_smoothing=0: the trainer passes 0 when
+train.mixup is on. Gradient clipping (optimizer.clip_grad_norm) is the optimizer's own grad_clip, which
+Paddle applies inside optimizer.step(): with a loss scaler, GradScaler.step unscales the gradients first,
+so the norm clipped is the true one.
 
 The batch-transform slot (`BatchTransform`) is where mixup or cutmix goes, as timm's `mixup_fn`: a
 callable (images, labels) -> (images, targets), applied by the trainer to every training batch after
@@ -17,7 +20,9 @@ loading and before the step, never to eval batches; None (the default) is the id
 it sees the batch as the loader hands it to the step: uint8 NHWC images on the device, before the
 on-device normalisation (an affine map, so mixing before it equals mixing after). It may return
 float32 NHWC images in the same 0-255 range; the trainer's top-1 then counts against the argmax of
-the soft targets.
+the soft targets. The trainer asks a `TransformFor` for each batch's transform by the batch's place in
+the run (epoch, batch index), so a transform that draws random numbers (senet.mixup.Mixup.at) draws from
+that place and a resumed run draws what the uninterrupted one did.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from senet.data import normalize_batch
+from senet.losses import training_loss
 
 
 @dataclass
@@ -47,10 +53,14 @@ class StepParts:
     scheduler: Any = None  # stepped once per call, updated or not (the LR schedule counts iterations)
     ema: Any = None  # anything with update(model), e.g. senet.optim.ModelEMA
     label_smoothing: float = 0.0
+    loss: str = "ce"  # train.loss (senet.losses); an eval's loss is always cross-entropy
+    bce_target_thresh: float | None = None  # train.bce_target_thresh, for loss "bce"
 
 
 # (images, labels) -> (images, targets): see the module docstring.
 BatchTransform = Callable[[paddle.Tensor, paddle.Tensor], tuple[paddle.Tensor, paddle.Tensor]]
+# (epoch, batch index in the epoch) -> the transform of that batch (senet.mixup.Mixup.at).
+TransformFor = Callable[[int, int], BatchTransform]
 
 
 LOW_PRECISION = ("float16", "bfloat16")
@@ -70,7 +80,7 @@ def decorate_o2(model: nn.Layer, optimizer: Any, dtype: str) -> tuple[nn.Layer, 
 
 
 def weights_dtype(model: nn.Layer) -> str:
-    """"float16" or "bfloat16" if the model holds AMP O2 weights (its BatchNorm stays fp32), else "float32"."""
+    """ "float16" or "bfloat16" if the model holds AMP O2 weights (its BatchNorm stays fp32), else "float32"."""
     for p in model.parameters():
         name = str(p.dtype).removeprefix("paddle.")
         if name in LOW_PRECISION:
@@ -91,9 +101,11 @@ def eval_amp(model: nn.Layer, amp: dict | None) -> dict | None:
     return {**(amp or {}), "enabled": True, "level": "O2", "dtype": dtype, "eval": True}
 
 
-def forward_loss(parts: StepParts, images: paddle.Tensor, targets: paddle.Tensor,
-                 train: bool = True) -> tuple[paddle.Tensor, paddle.Tensor]:
-    """(fp32 logits, cross-entropy) of a uint8 NHWC batch; label smoothing only when training.
+def forward_loss(
+    parts: StepParts, images: paddle.Tensor, targets: paddle.Tensor, train: bool = True
+) -> tuple[paddle.Tensor, paddle.Tensor]:
+    """(fp32 logits, loss) of a uint8 NHWC batch: training, parts.loss with label smoothing; for an eval,
+    cross-entropy without.
 
     `targets`: int labels [N] or soft targets, float [N, classes]. For an eval, give `parts.amp` as
     eval_amp resolves it.
@@ -104,14 +116,19 @@ def forward_loss(parts: StepParts, images: paddle.Tensor, targets: paddle.Tensor
     with paddle.amp.auto_cast(enable=use_amp, level=amp["level"], dtype=amp["dtype"]):
         logits = parts.model(x)
     logits = logits.astype("float32")
-    loss = F.cross_entropy(logits, targets, soft_label=paddle.is_floating_point(targets),
-                           label_smoothing=parts.label_smoothing if train else 0.0)
+    if train:
+        loss = training_loss(parts.loss, logits, targets, parts.label_smoothing, parts.bce_target_thresh)
+    else:
+        loss = F.cross_entropy(logits, targets, soft_label=paddle.is_floating_point(targets))
     return logits, loss
 
 
-def train_step(parts: StepParts, images: paddle.Tensor, targets: paddle.Tensor,
-               update_if: Callable[[paddle.Tensor], bool] | None = None
-               ) -> tuple[paddle.Tensor, paddle.Tensor, bool]:
+def train_step(
+    parts: StepParts,
+    images: paddle.Tensor,
+    targets: paddle.Tensor,
+    update_if: Callable[[paddle.Tensor], bool] | None = None,
+) -> tuple[paddle.Tensor, paddle.Tensor, bool]:
     """One step on a uint8 NHWC batch: (logits, loss, whether backward and the update ran).
 
     `targets` as in forward_loss.

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from senet.compare import ERROR_COLUMNS, PAPER_COLUMNS, build_rows, error_rows, format_rows, paper_reference
 from senet.config import ConfigError, config_changes, load_config, parse_overrides
 from senet.runtime import cpu_count
 
@@ -34,12 +35,26 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESERVED = ("train.seed", "output_dir", "name")  # set per run by the sweep; an override would collide
 # Settings a reused run may have had otherwise: where it ran and how it logged, nothing that changes what
 # was trained (train.epochs, which resume allows to change, is part of the recipe here).
-BOOKKEEPING = ("name", "output_dir", "data.num_workers", "train.threads", "train.log_every", "train.save_every",
-               "train.save_every_steps", "train.keep_last", "train.log_se_every", "train.eval_every")
+BOOKKEEPING = (
+    "name",
+    "output_dir",
+    "data.num_workers",
+    "train.threads",
+    "train.log_every",
+    "train.save_every",
+    "train.save_every_steps",
+    "train.keep_last",
+    "train.log_se_every",
+    "train.eval_every",
+)
 # Signals the sweep passes on to its running trainers (which save and exit 130, 143 or 138), then stops
 # with 128 + the signal's number. SIGHUP (an ssh session dropped) goes on as SIGTERM: a trainer saves on it.
-FORWARDED = {signal.SIGINT: signal.SIGINT, signal.SIGTERM: signal.SIGTERM, signal.SIGUSR1: signal.SIGUSR1,
-             signal.SIGHUP: signal.SIGTERM}
+FORWARDED = {
+    signal.SIGINT: signal.SIGINT,
+    signal.SIGTERM: signal.SIGTERM,
+    signal.SIGUSR1: signal.SIGUSR1,
+    signal.SIGHUP: signal.SIGTERM,
+}
 
 
 @dataclass(frozen=True)
@@ -51,8 +66,9 @@ class Run:
 
 
 def _leaf_keys(d: dict, prefix: str = "") -> list[str]:
-    return [key for k, v in d.items()
-            for key in (_leaf_keys(v, prefix + k + ".") if isinstance(v, dict) else [prefix + k])]
+    return [
+        key for k, v in d.items() for key in (_leaf_keys(v, prefix + k + ".") if isinstance(v, dict) else [prefix + k])
+    ]
 
 
 def plan(configs: list[str], seeds: list[int], sweep_dir: str, overrides: list[str]) -> list[Run]:
@@ -66,15 +82,17 @@ def plan(configs: list[str], seeds: list[int], sweep_dir: str, overrides: list[s
     for path in configs:
         name = load_config(path, overrides)["name"]
         if name in seen:
-            raise ConfigError(f"{path} and {seen[name]} both have the name '{name}': their runs would share "
-                              f"a folder. Give the configs distinct file names or `name:` keys")
+            raise ConfigError(
+                f"{path} and {seen[name]} both have the name '{name}': their runs would share "
+                f"a folder. Give the configs distinct file names or `name:` keys"
+            )
         seen[name] = path
         runs += [Run(path, name, s, os.path.join(sweep_dir, name, f"seed{s}")) for s in seeds]
     return runs
 
 
 def status(output_dir: str) -> str:
-    """"finished" (metrics.json says so), "unfinished" (the run started) or "new"."""
+    """ "finished" (metrics.json says so), "unfinished" (the run started) or "new"."""
     metrics = os.path.join(output_dir, "metrics.json")
     if os.path.isfile(metrics):
         try:
@@ -99,8 +117,7 @@ def recipe_differences(run: Run, overrides: list[str]) -> list[str]:
         return [f"its config.yaml cannot be read ({e})"]
     planned = load_config(run.config, overrides + [f"train.seed={run.seed}", f"output_dir={run.output_dir}"])
     harmless, different = config_changes(old, planned)
-    return [line for line in harmless + different
-            if not any(line.startswith((k + " ", k + ".")) for k in BOOKKEEPING)]
+    return [line for line in harmless + different if not any(line.startswith((k + " ", k + ".")) for k in BOOKKEEPING)]
 
 
 def check_recipes(runs: list[Run], overrides: list[str]) -> None:
@@ -108,26 +125,48 @@ def check_recipes(runs: list[Run], overrides: list[str]) -> None:
     other = {run: d for run in runs if (d := recipe_differences(run, overrides))}
     if other:
         lines = [f"{run.output_dir}: {'; '.join(d[:3])}{' ...' if len(d) > 3 else ''}" for run, d in other.items()]
-        raise ConfigError(f"{len(other)} run(s) in this sweep folder were trained with another recipe, and a table "
-                          "must not mix recipes:\n  " + "\n  ".join(lines) + "\nUse another --out folder, or remove "
-                          "those run folders to train them again with this recipe.")
+        raise ConfigError(
+            f"{len(other)} run(s) in this sweep folder were trained with another recipe, and a table "
+            "must not mix recipes:\n  " + "\n  ".join(lines) + "\nUse another --out folder, or remove "
+            "those run folders to train them again with this recipe."
+        )
 
 
-def train_command(run: Run, overrides: list[str], resume: bool, nproc: int = 0, devices: str | None = None,
-                  python: str = sys.executable) -> list[str]:
+def train_command(
+    run: Run,
+    overrides: list[str],
+    resume: bool,
+    nproc: int = 0,
+    devices: str | None = None,
+    python: str = sys.executable,
+) -> list[str]:
     """The tools/train.py command line of one run, under paddle.distributed.launch if nproc or devices."""
     cmd = [python]
     if nproc or devices:
         cmd += ["-m", "paddle.distributed.launch", "--log_dir", os.path.join(run.output_dir, "launch_logs")]
         cmd += ["--nproc_per_node", str(nproc)] if nproc else []
         cmd += ["--devices", devices] if devices else []
-    cmd += [os.path.join(ROOT, "tools", "train.py"), "-c", run.config,
-            "-o", *overrides, f"train.seed={run.seed}", f"output_dir={run.output_dir}"]
+    cmd += [
+        os.path.join(ROOT, "tools", "train.py"),
+        "-c",
+        run.config,
+        "-o",
+        *overrides,
+        f"train.seed={run.seed}",
+        f"output_dir={run.output_dir}",
+    ]
     return cmd + (["--resume", "auto"] if resume else [])
 
 
-def run_sweep(runs: list[Run], overrides: list[str], nproc: int = 0, devices: str | None = None,
-              python: str = sys.executable, log: Callable[[str], None] = print, jobs: int = 1) -> dict[str, Any]:
+def run_sweep(
+    runs: list[Run],
+    overrides: list[str],
+    nproc: int = 0,
+    devices: str | None = None,
+    python: str = sys.executable,
+    log: Callable[[str], None] = print,
+    jobs: int = 1,
+) -> dict[str, Any]:
     """Train every run that is not finished, in order, `jobs` at a time. Returns the runs by outcome:
     skipped (finished before), done, failed, and interrupted (a signal stopped the sweep; then "signal"
     holds its number).
@@ -184,8 +223,10 @@ def run_sweep(runs: list[Run], overrides: list[str], nproc: int = 0, devices: st
                 if "signal" in got:
                     outcome["interrupted"].append(run)
                 elif proc.returncode != 0 or status(run.output_dir) != "finished":
-                    log(f"{where}: FAILED (exit code {proc.returncode}); see "
-                        f"{os.path.join(run.output_dir, 'train.log')}")
+                    log(
+                        f"{where}: FAILED (exit code {proc.returncode}); see "
+                        f"{os.path.join(run.output_dir, 'train.log')}"
+                    )
                     outcome["failed"].append(run)
                 else:
                     outcome["done"].append(run)
@@ -201,8 +242,6 @@ def run_sweep(runs: list[Run], overrides: list[str], nproc: int = 0, devices: st
 
 def sweep_rows(runs: list[Run], overrides: list[str]) -> list[dict[str, Any]]:
     """One row per config: error mean ± std over its finished runs, counts, speed and the paper's figures."""
-    from senet.compare import build_rows, error_rows, paper_reference
-
     configs = list(dict.fromkeys(r.config for r in runs))
     finished = [r.output_dir for r in runs if status(r.output_dir) == "finished"]
     rows = error_rows(build_rows(configs, overrides, finished))
@@ -229,19 +268,23 @@ def block_columns(cfg: dict) -> dict[str, Any]:
 def write_table(rows: list[dict[str, Any]], sweep_dir: str) -> dict[str, str]:
     """results.md, results.csv and results.json in the sweep folder; returns the Markdown table."""
     from senet.checkpoint import atomic_write
-    from senet.compare import ERROR_COLUMNS, PAPER_COLUMNS, format_rows
 
     os.makedirs(sweep_dir, exist_ok=True)
     after_arch = [k for k, _ in ERROR_COLUMNS].index("arch") + 1
     cols = ERROR_COLUMNS[:after_arch] + [("block", "block")] + ERROR_COLUMNS[after_arch:] + PAPER_COLUMNS
-    out = {"md": format_rows(rows, "md", cols) + "\n\n" + TABLE_NOTE + "\n",
-           "csv": format_rows(rows, "csv", cols), "json": format_rows(rows, "json")}
+    out = {
+        "md": format_rows(rows, "md", cols) + "\n\n" + TABLE_NOTE + "\n",
+        "csv": format_rows(rows, "csv", cols),
+        "json": format_rows(rows, "json"),
+    }
     for ext, text in out.items():  # atomic: a full disk leaves the previous table, never an empty one
         atomic_write(os.path.join(sweep_dir, f"results.{ext}"), text.encode())
     return out
 
 
-TABLE_NOTE = ("Error = 100 - accuracy (%) on the val split, best epoch of each run, mean ± sample std over the "
-              "finished seeds. GMACs are multiply-adds for one image at data.eval_crop (the paper's 'GFLOPs'). "
-              "r is the block's reduction ratio (ECA has none). Paper figures (single runs; Hu et al., Table 2 for SE) "
-              "appear only for configs with exactly a paper's setup.")
+TABLE_NOTE = (
+    "Error = 100 - accuracy (%) on the val split, best epoch of each run, mean ± sample std over the "
+    "finished seeds. GMACs are multiply-adds for one image at data.eval_crop (the paper's 'GFLOPs'). "
+    "r is the block's reduction ratio (ECA has none). Paper figures (single runs; Hu et al., Table 2 for SE) "
+    "appear only for configs with exactly a paper's setup."
+)

@@ -2,6 +2,7 @@
 before Paddle is first imported; the `threads` fixture."""
 
 import os
+import signal
 import sys
 
 import pytest
@@ -26,3 +27,19 @@ def threads(request):
     paddle.base.core.set_num_threads(request.param)
     yield request.param
     restore_threads()
+
+
+@pytest.fixture(autouse=True)
+def own_sigchld_handler():
+    """Each test starts with the SIGCHLD handler it found. Paddle's multi-process DataLoader installs one
+    process-wide handler that raises when any worker it ever registered has died; left in place, a later
+    test's unrelated child exiting (a subprocess, a fork) triggers it in a test that has nothing to do
+    with loaders. A later loader installs it again (Paddle's flag is cleared with it)."""
+    before = signal.getsignal(signal.SIGCHLD)
+    yield
+    if signal.getsignal(signal.SIGCHLD) is not before:
+        signal.signal(signal.SIGCHLD, before)
+        for name in ("paddle.io.multiprocess_utils", "paddle.base.multiprocess_utils"):
+            module = sys.modules.get(name)
+            if module is not None and hasattr(module, "_SIGCHLD_handler_set"):
+                module._SIGCHLD_handler_set = False

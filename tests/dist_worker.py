@@ -19,8 +19,9 @@ import paddle  # noqa: E402
 
 from senet.config import load_config  # noqa: E402
 from senet.distributed import world  # noqa: E402
+from senet.engine import train_one_epoch, unwrap  # noqa: E402
 from senet.runlog import RunLogger  # noqa: E402
-from senet.train import _unwrap, setup, train_one_epoch  # noqa: E402
+from senet.train import setup  # noqa: E402
 
 
 def main() -> None:
@@ -34,7 +35,7 @@ def main() -> None:
     while state.epoch < cfg["train"]["epochs"]:
         train_one_epoch(state, train_loader, log, {})
         state.epoch, state.batch_in_epoch = state.epoch + 1, 0
-    weights = {k: v.numpy() for k, v in _unwrap(state.model).state_dict().items()}
+    weights = {k: v.numpy() for k, v in unwrap(state.model).state_dict().items()}
     np.savez(os.path.join(out, f"rank{rank}.npz"), **weights)
     log.close()
 

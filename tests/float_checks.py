@@ -18,8 +18,18 @@ def check(a, b, noise: float, what: str = ""):
     agreement = within_noise(np.asarray(a), np.asarray(b), noise)
     if os.environ.get("SENET_NOISE_LOG"):
         with open(os.environ["SENET_NOISE_LOG"], "a") as f:
-            f.write(json.dumps({"test": os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0], "what": what,
-                                "diff": agreement.diff, "noise": agreement.noise, "bound": agreement.bound}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "test": os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0],
+                        "what": what,
+                        "diff": agreement.diff,
+                        "noise": agreement.noise,
+                        "bound": agreement.bound,
+                    }
+                )
+                + "\n"
+            )
     return agreement
 
 

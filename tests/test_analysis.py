@@ -29,9 +29,18 @@ from senet.resnet import build_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHANNELS_20 = [16] * 3 + [32] * 3 + [64] * 3  # se_resnet20: three stages of three blocks
-TINY = ["model.arch=se_resnet20", "model.num_classes=4", "model.se.reduction=4", "data.name=synthetic",
-        "data.image_size=16", "data.eval_crop=16", "data.synthetic_val_size=24", "data.batch_size=8",
-        "data.num_workers=0", "train.amp.enabled=false"]
+TINY = [
+    "model.arch=se_resnet20",
+    "model.num_classes=4",
+    "model.se.reduction=4",
+    "data.name=synthetic",
+    "data.image_size=16",
+    "data.eval_crop=16",
+    "data.synthetic_val_size=24",
+    "data.batch_size=8",
+    "data.num_workers=0",
+    "train.amp.enabled=false",
+]
 
 
 def tiny_model(*extra):
@@ -39,9 +48,16 @@ def tiny_model(*extra):
     return cfg, build_model(cfg)
 
 
-@pytest.mark.parametrize("se", [["model.se.impl=conv"], ["model.se.impl=linear", "model.se.gate=tanh"],
-                                ["model.se.squeeze=none"], ["model.se.impl=linear", "model.se.squeeze=none"],
-                                ["model.se.placement=pre", "model.se.stages=[2, 3]"]])
+@pytest.mark.parametrize(
+    "se",
+    [
+        ["model.se.impl=conv"],
+        ["model.se.impl=linear", "model.se.gate=tanh"],
+        ["model.se.squeeze=none"],
+        ["model.se.impl=linear", "model.se.squeeze=none"],
+        ["model.se.placement=pre", "model.se.stages=[2, 3]"],
+    ],
+)
 def test_record_gates_is_exact_and_leaves_the_model_unchanged(se):
     paddle.seed(0)
     cfg, model = tiny_model(*se)
@@ -116,8 +132,13 @@ def test_statistics_on_known_values():
 
 
 def run_analyze(*args, tool="analyze_gates.py"):
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", tool), *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tools", tool), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
@@ -130,12 +151,34 @@ def test_analyze_se_is_the_same_tool():
 
 def test_analyze_tool_writes_plots_and_stats(tmp_path):
     out = tmp_path / "analysis"
-    proc = run_analyze("-c", "configs/demo/se_resnet20_digits.yaml", "-o", *TINY, "--samples", "10",
-                       "--classes", "0", "3", "--per-class", "4", "--blocks", "SE_2_3", "layer3.0", "--raw",
-                       "--out", str(out))
+    proc = run_analyze(
+        "-c",
+        "configs/demo/se_resnet20_digits.yaml",
+        "-o",
+        *TINY,
+        "--samples",
+        "10",
+        "--classes",
+        "0",
+        "3",
+        "--per-class",
+        "4",
+        "--blocks",
+        "SE_2_3",
+        "layer3.0",
+        "--raw",
+        "--out",
+        str(out),
+    )
     assert "notice: no model.weights given" in proc.stdout and "SE_4_3" in proc.stdout
-    assert {"fig6_class_excitations.png", "fig7_depth_distribution.png", "se_stats.json", "se_stats.npz",
-            "summary.txt", "excitations.npz"} <= set(os.listdir(out))
+    assert {
+        "fig6_class_excitations.png",
+        "fig7_depth_distribution.png",
+        "se_stats.json",
+        "se_stats.npz",
+        "summary.txt",
+        "excitations.npz",
+    } <= set(os.listdir(out))
     for png in ("fig6_class_excitations.png", "fig7_depth_distribution.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (out / png).stat().st_size > 10_000
     report = json.loads((out / "se_stats.json").read_text())
@@ -171,8 +214,12 @@ def test_analyze_loads_weights_and_refuses_models_without_se(tmp_path):
     # The recorded gates are those of the saved model, image for image.
     from senet.data import build_loader, normalize_batch
 
-    want = np.concatenate([record_gates(model, normalize_batch(images, cfg["data"]["mean"], cfg["data"]["std"]))
-                           ["layer3.2.se"] for images, _ in build_loader(cfg, "val")])
+    want = np.concatenate(
+        [
+            record_gates(model, normalize_batch(images, cfg["data"]["mean"], cfg["data"]["std"]))["layer3.2.se"]
+            for images, _ in build_loader(cfg, "val")
+        ]
+    )
     got = np.load(report["paths"]["excitations.npz"])["layer3.2.se"]
     # Stored as float16 (senet/numerics.py, rule 4): half a float16 spacing of each gate, plus the float32
     # noise of a gate (values in [0, 1]) recomputed in other batches.
@@ -222,7 +269,7 @@ def test_eca_gates_are_the_papers_w():
         k = block.kernel_size
         kernel = block.conv.weight.numpy().reshape(k).astype(dtype)
         padded = np.pad(y, ((0, 0), (k // 2, k // 2)))
-        conv = np.stack([padded[:, c:c + k] @ kernel for c in range(block.channels)], axis=1)
+        conv = np.stack([padded[:, c : c + k] @ kernel for c in range(block.channels)], axis=1)
         return sigmoid(conv)
 
     for name, block in blocks.items():
@@ -274,8 +321,10 @@ def test_cbam_channel_and_spatial_gates_in_either_layout():
 def test_analyze_names_the_block_kind(kind, tmp_path):
     from senet.analysis import analyze, summary_text
 
-    cfg = load_config(os.path.join(ROOT, "configs", "demo", "se_resnet20_digits.yaml"),
-                      TINY + [f"model.arch={kind}_resnet20", "data.synthetic_val_size=8"])
+    cfg = load_config(
+        os.path.join(ROOT, "configs", "demo", "se_resnet20_digits.yaml"),
+        TINY + [f"model.arch={kind}_resnet20", "data.synthetic_val_size=8"],
+    )
     report = analyze(cfg, samples=8, per_class=0, blocks=[f"{kind.upper()}_4_3"], out_dir=str(tmp_path))
     meta, rows = report["meta"], report["blocks"]
     assert meta["kind"] == kind.upper() and meta["attention"] == kind and meta["options"] == cfg["model"][kind]

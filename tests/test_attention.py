@@ -10,6 +10,7 @@ under MKL's and oneDNN's other instruction sets (tests/test_cpu_paths.py)."""
 import json
 import math
 import os
+import re
 import sys
 from dataclasses import dataclass
 from typing import ClassVar
@@ -46,7 +47,9 @@ from senet.attention import (
     eca_kernel_size,
     kernels,
     register,
+    unregister,
 )
+from senet.attention_options import option
 from senet.numerics import float32_noise, float32_spacing
 from senet.profile import attention_param_formula, count_macs, count_params
 from senet.resnet import BasicBlock, Bottleneck, PreActBottleneck, all_archs, create_model
@@ -71,10 +74,12 @@ def sigmoid(a):
 
 # --------------------------------------------------------------------------- kernels against their references
 
+
 def mean_noise(x, axes):
     """The float32 noise of the reference mean: Paddle's mean of x in float32 against float64."""
-    return float32_noise(x.mean(axis=axes, keepdim=True).numpy(),
-                         x.astype("float64").mean(axis=axes, keepdim=True).numpy())
+    return float32_noise(
+        x.mean(axis=axes, keepdim=True).numpy(), x.astype("float64").mean(axis=axes, keepdim=True).numpy()
+    )
 
 
 @pytest.mark.cpu_paths
@@ -90,8 +95,12 @@ def test_global_mean_and_max_equal_the_reductions(channel_last, threads):
         assert_within_noise(kernels.global_mean(x, channel_last, cache).numpy(), want, mean_noise(x, axes))
     assert len(cache.mean_weights) == 1
     big = randn(8, 256, 56, 56) if not channel_last else randn(8, 56, 56, 256)  # a ResNet-50 stage-1 map
-    assert_within_noise(kernels.global_mean(big, channel_last, cache).numpy(),
-                        big.mean(axis=axes, keepdim=True).numpy(), mean_noise(big, axes), "8x256x56x56")
+    assert_within_noise(
+        kernels.global_mean(big, channel_last, cache).numpy(),
+        big.mean(axis=axes, keepdim=True).numpy(),
+        mean_noise(big, axes),
+        "8x256x56x56",
+    )
     np.testing.assert_array_equal(kernels.global_max(x, channel_last).numpy(), x.max(axis=axes, keepdim=True).numpy())
 
 
@@ -169,14 +178,16 @@ def test_batch_norm_scale_equals_the_multiply(threads):
         assert_within_noise(kernels.scale_channels(x, s, False, cache).numpy(), want, noise)
         assert cache.bn_constants[0] is zeros  # reused, not made again
         # another batch size replaces the constants instead of adding more
-        assert_within_noise(kernels.scale_channels(x[:2], s[:2], False, cache).numpy(), want[:2],
-                            product_noise(x[:2], s[:2]))
+        assert_within_noise(
+            kernels.scale_channels(x[:2], s[:2], False, cache).numpy(), want[:2], product_noise(x[:2], s[:2])
+        )
         assert cache.bn_constants[0].shape == [32]
         # channels-last keeps the plain multiply
         x_nhwc, s_nhwc = x.transpose([0, 2, 3, 1]), s.transpose([0, 2, 3, 1])
         assert not kernels._batch_norm_applies(x_nhwc, s_nhwc, True)
-        np.testing.assert_array_equal(kernels.scale_channels(x_nhwc, s_nhwc, True, kernels.KernelCache()).numpy(),
-                                      (x_nhwc * s_nhwc).numpy())
+        np.testing.assert_array_equal(
+            kernels.scale_channels(x_nhwc, s_nhwc, True, kernels.KernelCache()).numpy(), (x_nhwc * s_nhwc).numpy()
+        )
     # With gradients wanted it is the plain multiply, which has a backward.
     x.stop_gradient = s.stop_gradient = False
     assert not kernels._batch_norm_applies(x, s, False)
@@ -205,14 +216,24 @@ def test_se_block_inference_scale_equals_the_multiply(impl, threads):
 
 # --------------------------------------------------------------------------- ECA
 
-@pytest.mark.parametrize("channels, gamma, b, k", [
-    (16, 2, 1, 3), (32, 2, 1, 3), (64, 2, 1, 3), (256, 2, 1, 5), (512, 2, 1, 5), (1024, 2, 1, 5), (2048, 2, 1, 7),
-    (16, 1, 0, 5),  # t = 4, even: 5
-    (64, 1, 0, 7),  # t = 6: 7
-    (64, 3, 2, 3),  # (6 + 2) / 3 = 2.67 -> 2: 3
-    (2048, 2, 0, 5),  # 11 / 2 = 5.5 -> 5
-    (1, 2, 1, 1),  # (0 + 1) / 2 = 0.5 -> 0: at least 1
-])
+
+@pytest.mark.parametrize(
+    "channels, gamma, b, k",
+    [
+        (16, 2, 1, 3),
+        (32, 2, 1, 3),
+        (64, 2, 1, 3),
+        (256, 2, 1, 5),
+        (512, 2, 1, 5),
+        (1024, 2, 1, 5),
+        (2048, 2, 1, 7),
+        (16, 1, 0, 5),  # t = 4, even: 5
+        (64, 1, 0, 7),  # t = 6: 7
+        (64, 3, 2, 3),  # (6 + 2) / 3 = 2.67 -> 2: 3
+        (2048, 2, 0, 5),  # 11 / 2 = 5.5 -> 5
+        (1, 2, 1, 1),  # (0 + 1) / 2 = 0.5 -> 0: at least 1
+    ],
+)
 def test_eca_kernel_size_by_hand(channels, gamma, b, k):
     assert eca_kernel_size(channels, gamma, b) == k
     assert ECABlock(channels, ECAOptions(gamma=gamma, b=b)).conv.weight.shape == [1, 1, k]
@@ -222,7 +243,7 @@ def eca_by_hand(x, w):
     """Mean over H x W, a 1D cross-correlation across channels with zero padding, sigmoid, scale."""
     k = len(w)
     y = np.pad(x.mean(axis=(2, 3)), [(0, 0), (k // 2, k // 2)])
-    conv = sum(w[j] * y[:, j:j + x.shape[1]] for j in range(k))
+    conv = sum(w[j] * y[:, j : j + x.shape[1]] for j in range(k))
     return x * sigmoid(conv)[:, :, None, None]
 
 
@@ -232,8 +253,12 @@ def assert_block_by_hand(block, x, by_hand):
     a = x.numpy()
     train32 = block(x).numpy()
     twin = float64_twin(block)
-    assert_float64_matches(twin(paddle.to_tensor(a.astype(np.float64))).numpy(), by_hand(a.astype(np.float64)),
-                           train32, "float64 twin against the math by hand")
+    assert_float64_matches(
+        twin(paddle.to_tensor(a.astype(np.float64))).numpy(),
+        by_hand(a.astype(np.float64)),
+        train32,
+        "float64 twin against the math by hand",
+    )
     assert_layer_matches(run(block, x), block, a, what="inference path")
 
 
@@ -251,7 +276,7 @@ def test_eca_block_by_hand(kernel_size, k, threads):
 def test_eca_even_or_bad_kernel_is_refused():
     with pytest.raises(ValueError, match="odd"):
         ECAOptions(kernel_size=4)
-    with pytest.raises(ValueError, match="positive"):
+    with pytest.raises(ValueError, match=re.escape("model.eca.kernel_size must be an integer in [1, 255], got 0")):
         ECAOptions(kernel_size=0)
 
 
@@ -265,6 +290,7 @@ def test_eca_gradients_reach_the_conv_and_the_input():
 
 
 # --------------------------------------------------------------------------- CBAM
+
 
 def cbam_by_hand(x, block):
     """Eq. 2 then Eq. 3 of Woo et al. in float64: the shared MLP (with biases) on the average- and
@@ -282,7 +308,7 @@ def cbam_by_hand(x, block):
     w = p["spatial_conv.weight"][0]  # [2, k, k]
     k, (h, wd) = w.shape[-1], x.shape[2:]
     maps = np.pad(np.stack([x.mean(axis=1), x.max(axis=1)], axis=1), [(0, 0), (0, 0), (k // 2,) * 2, (k // 2,) * 2])
-    conv = sum(w[c, i, j] * maps[:, c, i:i + h, j:j + wd] for c in range(2) for i in range(k) for j in range(k))
+    conv = sum(w[c, i, j] * maps[:, c, i : i + h, j : j + wd] for c in range(2) for i in range(k) for j in range(k))
     return x * sigmoid(conv)[:, None]
 
 
@@ -299,7 +325,7 @@ def random_cbam(options, data_format="NCHW"):
 @pytest.mark.parametrize("spatial", [True, False])
 def test_cbam_block_by_hand(spatial, threads):
     block = random_cbam(CBAMOptions(reduction=4, spatial=spatial))
-    assert hasattr(block, "spatial_conv") == spatial and list(block.gates()) == ["channel", "spatial"][:1 + spatial]
+    assert hasattr(block, "spatial_conv") == spatial and list(block.gates()) == ["channel", "spatial"][: 1 + spatial]
     assert_block_by_hand(block, randn(2, 16, 6, 5), lambda a: cbam_by_hand(a, block))
 
 
@@ -337,6 +363,7 @@ def test_nhwc_block_equals_nchw_block(kind, threads):
 
 
 # --------------------------------------------------------------------------- accounting by hand
+
 
 def hand_counts(kind, c, hw):
     """(parameters, multiply-adds) of one block of `kind` (SMALL options) on a C x H x W map, by hand."""
@@ -381,8 +408,12 @@ def test_resnet50_parameter_counts():
     CBAM-ResNet-50: SE-ResNet-50 (28,088,024, tests/test_profile.py) plus 16 spatial convs of 2 x 49
     weights. ResNet-50 has 25,557,032 parameters with 1000 classes."""
     eca = create_model("eca_resnet50")
-    assert [eca.layer1[0].se.kernel_size, eca.layer2[0].se.kernel_size, eca.layer3[0].se.kernel_size,
-            eca.layer4[0].se.kernel_size] == [5, 5, 5, 7]
+    assert [
+        eca.layer1[0].se.kernel_size,
+        eca.layer2[0].se.kernel_size,
+        eca.layer3[0].se.kernel_size,
+        eca.layer4[0].se.kernel_size,
+    ] == [5, 5, 5, 7]
     params, _, params_attn, _ = count_params(eca)
     assert params_attn == attention_param_formula(eca) == 86 and params == 25_557_032 + 86
     cbam = create_model("cbam_resnet50")
@@ -402,13 +433,21 @@ def test_cbam_resnet50_macs_by_hand():
     assert macs_attn == want
 
 
-@pytest.mark.parametrize("block", [
-    lambda: SEBlock(64, SEOptions(reduction=4)), lambda: SEBlock(64, SEOptions(reduction=16, bias=False)),
-    lambda: SEBlock(64, SEOptions(reduction=16, divisor=8)),  # timm's rounding: 8 hidden units, not 4
-    lambda: ECABlock(64), lambda: ECABlock(2048), lambda: ECABlock(64, ECAOptions(kernel_size=9)),
-    lambda: CBAMBlock(64), lambda: CBAMBlock(64, CBAMOptions(bias=False)),
-    lambda: CBAMBlock(64, CBAMOptions(spatial=False)), lambda: CBAMBlock(64, CBAMOptions(spatial_kernel=3)),
-])
+@pytest.mark.parametrize(
+    "block",
+    [
+        lambda: SEBlock(64, SEOptions(reduction=4)),
+        lambda: SEBlock(64, SEOptions(reduction=16, bias=False)),
+        lambda: SEBlock(64, SEOptions(reduction=16, divisor=8)),  # timm's rounding: 8 hidden units, not 4
+        lambda: ECABlock(64),
+        lambda: ECABlock(2048),
+        lambda: ECABlock(64, ECAOptions(kernel_size=9)),
+        lambda: CBAMBlock(64),
+        lambda: CBAMBlock(64, CBAMOptions(bias=False)),
+        lambda: CBAMBlock(64, CBAMOptions(spatial=False)),
+        lambda: CBAMBlock(64, CBAMOptions(spatial_kernel=3)),
+    ],
+)
 def test_param_formula_counts_every_parameter(block):
     block = block()
     assert block.param_formula() == sum(int(p.size) for p in block.parameters())
@@ -418,11 +457,14 @@ def test_param_formula_counts_every_parameter(block):
 
 # block type -> (constructor of a small stride-2 block, its 3x3 layer (head), its last layer (tail), join activation)
 BLOCKS = {
-    "basic": (lambda attn, p: BasicBlock(16, 32, 2, attn, "b", 1, placement=p, pad_shortcut=True),
-              "conv1", "conv2", F.relu),
+    "basic": (
+        lambda attn, p: BasicBlock(16, 32, 2, attn, "b", 1, placement=p, pad_shortcut=True),
+        "conv1",
+        "conv2",
+        F.relu,
+    ),
     "bottleneck": (lambda attn, p: Bottleneck(32, 16, 2, attn, "b", 1, placement=p), "conv2", "conv3", F.relu),
-    "preact": (lambda attn, p: PreActBottleneck(32, 16, 2, attn, "b", 1, placement=p), "conv2", "conv3",
-               lambda t: t),
+    "preact": (lambda attn, p: PreActBottleneck(32, 16, 2, attn, "b", 1, placement=p), "conv2", "conv3", lambda t: t),
 }
 # (in, inner, out) widths of those blocks
 WIDTHS = {"basic": (16, 32, 32), "bottleneck": (32, 16, 64), "preact": (32, 16, 64)}
@@ -441,16 +483,20 @@ def trace(block_type, kind, placement):
     def keep(name, use_input=False):
         def hook(layer, inputs, output=None):
             seen[name] = (inputs[0] if use_input else output).numpy()
+
         return hook
 
-    hooks = [block.register_forward_pre_hook(keep("in", True)), block.register_forward_post_hook(keep("out")),
-             block.se.register_forward_pre_hook(keep("se_in", True)),
-             block.se.register_forward_post_hook(keep("se_out")),
-             block.shortcut.register_forward_post_hook(keep("shortcut")),
-             block.conv1.register_forward_pre_hook(keep("conv1_in", True)),
-             getattr(block, head).register_forward_post_hook(keep("head")),
-             getattr(block, tail).register_forward_pre_hook(keep("tail_in", True)),
-             getattr(block, tail).register_forward_post_hook(keep("tail"))]
+    hooks = [
+        block.register_forward_pre_hook(keep("in", True)),
+        block.register_forward_post_hook(keep("out")),
+        block.se.register_forward_pre_hook(keep("se_in", True)),
+        block.se.register_forward_post_hook(keep("se_out")),
+        block.shortcut.register_forward_post_hook(keep("shortcut")),
+        block.conv1.register_forward_pre_hook(keep("conv1_in", True)),
+        getattr(block, head).register_forward_post_hook(keep("head")),
+        getattr(block, tail).register_forward_pre_hook(keep("tail_in", True)),
+        getattr(block, tail).register_forward_post_hook(keep("tail")),
+    ]
     if block_type == "preact":
         hooks.append(block.preact.register_forward_post_hook(keep("preact")))
     with paddle.no_grad():
@@ -484,7 +530,8 @@ def test_placement_topology(kind, block_type, placement):
     candidates = ("in", "preact", "head", "tail", "shortcut", "sum")
     assert {c for c in candidates if c in t and same(t[c], t["se_in"])} == {want}
     branch, shortcut = {"standard": ("se_out", "shortcut"), "identity": ("tail", "se_out")}.get(
-        placement, ("tail", "shortcut"))
+        placement, ("tail", "shortcut")
+    )
     summed = act(paddle.to_tensor(t[branch] + t[shortcut])).numpy()
     assert same(t["out"], t["se_out"] if placement == "post" else summed)
     assert same(t["conv1_in"], t["se_out"]) == (placement == "pre")
@@ -496,8 +543,15 @@ def test_placement_topology(kind, block_type, placement):
 def test_identity_placement_without_projection_reads_the_block_input(kind):
     """A block whose shortcut is the identity: SE-Identity scales the input itself on its way to the sum."""
     paddle.seed(7)
-    block = BasicBlock(16, 16, 1, attention_slot(REGISTRY[kind], small_options(kind, placement="identity")), "b", 1,
-                       placement="identity")
+    block = BasicBlock(
+        16,
+        16,
+        1,
+        attention_slot(REGISTRY[kind], small_options(kind, placement="identity")),
+        "b",
+        1,
+        placement="identity",
+    )
     block.eval()
     x = randn(2, 16, 8, 8)
     seen = []
@@ -522,16 +576,20 @@ def test_stages_select_the_stages_with_blocks(kind, stages):
 
 # --------------------------------------------------------------------------- no catch-all keywords
 
-@pytest.mark.parametrize("make", [
-    lambda: SEBlock(16, SEOptions(), bogus=1),
-    lambda: ECABlock(16, ECAOptions(), bogus=1),
-    lambda: CBAMBlock(16, CBAMOptions(), bogus=1),
-    lambda: BasicBlock(16, 16, 1, attention_slot(None, None), "b", 1, bogus=1),
-    lambda: Bottleneck(64, 16, 1, attention_slot(None, None), "b", 1, bogus=1),
-    lambda: PreActBottleneck(64, 16, 1, attention_slot(None, None), "b", 1, bogus=1),
-    lambda: ECAOptions(reduction=4),  # SE's and CBAM's option, not ECA's
-    lambda: create_model("eca_resnet20", attention=SEOptions()),  # another block's options
-])
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: SEBlock(16, SEOptions(), bogus=1),
+        lambda: ECABlock(16, ECAOptions(), bogus=1),
+        lambda: CBAMBlock(16, CBAMOptions(), bogus=1),
+        lambda: BasicBlock(16, 16, 1, attention_slot(None, None), "b", 1, bogus=1),
+        lambda: Bottleneck(64, 16, 1, attention_slot(None, None), "b", 1, bogus=1),
+        lambda: PreActBottleneck(64, 16, 1, attention_slot(None, None), "b", 1, bogus=1),
+        lambda: ECAOptions(reduction=4),  # SE's and CBAM's option, not ECA's
+        lambda: create_model("eca_resnet20", attention=SEOptions()),  # another block's options
+    ],
+)
 def test_unknown_keywords_are_errors(make):
     with pytest.raises(TypeError):
         make()
@@ -539,9 +597,12 @@ def test_unknown_keywords_are_errors(make):
 
 # --------------------------------------------------------------------------- a block registered from outside
 
+
 @dataclass(frozen=True)
 class ToyOptions(AttentionOptions):
     section: ClassVar[str] = "model.toy"
+    init_std: float = option(2.0, "the standard deviation of a's initial values")
+    width: int = option(1, "unused; a number with a range", low=1, high=4)
 
 
 class ToyBlock(AttentionBlock):
@@ -550,7 +611,7 @@ class ToyBlock(AttentionBlock):
     def __init__(self, channels, options=ToyOptions(), name="toy", data_format="NCHW"):
         super().__init__()
         self.channels, self.channel_last = channels, data_format == "NHWC"
-        self.a = self.create_parameter([channels], default_initializer=nn.initializer.Normal(0.0, 2.0))
+        self.a = self.create_parameter([channels], default_initializer=nn.initializer.Normal(0.0, options.init_std))
         self.gate = Gate("sigmoid")
         self.cache = kernels.KernelCache()
 
@@ -578,7 +639,7 @@ def toy():
         model.eval()
         yield model
     finally:
-        REGISTRY.pop("toy", None)
+        unregister("toy")
 
 
 def test_toy_block_builds_and_counts(toy, plain_resnet20):
@@ -592,8 +653,10 @@ def test_toy_block_builds_and_counts(toy, plain_resnet20):
     # block really sees in a forward (hooks), and the toy's math counted there (a mean and a scale of
     # every element, one multiply per channel).
     seen = []
-    hooks = [b.register_forward_pre_hook(lambda layer, args: seen.append(args[0].shape))
-             for b in attention_blocks(toy).values()]
+    hooks = [
+        b.register_forward_pre_hook(lambda layer, args: seen.append(args[0].shape))
+        for b in attention_blocks(toy).values()
+    ]
     with paddle.no_grad():
         toy(randn(1, 3, 32, 32))
     for h in hooks:
@@ -613,8 +676,40 @@ def test_register_refuses_names_that_cannot_be_a_prefix(name):
             register(Attention(name, ToyBlock, ToyOptions, "Toy", ""))
     finally:  # an accepted name must not stay behind for the other tests
         for added in set(REGISTRY) - before:
-            REGISTRY.pop(added)
+            unregister(added)
     assert REGISTRY["se"].block is SEBlock
+
+
+def test_a_registered_block_gets_its_config_section_from_its_options(toy):
+    """register() declares model.toy from ToyOptions' fields: its defaults, its types, its ranges and
+    the placements every block has; unknown keys and bad values are refused by name, like model.se's."""
+    from senet.config import ConfigError, load_config
+
+    cfg = load_config(None, ["model.arch=toy_resnet20", "model.toy.init_std=0.5", "model.toy.stages=[2, 3]"])
+    assert cfg["model"]["toy"] == {"placement": "standard", "stages": [2, 3], "init_std": 0.5, "width": 1}
+    for override, message in [
+        ("model.toy.bogus=1", "unknown config key 'model.toy.bogus'"),
+        ("model.toy.width=5", "model.toy.width=5 is out of range: it must be in [1, 4]"),
+        ("model.toy.init_std=big", "model.toy.init_std must be float"),
+        ("model.toy.placement=before", "model.toy.placement: 'before' is not one of standard"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load_config(None, [override])
+    with pytest.raises(ValueError, match=re.escape("model.toy.width must be an integer in [1, 4], got 0")):
+        ToyOptions(width=0)  # the same rule, on the class built directly
+
+
+def test_unregister_takes_the_config_section_away():
+    from senet.config import ConfigError, load_config
+
+    register(Attention("tiny", ToyBlock, ToyOptions, "Tiny", ""))
+    try:
+        assert load_config(None, ["model.tiny.width=2"])["model"]["tiny"]["width"] == 2
+    finally:
+        unregister("tiny")
+    with pytest.raises(ConfigError, match="unknown config key 'model.tiny'"):
+        load_config(None, ["model.tiny.width=2"])
+    assert "tiny" not in load_config(None)["model"]
 
 
 def test_toy_block_gates_are_recorded(toy):
@@ -622,9 +717,12 @@ def test_toy_block_gates_are_recorded(toy):
 
     x = randn(3, 3, 32, 32)
     seen = {}
-    hooks = [block.gate.register_forward_post_hook(
-        lambda layer, inputs, output, name=name: seen.__setitem__(name, output.numpy().reshape(3, -1)))
-        for name, block in attention_blocks(toy).items()]
+    hooks = [
+        block.gate.register_forward_post_hook(
+            lambda layer, inputs, output, name=name: seen.__setitem__(name, output.numpy().reshape(3, -1))
+        )
+        for name, block in attention_blocks(toy).items()
+    ]
     with paddle.no_grad():
         toy(x)
     for h in hooks:
@@ -661,25 +759,55 @@ def test_analysis_tool_runs_end_to_end_on_the_toy(toy, tmp_path, monkeypatch, ca
     out = tmp_path / "analysis"
     root = os.path.dirname(os.path.dirname(FIXTURES))
     demo = os.path.join(root, "configs", "demo", "se_resnet20_digits.yaml")
-    overrides = ["model.arch=toy_resnet20", "model.num_classes=10", f"model.weights={weights}", "data.name=synthetic",
-                 "data.synthetic_val_size=12", "data.image_size=32", "data.eval_crop=32", "data.batch_size=4",
-                 "data.num_workers=0", f"output_dir={tmp_path}"]
-    monkeypatch.setattr(sys, "argv", ["tools/analyze_gates.py", "-c", demo, "-o", *overrides, "--samples", "12",
-                                      "--per-class", "0", "--out", str(out), "--raw"])
+    overrides = [
+        "model.arch=toy_resnet20",
+        "model.num_classes=10",
+        f"model.weights={weights}",
+        "data.name=synthetic",
+        "data.synthetic_val_size=12",
+        "data.image_size=32",
+        "data.eval_crop=32",
+        "data.batch_size=4",
+        "data.num_workers=0",
+        f"output_dir={tmp_path}",
+    ]
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "tools/analyze_gates.py",
+            "-c",
+            demo,
+            "-o",
+            *overrides,
+            "--samples",
+            "12",
+            "--per-class",
+            "0",
+            "--out",
+            str(out),
+            "--raw",
+        ],
+    )
     with pytest.raises(SystemExit) as e:
         runpy.run_path(os.path.join(root, "tools", "analyze_gates.py"), run_name="__main__")
     assert e.value.code == 0, capsys.readouterr()
     stats = json.loads((out / "se_stats.json").read_text())
-    assert [row["label"] for row in stats["blocks"]] == [f"Toy_{i}_{j}" for i, n in ((2, 3), (3, 3), (4, 3))
-                                                          for j in range(1, n + 1)]
+    assert [row["label"] for row in stats["blocks"]] == [
+        f"Toy_{i}_{j}" for i, n in ((2, 3), (3, 3), (4, 3)) for j in range(1, n + 1)
+    ]
     from senet.analysis import record_gates
     from senet.config import load_config
     from senet.data import build_loader, normalize_batch
 
     cfg = load_config(demo, overrides)
     recorded = np.load(out / "excitations.npz")
-    direct = np.concatenate([record_gates(toy, normalize_batch(images, cfg["data"]["mean"], cfg["data"]["std"]))
-                             ["layer3.2.se"] for images, _ in build_loader(cfg, "val")])
+    direct = np.concatenate(
+        [
+            record_gates(toy, normalize_batch(images, cfg["data"]["mean"], cfg["data"]["std"]))["layer3.2.se"]
+            for images, _ in build_loader(cfg, "val")
+        ]
+    )
     assert recorded["layer3.2.se"].shape == direct.shape == (12, 64)
     from senet.numerics import SAFETY, float16_step, float32_spacing
 
@@ -692,8 +820,17 @@ def test_toy_block_exports_to_paddle_inference(toy, tmp_path):
     from senet.export import export
     from senet.inference import Predictor
 
-    cfg = load_config(None, ["model.arch=toy_resnet20", "model.num_classes=10", "data.name=synthetic",
-                             "data.synthetic_val_size=2", "data.eval_crop=32", "data.image_size=32"])
+    cfg = load_config(
+        None,
+        [
+            "model.arch=toy_resnet20",
+            "model.num_classes=10",
+            "data.name=synthetic",
+            "data.synthetic_val_size=2",
+            "data.eval_crop=32",
+            "data.image_size=32",
+        ],
+    )
     info = export(cfg, str(tmp_path), ["paddle", "safetensors"], model=toy)
     assert info["arch"] == "toy_resnet20" and set(info["files"]) == {"paddle", "safetensors"}
     images = np.random.default_rng(3).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
@@ -708,15 +845,25 @@ def test_safetensors_export_records_the_blocks_own_options(tmp_path):
     from senet.export import export
     from senet.resnet import build_model
 
-    cfg = load_config(None, ["model.arch=eca_resnet20", "model.num_classes=10", "model.eca.kernel_size=5",
-                             "data.name=synthetic", "data.synthetic_val_size=2", "data.eval_crop=32",
-                             "data.image_size=32"])
+    cfg = load_config(
+        None,
+        [
+            "model.arch=eca_resnet20",
+            "model.num_classes=10",
+            "model.eca.kernel_size=5",
+            "data.name=synthetic",
+            "data.synthetic_val_size=2",
+            "data.eval_crop=32",
+            "data.image_size=32",
+        ],
+    )
     export(cfg, str(tmp_path), ["safetensors"], model=build_model(cfg))
     _, metadata = read_safetensors(str(tmp_path / "model.safetensors"))
     assert json.loads(metadata["eca"])["kernel_size"] == 5 and "se" not in metadata
 
 
 # --------------------------------------------------------------------------- state dicts written before the registry
+
 
 @pytest.mark.cpu_paths
 def test_checkpoint_from_before_the_registry_loads(threads):
@@ -739,8 +886,7 @@ def test_checkpoint_from_before_the_registry_loads(threads):
     from senet.checkpoint import load_weights
 
     model = create_model("se_resnet20", num_classes=10)
-    load_weights(model, os.path.join(FIXTURES, "se_resnet20_before_attention.safetensors"),
-                 expected_arch="se_resnet20")
+    load_weights(model, os.path.join(FIXTURES, "se_resnet20_before_attention.safetensors"), expected_arch="se_resnet20")
     assert "layer1.0.se.fc1.weight" in model.state_dict()
     model.eval()
     x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype("float32")
@@ -785,6 +931,9 @@ def test_a_misfit_names_the_arch_the_file_records(tmp_path):
 
     eca_file = str(tmp_path / "eca.safetensors")
     save_safetensors(create_model("eca_resnet20", num_classes=10), eca_file, metadata={"arch": "eca_resnet20"})
-    with pytest.raises(CheckpointError, match=r"does not fit the model for model.arch=cbam_resnet20: .*"
-                                              r"It records model.arch=eca_resnet20\.$"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"does not fit the model for model.arch=cbam_resnet20: .*"
+        r"It records model.arch=eca_resnet20\.$",
+    ):
         load_weights(create_model("cbam_resnet20", num_classes=10), eca_file, expected_arch="cbam_resnet20")

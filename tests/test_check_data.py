@@ -20,8 +20,21 @@ def run(*args: str) -> subprocess.CompletedProcess:
 def fake(tmp_path_factory) -> str:
     """scripts/make_fake_data.py output: imagenet/ (3 classes x 8 + 3) and cifar/ tarballs."""
     out = str(tmp_path_factory.mktemp("fake"))
-    r = run("scripts/make_fake_data.py", "--out", out, "--classes", "3", "--per-class", "8", "--val-per-class", "3",
-            "--cifar-train", "40", "--cifar-test", "10")
+    r = run(
+        "scripts/make_fake_data.py",
+        "--out",
+        out,
+        "--classes",
+        "3",
+        "--per-class",
+        "8",
+        "--val-per-class",
+        "3",
+        "--cifar-train",
+        "40",
+        "--cifar-test",
+        "10",
+    )
     assert r.returncode == 0, r.stderr
     assert sorted(os.listdir(os.path.join(out, "cifar"))) == ["cifar-10-python.tar.gz", "cifar-100-python.tar.gz"]
     return out
@@ -32,8 +45,17 @@ def test_json_report_with_decode_lists_bad_files(fake, tmp_path):
     with open(bad, "wb") as f:
         f.write(b"\xff\xd8\xff\xe0 not really a JPEG")
     try:
-        r = run("tools/check_data.py", "-o", f"data.root={fake}/imagenet", "model.num_classes=3",
-                "-o", f"output_dir={tmp_path}", "data.num_workers=2", "--decode", "--json")
+        r = run(
+            "tools/check_data.py",
+            "-o",
+            f"data.root={fake}/imagenet",
+            "model.num_classes=3",
+            "-o",
+            f"output_dir={tmp_path}",
+            "data.num_workers=2",
+            "--decode",
+            "--json",
+        )
     finally:
         os.unlink(bad)
     assert r.returncode == 1, r.stderr  # a bad file was found
@@ -46,13 +68,34 @@ def test_json_report_with_decode_lists_bad_files(fake, tmp_path):
 
 
 def test_bench_and_text_output(fake, tmp_path):
-    r = run("tools/check_data.py", "-o", f"data.root={fake}/imagenet", "model.num_classes=3", f"output_dir={tmp_path}",
-            "data.batch_size=2", "data.num_workers=1", "data.image_size=32", "--bench", "8")
+    r = run(
+        "tools/check_data.py",
+        "-o",
+        f"data.root={fake}/imagenet",
+        "model.num_classes=3",
+        f"output_dir={tmp_path}",
+        "data.batch_size=2",
+        "data.num_workers=1",
+        "data.image_size=32",
+        "--bench",
+        "8",
+    )
     assert r.returncode == 0, r.stderr
     assert "train: 24 images, 3 classes; smallest class n00000000 (8)" in r.stdout
     assert "loader / plain = " in r.stdout and "1 workers" in r.stdout
-    r = run("tools/check_data.py", "-o", "data.name=synthetic", "model.num_classes=5", "data.synthetic_train_size=64",
-            "data.image_size=16", "data.batch_size=4", "data.num_workers=0", "--bench", "16", "--json")
+    r = run(
+        "tools/check_data.py",
+        "-o",
+        "data.name=synthetic",
+        "model.num_classes=5",
+        "data.synthetic_train_size=64",
+        "data.image_size=16",
+        "data.batch_size=4",
+        "data.num_workers=0",
+        "--bench",
+        "16",
+        "--json",
+    )
     bench = json.loads(r.stdout)["bench"]
     assert bench["images"] == 16 and bench["loader_images_per_s"] > 0 and bench["loader_cpu_ms_per_image"] > 0
     assert bench["ratio"] is None and bench["plain_images_per_s"] is None  # no files to decode
@@ -61,8 +104,14 @@ def test_bench_and_text_output(fake, tmp_path):
 def test_cifar_counts_and_missing_root(fake, tmp_path):
     r = run("tools/check_data.py", "-o", "data.name=cifar100", f"data.root={fake}/cifar", "model.num_classes=100")
     assert r.returncode == 2 and "not the published" in r.stderr and "data.verify_md5=false" in r.stderr, r.stderr
-    r = run("tools/check_data.py", "-o", "data.name=cifar100", f"data.root={fake}/cifar", "model.num_classes=100",
-            "data.verify_md5=false")
+    r = run(
+        "tools/check_data.py",
+        "-o",
+        "data.name=cifar100",
+        f"data.root={fake}/cifar",
+        "model.num_classes=100",
+        "data.verify_md5=false",
+    )
     assert r.returncode == 0, r.stderr
     assert "train: 40 images, 100 classes" in r.stdout and "val: 10 images, 100 classes" in r.stdout
     assert "not the published" in r.stderr  # fake tarballs carry the official name, not the official MD5
@@ -76,8 +125,20 @@ def test_bench_times_dali_beside_our_loader_and_plain_decoding(fake, tmp_path):
     each with images per CPU-second; without DALI, one line names the install command."""
     from senet.data.dali import dali_installed
 
-    args = ["tools/check_data.py", "-o", f"data.root={fake}/imagenet", "model.num_classes=3", f"output_dir={tmp_path}",
-            "data.batch_size=2", "data.num_workers=1", "data.image_size=32", "--bench", "4", "--repeats", "2"]
+    args = [
+        "tools/check_data.py",
+        "-o",
+        f"data.root={fake}/imagenet",
+        "model.num_classes=3",
+        f"output_dir={tmp_path}",
+        "data.batch_size=2",
+        "data.num_workers=1",
+        "data.image_size=32",
+        "--bench",
+        "4",
+        "--repeats",
+        "2",
+    ]
     r = run(*args, "--json")
     assert r.returncode == 0, r.stderr
     bench = json.loads(r.stdout)["bench"]
@@ -98,13 +159,22 @@ def test_bench_times_dali_beside_our_loader_and_plain_decoding(fake, tmp_path):
 
     bench.update(image_size=32, files="generated JPEGs", file_size="64x48")
     rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1:] for line in _loader(bench, []) if " | " in line}
-    labels = {"plain": "plain decode+crop (no batching, nothing handed back)",
-              "loader": "our loader (paddle.io.DataLoader, OpenCV)", "dali": "NVIDIA DALI, cpu decoder"}
+    labels = {
+        "plain": "plain decode+crop (no batching, nothing handed back)",
+        "loader": "our loader (paddle.io.DataLoader, OpenCV)",
+        "dali": "NVIDIA DALI, cpu decoder",
+    }
     for name in names:
         images_per_s, cpu_ms, per_core = rows[labels[name]]
         assert images_per_s == f"{bench[f'{name}_images_per_s']:,.0f} ± {bench[f'{name}_std']:,.0f}"
-        assert (cpu_ms, per_core) == (f"{bench[f'{name}_cpu_ms_per_image']:,.2f}",
-                                      f"{bench[f'{name}_images_per_cpu_s']:,.0f} |")
-    without = {**bench, "dali_images_per_s": None, "dali_decoder": None,  # a machine without DALI
-               "dali_skipped": "not installed (make install DALI=1)"}
+        assert (cpu_ms, per_core) == (
+            f"{bench[f'{name}_cpu_ms_per_image']:,.2f}",
+            f"{bench[f'{name}_images_per_cpu_s']:,.0f} |",
+        )
+    without = {
+        **bench,
+        "dali_images_per_s": None,
+        "dali_decoder": None,  # a machine without DALI
+        "dali_skipped": "not installed (make install DALI=1)",
+    }
     assert "| NVIDIA DALI | not installed (make install DALI=1) | - | - |" in _loader(without, [])

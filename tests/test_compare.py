@@ -11,8 +11,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_compare(*args):
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "compare.py"), *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tools", "compare.py"), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     return proc
 
 
@@ -36,8 +41,12 @@ def test_compare_paper_shows_eca_and_cbam_figures_beside_ours():
     assert proc.returncode == 0, proc.stderr
     eca, cbam = json.loads(proc.stdout)
     # Ours: ECA's k = 5, 5, 5, 7 per stage (the authors' rounding) is 13 x 5 + 3 x 7 = 86 weights.
-    assert (eca["params"], eca["attention_params"], eca["reduction"], eca["kernel_sizes"]) == \
-        (25_557_032 + 86, 86, None, [5, 5, 5, 7])
+    assert (eca["params"], eca["attention_params"], eca["reduction"], eca["kernel_sizes"]) == (
+        25_557_032 + 86,
+        86,
+        None,
+        [5, 5, 5, 7],
+    )
     assert (cbam["params"], cbam["reduction"], cbam["kernel_sizes"]) == (28_089_592, 16, None)
     # Theirs, as the papers state them, with the source.
     assert (eca["paper_top1_err"], eca["paper_extra_params"], eca["paper_extra_gmacs"]) == (22.52, 80, 4.7e-4)
@@ -53,14 +62,18 @@ def test_compare_paper_shows_eca_and_cbam_figures_beside_ours():
 
 
 def test_compare_overrides_and_formats():
-    proc = run_compare("-c", "configs/se_resnet50.yaml", "-o", "model.se.reduction=8", "model.stride_in_1x1=false",
-                       "--format", "csv")
+    proc = run_compare(
+        "-c", "configs/se_resnet50.yaml", "-o", "model.se.reduction=8", "model.stride_in_1x1=false", "--format", "csv"
+    )
     assert proc.returncode == 0, proc.stderr
     header, row = proc.stdout.strip().splitlines()
     values = dict(zip(header.split(","), row.split(",")))
     assert values["reduction"] == "8" and float(values["gmacs"]) > 4.09
-    paper = json.loads(run_compare("-c", "configs/se_resnet50.yaml", "-o", "model.se.reduction=8", "--paper",
-                                   "--format", "json").stdout)
+    paper = json.loads(
+        run_compare(
+            "-c", "configs/se_resnet50.yaml", "-o", "model.se.reduction=8", "--paper", "--format", "json"
+        ).stdout
+    )
     assert paper[0]["paper_top1_err"] is None  # Table 2 is r = 16: no figure beside an ablation
     md = run_compare("-c", "configs/resnet50.yaml", "--format", "md", "--input-size", "112")
     assert md.stdout.startswith("| name | arch |") and "GMACs" in md.stdout
@@ -71,11 +84,14 @@ def test_compare_reads_runs_as_mean_and_std(tmp_path):
 
     for seed, top1 in ((0, 90.0), (1, 92.0)):
         run = tmp_path / f"run{seed}"
-        cfg = load_config(os.path.join(ROOT, "configs", "resnet50.yaml"),
-                          ["model.arch=se_resnet20", "model.num_classes=10", "name=se20", "data.eval_crop=32"])
+        cfg = load_config(
+            os.path.join(ROOT, "configs", "resnet50.yaml"),
+            ["model.arch=se_resnet20", "model.num_classes=10", "name=se20", "data.eval_crop=32"],
+        )
         dump_config(cfg, str(run / "config.yaml"))
-        (run / "metrics.json").write_text(json.dumps({"best": {"top1": top1, "top5": 99.0, "epoch": 3},
-                                                      "train_images_per_s": 100.0 + seed}))
+        (run / "metrics.json").write_text(
+            json.dumps({"best": {"top1": top1, "top5": 99.0, "epoch": 3}, "train_images_per_s": 100.0 + seed})
+        )
     proc = run_compare("--runs", str(tmp_path / "run0"), str(tmp_path / "run1"), "--format", "json")
     assert proc.returncode == 0, proc.stderr
     (row,) = json.loads(proc.stdout)
@@ -100,29 +116,57 @@ def test_runs_that_stopped_before_their_first_evaluation_get_a_dash_and_a_footno
     from senet.config import dump_config, load_config
 
     stopped = tmp_path / "stopped"  # a real run that train.max_steps stopped before its first evaluation
-    train = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "train.py"), "-c",
-                            "configs/demo/se_resnet20_digits.yaml", "-o", "name=early", "data.name=synthetic",
-                            "data.image_size=16", "data.eval_crop=16", "data.synthetic_train_size=64",
-                            "data.synthetic_val_size=16", "data.batch_size=16", "model.num_classes=4",
-                            "train.max_steps=2", f"output_dir={stopped}"], cwd=ROOT, capture_output=True, text=True,
-                           timeout=300)
+    train = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "tools", "train.py"),
+            "-c",
+            "configs/demo/se_resnet20_digits.yaml",
+            "-o",
+            "name=early",
+            "data.name=synthetic",
+            "data.image_size=16",
+            "data.eval_crop=16",
+            "data.synthetic_train_size=64",
+            "data.synthetic_val_size=16",
+            "data.batch_size=16",
+            "model.num_classes=4",
+            "train.max_steps=2",
+            f"output_dir={stopped}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert train.returncode == 0, train.stderr
     assert json.loads((stopped / "metrics.json").read_text())["best"] is None
     killed = tmp_path / "killed"  # killed before it wrote metrics.json: a config and nothing else
     good = tmp_path / "good"
     for run, name in ((killed, "early"), (good, "good")):
-        cfg = load_config(os.path.join(ROOT, "configs", "resnet50.yaml"),
-                          ["model.arch=se_resnet20", "model.num_classes=10", f"name={name}", "data.eval_crop=32"])
+        cfg = load_config(
+            os.path.join(ROOT, "configs", "resnet50.yaml"),
+            ["model.arch=se_resnet20", "model.num_classes=10", f"name={name}", "data.eval_crop=32"],
+        )
         dump_config(cfg, str(run / "config.yaml"))
-    (good / "metrics.json").write_text(json.dumps({"best": {"top1": 93.5, "top5": 99.0, "epoch": 3}, "finished": True,
-                                                   "global_step": 30, "train_images_per_s": 100.0}))
+    (good / "metrics.json").write_text(
+        json.dumps(
+            {
+                "best": {"top1": 93.5, "top5": 99.0, "epoch": 3},
+                "finished": True,
+                "global_step": 30,
+                "train_images_per_s": 100.0,
+            }
+        )
+    )
     runs = [str(stopped), str(killed), str(good)]
     rows = {r["name"]: r for r in json.loads(run_compare("--runs", *runs, "--format", "json").stdout)}
     assert rows["good"]["top1"] == 93.5 and rows["good"]["notes"] == []
     assert rows["early"]["top1"] is None and rows["early"]["runs"] == 0
-    assert rows["early"]["notes"] == [f"{stopped}: stopped by train.max_steps at step 2, before its first evaluation: "
-                                      f"no accuracy", f"{killed}: no metrics.json (still running, or killed before "
-                                      f"it could write one): no accuracy"]
+    assert rows["early"]["notes"] == [
+        f"{stopped}: stopped by train.max_steps at step 2, before its first evaluation: no accuracy",
+        f"{killed}: no metrics.json (still running, or killed before it could write one): no accuracy",
+    ]
     for fmt in ("table", "md"):
         proc = run_compare("--runs", *runs, "--format", fmt)
         assert proc.returncode == 0, proc.stderr

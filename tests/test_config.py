@@ -42,8 +42,17 @@ def test_base_is_deep_merged_and_nested(tmp_path):
 
 
 def test_overrides_are_typed_yaml_values():
-    cfg = load_config(None, ["model.se.reduction=8", "optimizer.lr=1", "model.se.stages=[2, 3]",
-                             "train.amp.enabled=false", "model.stride_in_1x1=true", "data.mean=[0.5, 0.5, 0.5]"])
+    cfg = load_config(
+        None,
+        [
+            "model.se.reduction=8",
+            "optimizer.lr=1",
+            "model.se.stages=[2, 3]",
+            "train.amp.enabled=false",
+            "model.stride_in_1x1=true",
+            "data.mean=[0.5, 0.5, 0.5]",
+        ],
+    )
     assert cfg["model"]["se"]["reduction"] == 8
     assert cfg["optimizer"]["lr"] == 1.0 and isinstance(cfg["optimizer"]["lr"], float)  # int widens to float
     assert cfg["model"]["se"]["stages"] == [2, 3]
@@ -56,17 +65,20 @@ def test_overrides_are_never_evaluated():
     assert cfg["name"] == "__import__('os').system('false')"
 
 
-@pytest.mark.parametrize("override, message", [
-    ("model.se.reductoin=8", "unknown config key 'model.se.reductoin'. Did you mean 'model.se.reduction'?"),
-    ("optimiser.lr=0.1", "unknown config key 'optimiser'. Did you mean 'optimizer'?"),
-    ("model.se.reduction=eight", "model.se.reduction must be int"),
-    ("model.se.reduction=2.5", "model.se.reduction must be int"),
-    ("train.amp.enabled=1", "train.amp.enabled must be bool"),
-    ("model.se.impl=dense", "model.se.impl: 'dense' is not one of conv, linear"),
-    ("model.stride_in_1x1=3", "model.stride_in_1x1 must be bool or null"),
-    ("model.se=4", "model.se must be a section"),
-    ("model.se.reduction", "has no '='"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.se.reductoin=8", "unknown config key 'model.se.reductoin'. Did you mean 'model.se.reduction'?"),
+        ("optimiser.lr=0.1", "unknown config key 'optimiser'. Did you mean 'optimizer'?"),
+        ("model.se.reduction=eight", "model.se.reduction must be int"),
+        ("model.se.reduction=2.5", "model.se.reduction must be int"),
+        ("train.amp.enabled=1", "train.amp.enabled must be bool"),
+        ("model.se.impl=dense", "model.se.impl: 'dense' is not one of conv, linear"),
+        ("model.stride_in_1x1=3", "model.stride_in_1x1 must be bool or null"),
+        ("model.se=4", "model.se must be a section"),
+        ("model.se.reduction", "has no '='"),
+    ],
+)
 def test_bad_overrides_are_clear_errors(override, message):
     with pytest.raises(ConfigError) as e:
         load_config(None, [override])
@@ -108,8 +120,17 @@ def test_main_configs_differ_only_in_architecture():
     for cfg in (plain, se):
         cfg.pop("name"), cfg.pop("output_dir")
     assert plain == se
-    assert se["optimizer"] == {"name": "momentum", "lr": 0.1, "momentum": 0.9, "nesterov": False,
-                               "weight_decay": 1e-4, "no_weight_decay_on_bn_bias": False}
+    assert se["optimizer"] == {
+        "name": "momentum",
+        "lr": 0.1,
+        "momentum": 0.9,
+        "nesterov": False,
+        "weight_decay": 1e-4,
+        "no_weight_decay_on_bn_bias": False,
+        "betas": [0.9, 0.999],
+        "eps": None,
+        "clip_grad_norm": 0.0,
+    }
     assert se["lr_scheduler"]["step_size"] == 30 and se["train"]["epochs"] == 100
 
 
@@ -118,6 +139,7 @@ def test_main_configs_differ_only_in_architecture():
 
 def _numeric_keys():
     from senet.config import _leaves
+
     out = []
     for key, default in _leaves(DEFAULTS).items():
         if isinstance(default, bool) or isinstance(default, str):
@@ -158,28 +180,38 @@ def test_every_numeric_setting_has_a_range_and_a_value_outside_is_refused_by_nam
             with pytest.raises(ConfigError) as e:
                 load_config(None, [f"{key}={yaml.safe_dump(value, default_flow_style=True).strip()}"])
             message = str(e.value)
-            assert message.startswith(f"{key}=") and "out of range" in message and f"it must be {rng}" in message, \
+            assert message.startswith(f"{key}=") and "out of range" in message and f"it must be {rng}" in message, (
                 message
+            )
 
 
-@pytest.mark.parametrize("override, message", [  # the values the issue found
-    ("train.epochs=-1", "train.epochs=-1 is out of range: it must be in [1, 1000000]"),
-    ("train.log_every=0", "train.log_every=0 is out of range: it must be >= 1"),
-    ("data.batch_size=0", "data.batch_size=0 is out of range: it must be in [1, 65536]"),
-    ("data.std=[0, 0.224, 0.225]", "data.std=[0.0, 0.224, 0.225] is out of range (item 0.0): it must be in (0.0, 1.0]"),
-    ("lr_scheduler.step_size=0", "lr_scheduler.step_size=0 is out of range: it must be >= 1"),
-    ("data.num_workers=-1", "data.num_workers=-1 is out of range: it must be in [0, 256]"),
-    ("model.num_classes=0", "model.num_classes=0 is out of range: it must be in [1, 1000000]"),
-    ("data.image_size=0", "data.image_size=0 is out of range: it must be in [8, 4096]"),
-    ("data.mean=[123.7, 116.3, 103.5]", "data.mean=[123.7, 116.3, 103.5] is out of range (item 123.7)"),
-    ("optimizer.lr=.nan", "optimizer.lr=nan must be a finite number"),
-    ("train.ema.decay=.inf", "train.ema.decay=inf must be a finite number"),
-    ("data.mean=[0.5, 0.5]", "data.mean must be a list of 3 numbers, got [0.5, 0.5]"),
-    ("lr_scheduler.milestones=[30, x]", "lr_scheduler.milestones must be a list of ints, got [30, 'x']"),
-    ("model.se.stages=[true]", "model.se.stages must be a list of ints, got [True]"),
-    ("data.eval_crop=288", "data.eval_crop (288) must not exceed data.eval_resize (256)"),
-    ("data.rrc_scale=[1.0, 0.08]", "data.rrc_scale=[1.0, 0.08]: the first (lowest) value must not exceed the second"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [  # the values the issue found
+        ("train.epochs=-1", "train.epochs=-1 is out of range: it must be in [1, 1000000]"),
+        ("train.log_every=0", "train.log_every=0 is out of range: it must be >= 1"),
+        ("data.batch_size=0", "data.batch_size=0 is out of range: it must be in [1, 65536]"),
+        (
+            "data.std=[0, 0.224, 0.225]",
+            "data.std=[0.0, 0.224, 0.225] is out of range (item 0.0): it must be in (0.0, 1.0]",
+        ),
+        ("lr_scheduler.step_size=0", "lr_scheduler.step_size=0 is out of range: it must be >= 1"),
+        ("data.num_workers=-1", "data.num_workers=-1 is out of range: it must be in [0, 256]"),
+        ("model.num_classes=0", "model.num_classes=0 is out of range: it must be in [1, 1000000]"),
+        ("data.image_size=0", "data.image_size=0 is out of range: it must be in [8, 4096]"),
+        ("data.mean=[123.7, 116.3, 103.5]", "data.mean=[123.7, 116.3, 103.5] is out of range (item 123.7)"),
+        ("optimizer.lr=.nan", "optimizer.lr=nan must be a finite number"),
+        ("train.ema.decay=.inf", "train.ema.decay=inf must be a finite number"),
+        ("data.mean=[0.5, 0.5]", "data.mean must be a list of 3 numbers, got [0.5, 0.5]"),
+        ("lr_scheduler.milestones=[30, x]", "lr_scheduler.milestones must be a list of ints, got [30, 'x']"),
+        ("model.se.stages=[true]", "model.se.stages must be a list of ints, got [True]"),
+        ("data.eval_crop=288", "data.eval_crop (288) must not exceed data.eval_resize (256)"),
+        (
+            "data.rrc_scale=[1.0, 0.08]",
+            "data.rrc_scale=[1.0, 0.08]: the first (lowest) value must not exceed the second",
+        ),
+    ],
+)
 def test_out_of_range_values_name_the_key_the_value_and_the_range(override, message):
     with pytest.raises(ConfigError) as e:
         load_config(None, [override])
@@ -187,8 +219,12 @@ def test_out_of_range_values_name_the_key_the_value_and_the_range(override, mess
 
 
 def test_every_shipped_config_is_in_range():
-    paths = [os.path.join(d, n) for d, _, names in os.walk(os.path.join(ROOT, "configs")) for n in names
-             if n.endswith(".yaml")]
+    paths = [
+        os.path.join(d, n)
+        for d, _, names in os.walk(os.path.join(ROOT, "configs"))
+        for n in names
+        if n.endswith(".yaml")
+    ]
     assert len(paths) > 5
     for path in paths:
         load_config(path)
@@ -196,8 +232,11 @@ def test_every_shipped_config_is_in_range():
 
 # 9 levels of 9 aliases, 9^9 = 387 million strings once expanded, inside a list that the schema accepted
 # and that a step schedule never reads: before issue 16 it passed validation and hung the first checkpoint save.
-BOMB = "lr_scheduler:\n  milestones: [" + ", ".join(
-    f"&l{i} [{', '.join([f'*l{i - 1}'] * 9 if i else ['lol'] * 9)}]" for i in range(9)) + "]\n"
+BOMB = (
+    "lr_scheduler:\n  milestones: ["
+    + ", ".join(f"&l{i} [{', '.join([f'*l{i - 1}'] * 9 if i else ['lol'] * 9)}]" for i in range(9))
+    + "]\n"
+)
 
 
 def test_an_alias_bomb_is_refused_before_anything_is_built(tmp_path):
@@ -209,8 +248,10 @@ def test_an_alias_bomb_is_refused_before_anything_is_built(tmp_path):
     with pytest.raises(ConfigError, match="expand to more than"):  # the same through an override
         load_config(None, ["lr_scheduler.milestones=" + BOMB.split("milestones: ")[1]])
     # A few aliases, as people write configs, are fine; so are merge keys that then override one value.
-    ok = write(tmp_path / "ok.yaml", "data: &d {batch_size: 8, num_workers: 0}\n"
-                                     "optimizer: {lr: &lr 0.2}\nlr_scheduler: {warmup_epochs: *lr}\n")
+    ok = write(
+        tmp_path / "ok.yaml",
+        "data: &d {batch_size: 8, num_workers: 0}\noptimizer: {lr: &lr 0.2}\nlr_scheduler: {warmup_epochs: *lr}\n",
+    )
     assert load_config(ok)["lr_scheduler"]["warmup_epochs"] == 0.2
     merged = write(tmp_path / "merged.yaml", "model:\n  se:\n    <<: {reduction: 4, gate: tanh}\n    gate: relu\n")
     assert load_config(merged)["model"]["se"] == {**DEFAULTS["model"]["se"], "reduction": 4, "gate": "relu"}
@@ -218,22 +259,32 @@ def test_an_alias_bomb_is_refused_before_anything_is_built(tmp_path):
 
 def test_an_alias_bomb_from_the_command_line_exits_2_at_once(tmp_path):
     path = write(tmp_path / "bomb.yaml", BOMB)
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "train.py"), "-c", path], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tools", "train.py"), "-c", path],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith(f"config error: {path}: its aliases (*name) expand")
 
 
-@pytest.mark.parametrize("text, message", [
-    ("a: &x [1, *x]\n", "cfg.yaml:1: an alias refers to the list or mapping that contains it"),
-    ("a: " + "[" * 60 + "]" * 60 + "\n", "cfg.yaml:1: nested more than 50 levels deep"),
-    ("model:\n  arch: resnet20\n  num_classes: 10\n  arch: resnet56\n",
-     "cfg.yaml:4: duplicate key 'arch' (first on line 2); keep only one"),
-    ("yes: 1\n", "cfg.yaml:1: the key True (bool) is not a string"),
-    ("model:\n  1: 2\n", "cfg.yaml:2: the key 1 (int) is not a string"),
-    ("null: 1\n", "cfg.yaml:1: the key None (NoneType) is not a string"),
-    ("? [a, b]\n: 1\n", "cfg.yaml:1: the key ['a', 'b'] (list) is not a string"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("a: &x [1, *x]\n", "cfg.yaml:1: an alias refers to the list or mapping that contains it"),
+        ("a: " + "[" * 60 + "]" * 60 + "\n", "cfg.yaml:1: nested more than 50 levels deep"),
+        (
+            "model:\n  arch: resnet20\n  num_classes: 10\n  arch: resnet56\n",
+            "cfg.yaml:4: duplicate key 'arch' (first on line 2); keep only one",
+        ),
+        ("yes: 1\n", "cfg.yaml:1: the key True (bool) is not a string"),
+        ("model:\n  1: 2\n", "cfg.yaml:2: the key 1 (int) is not a string"),
+        ("null: 1\n", "cfg.yaml:1: the key None (NoneType) is not a string"),
+        ("? [a, b]\n: 1\n", "cfg.yaml:1: the key ['a', 'b'] (list) is not a string"),
+    ],
+)
 def test_hostile_yaml_is_refused_naming_the_file_and_line(tmp_path, text, message):
     path = write(tmp_path / "cfg.yaml", text)
     with pytest.raises(ConfigError) as e:
@@ -258,12 +309,27 @@ def test_an_oversized_config_is_refused_before_parsing(tmp_path):
 
 def test_config_changes_split_harmless_from_another_experiment():
     old = load_config(None, ["train.epochs=2", "model.arch=se_resnet50"])
-    new = load_config(None, ["train.epochs=5", "train.log_every=10", "data.num_workers=0", "optimizer.lr=0.2",
-                             "model.se.reduction=8", "data.root=/elsewhere", "train.seed=1", "model.arch=se_resnet50"])
+    new = load_config(
+        None,
+        [
+            "train.epochs=5",
+            "train.log_every=10",
+            "data.num_workers=0",
+            "optimizer.lr=0.2",
+            "model.se.reduction=8",
+            "data.root=/elsewhere",
+            "train.seed=1",
+            "model.arch=se_resnet50",
+        ],
+    )
     harmless, different = config_changes(old, new)
     assert harmless == ["data.num_workers 4 -> 0", "train.epochs 2 -> 5", "train.log_every 50 -> 10"]
-    assert different == ["model.se.reduction 16 -> 8", "data.root 'data/ILSVRC2012' -> '/elsewhere'",
-                         "optimizer.lr 0.1 -> 0.2", "train.seed 0 -> 1"]
+    assert different == [
+        "model.se.reduction 16 -> 8",
+        "data.root 'data/ILSVRC2012' -> '/elsewhere'",
+        "optimizer.lr 0.1 -> 0.2",
+        "train.seed 0 -> 1",
+    ]
     del old["train"]["max_steps"]  # a checkpoint older than a setting: it counts as the default
     assert config_changes(old, load_config(None, ["train.epochs=2", "model.arch=se_resnet50"])) == ([], [])
 
@@ -275,8 +341,9 @@ def test_a_folder_given_as_config_says_it_is_a_folder(tmp_path):
     with pytest.raises(ConfigError, match=f"{tmp_path} is a folder, not a config file: give a YAML file$"):
         load_config(str(tmp_path))
     write(tmp_path / "config.yaml", {"model": {"arch": "resnet20"}})  # a run folder: point at its config
-    with pytest.raises(ConfigError, match=f"is a folder, not a config file: .*its resolved config is "
-                                          f"{tmp_path / 'config.yaml'}"):
+    with pytest.raises(
+        ConfigError, match=f"is a folder, not a config file: .*its resolved config is {tmp_path / 'config.yaml'}"
+    ):
         load_config(str(tmp_path))
     (tmp_path / "sub").mkdir()
     leaf = write(tmp_path / "leaf.yaml", {"_base_": "sub"})
@@ -321,14 +388,19 @@ def test_weights_folder_without_final_weights_lists_what_it_holds(tmp_path):
     (run / "config.yaml").write_text("{}")
     with pytest.raises(ConfigError) as e:
         load_config(None, [f"model.weights={run}"])
-    assert str(e.value) == (f"model.weights={run} is a folder without model.safetensors (a run writes it when "
-                            f"training finishes); it holds checkpoints/best.pdparams, checkpoints/epoch_4.pdparams, "
-                            f"checkpoints/last.pdparams: give one, e.g. -o "
-                            f"model.weights={run}/checkpoints/last.pdparams")
+    assert str(e.value) == (
+        f"model.weights={run} is a folder without model.safetensors (a run writes it when "
+        f"training finishes); it holds checkpoints/best.pdparams, checkpoints/epoch_4.pdparams, "
+        f"checkpoints/last.pdparams: give one, e.g. -o "
+        f"model.weights={run}/checkpoints/last.pdparams"
+    )
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("x")
-    with pytest.raises(ConfigError, match=r"other is a folder without model.safetensors or checkpoints \(it holds "
-                                          r"only notes.txt\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"other is a folder without model.safetensors or checkpoints \(it holds "
+        r"only notes.txt\)",
+    ):
         load_config(None, [f"model.weights={tmp_path / 'other'}"])
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match=r"\(it is empty\)"):
@@ -339,27 +411,34 @@ def test_tools_report_folder_config_and_weights_folder_in_one_line(tmp_path):
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
     (run / "checkpoints" / "last.pdparams").write_bytes(b"")
-    cases = [("tools/train.py", ["-c", str(tmp_path)], f"{tmp_path} is a folder, not a config file"),
-             ("tools/eval.py", ["-c", "configs/demo/se_resnet20_digits.yaml", "-o", f"model.weights={run}"],
-              "it holds checkpoints/last.pdparams"),
-             ("tools/export.py", ["-c", str(write(tmp_path / "e.yaml", ""))], "config file is empty")]
+    cases = [
+        ("tools/train.py", ["-c", str(tmp_path)], f"{tmp_path} is a folder, not a config file"),
+        (
+            "tools/eval.py",
+            ["-c", "configs/demo/se_resnet20_digits.yaml", "-o", f"model.weights={run}"],
+            "it holds checkpoints/last.pdparams",
+        ),
+        ("tools/export.py", ["-c", str(write(tmp_path / "e.yaml", ""))], "config file is empty"),
+    ]
     for tool, args, message in cases:
-        proc = subprocess.run([sys.executable, os.path.join(ROOT, tool), *args], cwd=ROOT, capture_output=True,
-                              text=True, timeout=120)
+        proc = subprocess.run(
+            [sys.executable, os.path.join(ROOT, tool), *args], cwd=ROOT, capture_output=True, text=True, timeout=120
+        )
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, (tool, proc.stderr)
         assert proc.stderr.strip().startswith("config error: ") and len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_every_attention_block_has_its_config_section_with_the_same_defaults():
-    """model.se / model.eca / model.cbam hold exactly the options of their blocks, with the blocks'
-    defaults, and the placement choices are the ones the blocks accept."""
+    """model.se / model.eca / model.cbam are built from the options classes, which senet.attention
+    registers: the same sections, defaults and placement choices."""
     import dataclasses
 
-    from senet.attention import PLACEMENTS, REGISTRY
-    from senet.attention.se import GATES, IMPLS, SQUEEZES
+    from senet.attention import REGISTRY
+    from senet.attention_options import GATES, IMPLS, PLACEMENTS, SQUEEZES
 
-    assert ATTENTION_SECTIONS == tuple(REGISTRY)
+    assert tuple(ATTENTION_SECTIONS) == tuple(REGISTRY)
     for name, entry in REGISTRY.items():
+        assert ATTENTION_SECTIONS[name] is entry.options
         section = DEFAULTS["model"][name]
         defaults = {f.name: f.default for f in dataclasses.fields(entry.options)}
         assert section == defaults, name
@@ -367,16 +446,25 @@ def test_every_attention_block_has_its_config_section_with_the_same_defaults():
     assert (CHOICES["model.se.impl"], CHOICES["model.se.squeeze"], CHOICES["model.se.gate"]) == (IMPLS, SQUEEZES, GATES)
 
 
-@pytest.mark.parametrize("override, message", [
-    ("model.eca.kernel_size=4", "model.eca.kernel_size must be odd"),
-    ("model.cbam.spatial_kernel=6", "model.cbam.spatial_kernel must be odd"),
-    ("model.cbam.reduction=64", "model.cbam.reduction <= 16"),
-    ("model.eca.stages=[4]", "model.eca.stages [4]: eca_resnet20 has stages 1-3"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.eca.kernel_size=4", "model.eca.kernel_size must be odd"),
+        ("model.cbam.spatial_kernel=6", "model.cbam.spatial_kernel must be odd"),
+        ("model.cbam.reduction=64", "model.cbam.reduction <= 16"),
+        ("model.eca.stages=[4]", "model.eca.stages [4]: eca_resnet20 has stages 1-3"),
+    ],
+)
 def test_bad_attention_options_are_refused_by_name(override, message):
+    """A rule of the options class alone (an odd kernel) is a config error when the file is read; one
+    that needs the network (a stage's width, its stage count) when the model is built."""
     from senet.resnet import build_model
 
     arch = "eca_resnet20" if "eca" in override else "cbam_resnet20"
+    if "odd" in message:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load_config(None, [f"model.arch={arch}", override])
+        return
     cfg = load_config(None, [f"model.arch={arch}", "model.num_classes=10", override])
     with pytest.raises(ValueError, match=re.escape(message)):
         build_model(cfg)
@@ -444,8 +532,13 @@ def test_hostile_config_files_are_one_line_errors(tmp_path):
 
 def test_numbers_read_as_yaml_1_2_reads_them(tmp_path):
     """PyYAML (YAML 1.1) reads 1e-4 and .5e0 as strings; configs and -o read them as floats, in lists too."""
-    assert parse_overrides(["data.mean=[.5,.5,.5e0]", "optimizer.lr=1e-4", "a=5", "b=-2E3", "c=1."]) == \
-        {"data": {"mean": [0.5, 0.5, 0.5]}, "optimizer": {"lr": 1e-4}, "a": 5, "b": -2000.0, "c": 1.0}
+    assert parse_overrides(["data.mean=[.5,.5,.5e0]", "optimizer.lr=1e-4", "a=5", "b=-2E3", "c=1."]) == {
+        "data": {"mean": [0.5, 0.5, 0.5]},
+        "optimizer": {"lr": 1e-4},
+        "a": 5,
+        "b": -2000.0,
+        "c": 1.0,
+    }
     cfg = load_config(str(write(tmp_path / "f.yaml", "data:\n  std: [2e-1, .2e0, 0.2]\n")), ["data.mean=[.5,.5,.5e0]"])
     assert cfg["data"]["std"] == [0.2, 0.2, 0.2] and cfg["data"]["mean"] == [0.5, 0.5, 0.5]
     assert parse_overrides(["name=1e5x", "v=1.2.3"]) == {"name": "1e5x", "v": "1.2.3"}  # not numbers: strings

@@ -42,8 +42,9 @@ from senet.weights.torchfile import read_torch_state_dict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "tests", "fixtures", "weights")
-FIXTURE_IDS = sorted(os.path.basename(p)[:-4] for p in glob.glob(os.path.join(FIXTURES, "*_*.npz"))
-                     if not p.endswith("_expected.npz"))
+FIXTURE_IDS = sorted(
+    os.path.basename(p)[:-4] for p in glob.glob(os.path.join(FIXTURES, "*_*.npz")) if not p.endswith("_expected.npz")
+)
 
 
 def rel_err(ours: np.ndarray, ref: np.ndarray) -> float:
@@ -93,9 +94,19 @@ def test_fixtures_cover_every_source_and_family():
     assert len(metas) >= 16
     assert {m["source"] for m in metas} == {"timm", "torchvision"}
     models = {m["model"] for m in metas}
-    for needed in ("resnet18", "resnet50", "resnext50_32x4d", "seresnet18", "seresnet34", "seresnet50",
-                   "seresnext50_32x4d", "legacy_seresnet18", "legacy_seresnet34", "legacy_seresnet50",
-                   "legacy_seresnext50_32x4d"):
+    for needed in (
+        "resnet18",
+        "resnet50",
+        "resnext50_32x4d",
+        "seresnet18",
+        "seresnet34",
+        "seresnet50",
+        "seresnext50_32x4d",
+        "legacy_seresnet18",
+        "legacy_seresnet34",
+        "legacy_seresnet50",
+        "legacy_seresnext50_32x4d",
+    ):
         assert needed in models
 
 
@@ -119,8 +130,12 @@ EXPECTED = {  # fixture -> (our arch, stride_in_1x1, stem_pool)
 }
 # The options that the weights of these need (every other fixture: divisor 1, no branch ReLU):
 # timm's seresnet18/34 round SE widths to multiples of 8; its legacy_seresnet18/34 have a ReLU before SE.
-OPTIONS = {"timm_seresnet18": {"divisor": 8}, "timm_seresnet34": {"divisor": 8},
-           "timm_legacy_seresnet18": {"branch_relu": True}, "timm_legacy_seresnet34": {"branch_relu": True}}
+OPTIONS = {
+    "timm_seresnet18": {"divisor": 8},
+    "timm_seresnet34": {"divisor": 8},
+    "timm_legacy_seresnet18": {"branch_relu": True},
+    "timm_legacy_seresnet34": {"branch_relu": True},
+}
 # Every fixture runs in CI, the 101- and 152-layer nets too (about 40 s of the suite on 2 cores).
 RUN_FIXTURES = sorted(EXPECTED)
 
@@ -145,8 +160,9 @@ def test_converted_model_matches_reference_logits(fid, tmp_path):
     # The check has teeth: the other stem pool, or the other stride placement, misses the bound by far.
     model, dtype, bits = conv.model, "float64", "f64"
     pool = model.stem[1]
-    model.stem[1] = (paddle.nn.MaxPool2D(3, 2, 1) if m["stem_pool"] == "caffe"
-                     else paddle.nn.MaxPool2D(3, 2, 0, ceil_mode=True))
+    model.stem[1] = (
+        paddle.nn.MaxPool2D(3, 2, 1) if m["stem_pool"] == "caffe" else paddle.nn.MaxPool2D(3, 2, 0, ceil_mode=True)
+    )
     assert rel_err(run_logits(model, x, False, dtype), ref[f"eval_{bits}"]) > 1e-2
     model.stem[1] = pool
     if m["stride_in_1x1"] is not None:
@@ -188,14 +204,21 @@ def test_torch_pth_reader():
 
 # --- PaddleClas, its own model code in this process ------------------------------------------------
 
+
 def paddleclas_module(name: str):
     """Import one PaddleClas model module without the package's __init__ chain (which needs its
     unpinned dependencies): the packages above it are stood in by empty modules."""
     root = os.environ.get("PADDLECLAS_REF", os.path.join(ROOT, ".venv", "paddleclas_ref", "paddleclas"))
-    assert os.path.isdir(root), (f"PaddleClas's model code is missing ({root}): run make install, or pip install "
-                                 f"--no-deps --target .venv/paddleclas_ref paddleclas==2.6.0")
-    for pkg, sub in (("paddleclas", ""), ("paddleclas.ppcls", "ppcls"), ("paddleclas.ppcls.arch", "ppcls/arch"),
-                     ("paddleclas.ppcls.arch.backbone", "ppcls/arch/backbone")):
+    assert os.path.isdir(root), (
+        f"PaddleClas's model code is missing ({root}): run make install, or pip install "
+        f"--no-deps --target .venv/paddleclas_ref paddleclas==2.6.0"
+    )
+    for pkg, sub in (
+        ("paddleclas", ""),
+        ("paddleclas.ppcls", "ppcls"),
+        ("paddleclas.ppcls.arch", "ppcls/arch"),
+        ("paddleclas.ppcls.arch.backbone", "ppcls/arch/backbone"),
+    ):
         if pkg not in sys.modules:
             m = types.ModuleType(pkg)
             m.__path__ = [os.path.join(root, sub)]
@@ -289,13 +312,17 @@ def test_se_divisor_widths_and_accounting():
 
 # --- round trip to timm and back ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("arch,overrides,timm_name", [
-    ("se_resnet50", {}, "legacy_seresnet50"),  # our default: the SENet release's network
-    ("se_resnext50_32x4d", {}, "seresnext50_32x4d"),
-    ("resnet18", {"stem_pool": "pytorch"}, "resnet18"),
-    ("se_resnet18", {"stem_pool": "pytorch", "se.divisor": 8}, "seresnet18"),
-    ("se_resnet18", {"branch_relu": True}, "legacy_seresnet18"),
-])
+
+@pytest.mark.parametrize(
+    "arch,overrides,timm_name",
+    [
+        ("se_resnet50", {}, "legacy_seresnet50"),  # our default: the SENet release's network
+        ("se_resnext50_32x4d", {}, "seresnext50_32x4d"),
+        ("resnet18", {"stem_pool": "pytorch"}, "resnet18"),
+        ("se_resnet18", {"stem_pool": "pytorch", "se.divisor": 8}, "seresnet18"),
+        ("se_resnet18", {"branch_relu": True}, "legacy_seresnet18"),
+    ],
+)
 def test_round_trip_through_timm_is_bitwise(arch, overrides, timm_name, tmp_path):
     paddle.seed(1)
     over = [f"model.arch={arch}"] + [f"model.{k}={str(v).lower()}" for k, v in overrides.items()]
@@ -358,6 +385,7 @@ def test_timm_export_refuses_networks_timm_does_not_have():
 
 # --- bad input ---------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def legacy_file(tmp_path_factory):
     """timm's resnet18 layout (small; the legacy layout is the same code path)."""
@@ -384,8 +412,9 @@ def test_wrong_model_depth_classes_and_layout(legacy_file, tmp_path):
     w["layer4.1.extra.weight"] = np.zeros((3, 3), np.float32)  # a source tensor with no destination
     p = str(tmp_path / "extra.safetensors")
     save_file(w, p)
-    assert "no destination" in one_line_error(lambda: convert_file(p)) and "layer4.1.extra.weight" in \
-        one_line_error(lambda: convert_file(p))
+    assert "no destination" in one_line_error(lambda: convert_file(p)) and "layer4.1.extra.weight" in one_line_error(
+        lambda: convert_file(p)
+    )
     del w["layer4.1.extra.weight"], w["layer3.0.bn2.running_var"]  # a destination with no source
     save_file(w, p)
     msg = one_line_error(lambda: convert_file(p))
@@ -397,8 +426,12 @@ def test_wrong_model_depth_classes_and_layout(legacy_file, tmp_path):
     save_file({"encoder.weight": np.zeros((2, 2), np.float32)}, p2)
     msg = one_line_error(lambda: convert_file(p2))
     assert "unknown weight layout" in msg and "timm_legacy" in msg and "paddleclas_resnet" in msg
-    eca = {"conv1.weight": np.zeros((64, 3, 7, 7), np.float32), "layer1.0.se.conv.weight": np.zeros((1, 1, 3)),
-           "fc.weight": np.zeros((10, 2048), np.float32), "layer1.0.conv1.weight": np.zeros((64, 64, 1, 1))}
+    eca = {
+        "conv1.weight": np.zeros((64, 3, 7, 7), np.float32),
+        "layer1.0.se.conv.weight": np.zeros((1, 1, 3)),
+        "fc.weight": np.zeros((10, 2048), np.float32),
+        "layer1.0.conv1.weight": np.zeros((64, 64, 1, 1)),
+    }
     save_file({k: v.astype(np.float32) for k, v in eca.items()}, p2)
     assert "ECA" in one_line_error(lambda: convert_file(p2))
 
@@ -409,12 +442,12 @@ def test_truncated_and_lying_files(legacy_file, tmp_path):
     cut.write_bytes(data[: len(data) // 2])
     assert "cut.safetensors" in one_line_error(lambda: convert_file(str(cut)))
     n = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8:8 + n])
+    header = json.loads(data[8 : 8 + n])
     name = next(k for k in header if k != "__metadata__")
     header[name]["data_offsets"] = [0, 10**12]  # a header that lies about where a tensor is
     body = json.dumps(header).encode()
     lying = tmp_path / "lying.safetensors"
-    lying.write_bytes(len(body).to_bytes(8, "little") + body + data[8 + n:])
+    lying.write_bytes(len(body).to_bytes(8, "little") + body + data[8 + n :])
     assert "lying.safetensors" in one_line_error(lambda: convert_file(str(lying)))
     pth = open(os.path.join(FIXTURES, "torch_zoo.pth"), "rb").read()
     (tmp_path / "cut.pth").write_bytes(pth[: len(pth) - 300])
@@ -471,12 +504,17 @@ def test_command_line_and_class_names(legacy_file, tmp_path):
     and the exported model names ImageNet classes (tools/infer.py prints them)."""
     out = tmp_path / "conv"
     tool = [sys.executable, os.path.join(ROOT, "tools", "convert_weights.py")]
-    proc = subprocess.run(tool + ["--from", "timm", legacy_file, "--out", str(out)], capture_output=True, text=True,
-                          cwd=ROOT)
+    proc = subprocess.run(
+        tool + ["--from", "timm", legacy_file, "--out", str(out)], capture_output=True, text=True, cwd=ROOT
+    )
     assert proc.returncode == 0, proc.stderr
     assert "resnet18" in proc.stdout and "stem_pool=pytorch" in proc.stdout
-    bad = subprocess.run(tool + ["--from", "auto", os.path.join(ROOT, "README.md"), "--out", str(tmp_path / "x")],
-                         capture_output=True, text=True, cwd=ROOT)
+    bad = subprocess.run(
+        tool + ["--from", "auto", os.path.join(ROOT, "README.md"), "--out", str(tmp_path / "x")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "README.md" in bad.stderr
     assert not (tmp_path / "x").exists()
     cfg = load_config(str(out / "config.yaml"))
@@ -494,6 +532,7 @@ def test_command_line_and_class_names(legacy_file, tmp_path):
 
 
 # --- the stem pool and the base config ---------------------------------------------------------------
+
 
 def stem_pool_of(model) -> str:
     pool = model.stem[1]
@@ -561,8 +600,9 @@ def test_every_architecture_through_every_shipped_config():
 
     table = docs_macs_table()
     assert len(table) == 14 + 24
-    configs = [c for c in sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True))
-               if "_base_" not in c]
+    configs = [
+        c for c in sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True)) if "_base_" not in c
+    ]
     assert len(configs) > 40
     macs: dict[tuple, int] = {}
     built: set = set()
@@ -582,8 +622,12 @@ def test_every_architecture_through_every_shipped_config():
                 table_se = not arch.startswith("se_") or all(se.get(k) == v for k, v in TABLE_SE.items())
                 if not table_se and arch != base["model"]["arch"]:
                     continue
-                key = (arch, json.dumps(m["se"]) if not table_se else "table", m["num_classes"],
-                       cfg["data"]["eval_crop"])
+                key = (
+                    arch,
+                    json.dumps(m["se"]) if not table_se else "table",
+                    m["num_classes"],
+                    cfg["data"]["eval_crop"],
+                )
                 if key in built:
                     continue
                 built.add(key)
@@ -628,29 +672,52 @@ def test_to_timm_refuses_a_config_that_contradicts_the_recorded_one(tmp_path):
     from senet.checkpoint import save_checkpoint, save_safetensors
     from senet.resnet import build_model
 
-    recorded = load_config(os.path.join(ROOT, "configs", "se_resnet50.yaml"),
-                           ["model.arch=se_resnet18", "model.stem_pool=pytorch", "model.se.divisor=8"])
+    recorded = load_config(
+        os.path.join(ROOT, "configs", "se_resnet50.yaml"),
+        ["model.arch=se_resnet18", "model.stem_pool=pytorch", "model.se.divisor=8"],
+    )
     paddle.seed(0)
     model = build_model(recorded)
     weights = str(tmp_path / "model.safetensors")
     save_safetensors(model, weights, {"config": recorded})
     default, agreeing = tmp_path / "default.yaml", tmp_path / "agree.yaml"  # default: Caffe's pool, C // 16
-    dump_config(load_config(os.path.join(ROOT, "configs", "se_resnet50.yaml"), ["model.arch=se_resnet18"]),
-                str(default))
+    dump_config(
+        load_config(os.path.join(ROOT, "configs", "se_resnet50.yaml"), ["model.arch=se_resnet18"]), str(default)
+    )
     dump_config(recorded, str(agreeing))
     ckpt = str(tmp_path / "last.pdparams")  # a training checkpoint records its config too
-    save_checkpoint(ckpt, {"model": {k: v.numpy() for k, v in model.state_dict().items()}, "config": recorded,
-                           "epoch": 1, "global_step": 1, "optimizer": {}, "lr_scheduler": {}, "batch_in_epoch": 0,
-                           "rng": {}, "history": []})
+    save_checkpoint(
+        ckpt,
+        {
+            "model": {k: v.numpy() for k, v in model.state_dict().items()},
+            "config": recorded,
+            "epoch": 1,
+            "global_step": 1,
+            "optimizer": {},
+            "lr_scheduler": {},
+            "batch_in_epoch": 0,
+            "rng": {},
+            "history": [],
+        },
+    )
     bad = {}
     for text, says in (("{not json", "is not valid JSON"), (json.dumps({"model": {"arhc": "x"}}), "does not validate")):
         bad[says] = str(tmp_path / f"bad{len(bad)}.safetensors")
         save_safetensors(model, bad[says], {"config": text})
-    cases = {"contradicting -c": [weights, "-c", str(default)], "no -c": [weights], "agreeing -c": [weights, "-c",
-             str(agreeing)], "checkpoint": [ckpt], **{says: [path] for says, path in bad.items()}}
+    cases = {
+        "contradicting -c": [weights, "-c", str(default)],
+        "no -c": [weights],
+        "agreeing -c": [weights, "-c", str(agreeing)],
+        "checkpoint": [ckpt],
+        **{says: [path] for says, path in bad.items()},
+    }
     cli = [sys.executable, os.path.join(ROOT, "tools", "convert_weights.py"), "--to", "timm"]
-    procs = {name: subprocess.Popen(cli + args + ["--out", str(tmp_path / f"out{i}")], stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True) for i, (name, args) in enumerate(cases.items())}
+    procs = {
+        name: subprocess.Popen(
+            cli + args + ["--out", str(tmp_path / f"out{i}")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for i, (name, args) in enumerate(cases.items())
+    }
     out = {name: (p.communicate(timeout=300), p.returncode) for name, p in procs.items()}
     (stdout, stderr), code = out["contradicting -c"]
     assert code == 1 and not os.path.exists(tmp_path / "out0"), stdout + stderr
@@ -678,6 +745,38 @@ def test_converted_folder_follows_the_umask(legacy_file, tmp_path, umask, folder
         assert (out / name).stat().st_mode & 0o777 == file_mode, name
 
 
+@pytest.mark.parametrize("when", ["after mkdtemp", "after the first file"])
+def test_a_stop_at_any_point_of_the_folder_write_leaves_no_temporary(tmp_path, monkeypatch, when):
+    """The window the subprocess test above hits only by luck, forced: a stop signal's exception raised
+    right after mkdtemp made the temporary folder (before its path reached the writer), or after the
+    first file. Either way no .converted.tmp-* stays and --out is not created."""
+    import tempfile
+
+    from senet import folders
+    from senet.runtime import Interrupted
+    from senet.weights.convert import write_out_dir
+
+    real_mkdtemp = tempfile.mkdtemp
+
+    def mkdtemp_then_stop(*args, **kwargs):
+        real_mkdtemp(*args, **kwargs)
+        raise Interrupted(signal.SIGTERM)
+
+    def first_file(path):
+        with open(path, "w") as f:
+            f.write("x")
+
+    def stop(path):
+        raise Interrupted(signal.SIGTERM)
+
+    if when == "after mkdtemp":
+        monkeypatch.setattr(folders.tempfile, "mkdtemp", mkdtemp_then_stop)
+    out = tmp_path / "converted"
+    with pytest.raises(Interrupted):
+        write_out_dir(str(out), {"a.txt": first_file, "b.txt": stop})
+    assert os.listdir(tmp_path) == []
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
 def test_a_signal_during_conversion_leaves_no_temporary_folder(tmp_path, signum):
     """Issue 23: SIGTERM while the converter wrote its temporary folder left .OUT.tmp-* (112 MB) and Paddle's
@@ -687,8 +786,15 @@ def test_a_signal_during_conversion_leaves_no_temporary_folder(tmp_path, signum)
     source = str(tmp_path / "legacy_seresnet18.safetensors")
     save_file(synthetic_state(meta["specs"], meta["seed"]), source)
     out = tmp_path / "converted"
-    cmd = [sys.executable, os.path.join(ROOT, "tools", "convert_weights.py"), "--from", "timm", source,
-           "--out", str(out)]
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "tools", "convert_weights.py"),
+        "--from",
+        "timm",
+        source,
+        "--out",
+        str(out),
+    ]
 
     def convert_until_the_temporary_folder(then):
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -51,8 +51,13 @@ predictor.run()
 
 def kernels_used(env: dict) -> tuple[str, str]:
     """(MKL's, oneDNN's) instruction set in a process with `env`, as their verbose output names them."""
-    proc = subprocess.run([sys.executable, "-c", PROBE], env={**env, "MKL_VERBOSE": "1", "ONEDNN_VERBOSE": "1"},
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE],
+        env={**env, "MKL_VERBOSE": "1", "ONEDNN_VERBOSE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
     mkl = re.search(r"MKL_VERBOSE Intel\(R\) MKL .*? architecture (.*?) enabled processors", out)
@@ -83,11 +88,15 @@ def test_cpu_paths_hold_under_another_instruction_set():
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MKL_", "ONEDNN_", "PYTEST_"))}
     default = kernels_used(env)
     name, capped, used = other_kernels(env, default)
-    print(f"default kernels: MKL {default[0]}, oneDNN {default[1]}; capped to {name}: MKL {used[0]}, "
-          f"oneDNN {used[1]}")
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:xdist", "-p", "no:cacheprovider",
-                           "-m", "cpu_paths", "tests"], cwd=ROOT, env=capped, capture_output=True, text=True,
-                          timeout=1800)
+    print(f"default kernels: MKL {default[0]}, oneDNN {default[1]}; capped to {name}: MKL {used[0]}, oneDNN {used[1]}")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:xdist", "-p", "no:cacheprovider", "-m", "cpu_paths", "tests"],
+        cwd=ROOT,
+        env=capped,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     summary = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
     assert proc.returncode == 0, f"under {name} ({used}):\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}"
     assert re.fullmatch(r"\d+ passed, \d+ deselected in .*", summary), summary  # nothing skipped or failed

@@ -35,9 +35,21 @@ CLASSES = len(FORMATS)  # each class starts the cycle of formats elsewhere: ever
 
 
 def make_cfg(tmp_path, root: str, *overrides: str) -> dict:
-    return load_config(None, ["data.name=imagenet", f"data.root={root}", "data.batch_size=4", "data.num_workers=0",
-                              "data.image_size=32", "data.eval_resize=36", "data.eval_crop=32",
-                              f"model.num_classes={CLASSES}", f"output_dir={tmp_path / 'out'}", *overrides])
+    return load_config(
+        None,
+        [
+            "data.name=imagenet",
+            f"data.root={root}",
+            "data.batch_size=4",
+            "data.num_workers=0",
+            "data.image_size=32",
+            "data.eval_resize=36",
+            "data.eval_crop=32",
+            f"model.num_classes={CLASSES}",
+            f"output_dir={tmp_path / 'out'}",
+            *overrides,
+        ],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -72,9 +84,9 @@ def test_train_window_and_eval_geometry_are_our_transforms():
         for seed in range(40):
             ours = random_resized_crop(img, 24, (0.08, 1.0), (3 / 4, 4 / 3), random.Random(seed))
             x, y, w, h = dali_mod.train_window(width, height, (0.08, 1.0), (3 / 4, 4 / 3), random.Random(seed))
-            np.testing.assert_array_equal(resize(img[y:y + h, x:x + w], 24, 24), ours)
+            np.testing.assert_array_equal(resize(img[y : y + h, x : x + w], 24, 24), ours)
         nw, nh, x, y = dali_mod.eval_geometry(width, height, 36, 20)
-        np.testing.assert_array_equal(resize(img, nw, nh)[y:y + 20, x:x + 20], resize_center_crop(img, 36, 20))
+        np.testing.assert_array_equal(resize(img, nw, nh)[y : y + 20, x : x + 20], resize_center_crop(img, 36, 20))
 
 
 # ---------------------------------------------------------------- batches against our loader
@@ -82,8 +94,9 @@ def test_train_window_and_eval_geometry_are_our_transforms():
 
 def test_val_and_train_batches_match_ours_on_every_format(tmp_path, folder):
     for split in ("val", "train"):
-        ours, dali = (build_loader(make_cfg(tmp_path, folder, f"data.loader={kind}"), split)
-                      for kind in ("paddle", "dali"))
+        ours, dali = (
+            build_loader(make_cfg(tmp_path, folder, f"data.loader={kind}"), split) for kind in ("paddle", "dali")
+        )
         assert isinstance(ours, Loader) and isinstance(dali, dali_mod.DaliLoader) and len(dali) == len(ours)
         for epoch in (0, 1):  # a new epoch: new shuffle, crops and flips (train), the pipeline reused
             assert_close_to_ours(batches(ours, epoch), batches(dali, epoch))
@@ -95,8 +108,15 @@ def test_every_sample_once_per_epoch_over_all_ranks(tmp_path, folder):
     for split in ("train", "val"):
         cfg = make_cfg(tmp_path, folder, "data.batch_size=2")
         ours = [batches(build_loader(cfg, split, rank=r, world_size=3), 2) for r in range(3)]
-        dali = [batches(build_loader(make_cfg(tmp_path, folder, "data.batch_size=2", "data.loader=dali"), split,
-                                     rank=r, world_size=3), 2) for r in range(3)]
+        dali = [
+            batches(
+                build_loader(
+                    make_cfg(tmp_path, folder, "data.batch_size=2", "data.loader=dali"), split, rank=r, world_size=3
+                ),
+                2,
+            )
+            for r in range(3)
+        ]
         a = np.concatenate([x for rank in ours for x, _ in rank]).astype(np.float32).reshape(-1, 32 * 32 * 3)
         b = np.concatenate([x for rank in dali for x, _ in rank]).astype(np.float32).reshape(-1, 32 * 32 * 3)
         distance = np.abs(b[:, None, :] - a[None, :, :]).mean(axis=2)
@@ -147,8 +167,11 @@ def _bad_folder(tmp_path) -> tuple[str, dict[str, str]]:
     head = (val / "good0.jpg").read_bytes()[:600]  # the header, tables and a little scan data
     (val / "b_garbage.jpg").write_bytes(head + bytes(range(256)) * 20)
     (val / "c_text.jpg").write_bytes(b"not an image " * 40)
-    return str(root), {"a_empty.jpg": "is an empty file", "b_garbage.jpg": "not a decodable image",
-                       "c_text.jpg": "has no image header"}
+    return str(root), {
+        "a_empty.jpg": "is an empty file",
+        "b_garbage.jpg": "not a decodable image",
+        "c_text.jpg": "has no image header",
+    }
 
 
 def test_bad_images_are_named_then_raised_or_skipped(tmp_path):
@@ -179,8 +202,17 @@ def test_bad_images_are_named_then_raised_or_skipped(tmp_path):
 def test_settings_dali_does_not_serve(tmp_path, folder, capsys):
     with pytest.raises(DatasetError, match=r"does not apply data\.color_jitter=0\.4; set -o data\.color_jitter=0\.0"):
         build_loader(make_cfg(tmp_path, folder, "data.loader=dali", "data.color_jitter=0.4"), "train")
-    synthetic = load_config(None, ["data.name=synthetic", "data.loader=dali", "data.synthetic_train_size=8",
-                                   "model.num_classes=2", "data.num_workers=0", "data.batch_size=4"])
+    synthetic = load_config(
+        None,
+        [
+            "data.name=synthetic",
+            "data.loader=dali",
+            "data.synthetic_train_size=8",
+            "model.num_classes=2",
+            "data.num_workers=0",
+            "data.batch_size=4",
+        ],
+    )
     assert isinstance(build_loader(synthetic, "train"), Loader)
     assert "data.loader=dali reads image files; data.name=synthetic is held in memory" in capsys.readouterr().err
 
@@ -229,4 +261,3 @@ def test_dali_runs_on_paddles_current_gpu(monkeypatch):
     assert dali_mod.dali_device_id() is None  # this CPU: DALI's CPU-only pipeline, decoder `cpu`
     monkeypatch.setattr(paddle, "get_device", lambda: "gpu:1")  # a stand-in for rank 1 of a GPU job
     assert dali_mod.dali_device_id() == 1
-

@@ -39,9 +39,21 @@ CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS = 3, 7, 3
 
 def make_cfg(tmp_path, *overrides: str, name: str = "imagenet", root: str = "", classes: int = CLASSES) -> dict:
     """A small config: 32 px crops, batch 4, no workers, output (and index cache) under tmp_path."""
-    return load_config(None, [f"data.name={name}", f"data.root={root}", "data.batch_size=4", "data.num_workers=0",
-                              "data.image_size=32", "data.eval_resize=36", "data.eval_crop=32",
-                              f"model.num_classes={classes}", f"output_dir={tmp_path / 'out'}", *overrides])
+    return load_config(
+        None,
+        [
+            f"data.name={name}",
+            f"data.root={root}",
+            "data.batch_size=4",
+            "data.num_workers=0",
+            "data.image_size=32",
+            "data.eval_resize=36",
+            "data.eval_crop=32",
+            f"model.num_classes={classes}",
+            f"output_dir={tmp_path / 'out'}",
+            *overrides,
+        ],
+    )
 
 
 @pytest.fixture
@@ -57,8 +69,10 @@ def epoch_batches(loader, epoch: int, start_batch: int = 0) -> list[tuple[np.nda
 # ---------------------------------------------------------------- decoding
 
 
-@pytest.mark.parametrize("ext,kind", [(".png", "rgb"), (".PNG", "rgba"), (".png", "rgb16"), (".jpg", "rgb"),
-                                      (".JPEG", "gray"), (".jpg", "cmyk")])
+@pytest.mark.parametrize(
+    "ext,kind",
+    [(".png", "rgb"), (".PNG", "rgba"), (".png", "rgb16"), (".jpg", "rgb"), (".JPEG", "gray"), (".jpg", "cmyk")],
+)
 def test_every_format_decodes_to_rgb_uint8(tmp_path, ext, kind):
     rgb = fake_image(np.random.default_rng(0), 1, 3, 40, 30)
     path = str(tmp_path / f"img{ext}")
@@ -88,7 +102,7 @@ def test_decompression_bomb_is_refused_before_decoding(tmp_path, ext):
         buf[16:24] = (60000).to_bytes(4, "big") + (60000).to_bytes(4, "big")
     else:  # the SOF0 frame header's height and width
         sof = buf.index(b"\xff\xc0")
-        buf[sof + 5:sof + 9] = (60000).to_bytes(2, "big") + (60000).to_bytes(2, "big")
+        buf[sof + 5 : sof + 9] = (60000).to_bytes(2, "big") + (60000).to_bytes(2, "big")
     path = tmp_path / f"bomb{ext}"
     path.write_bytes(bytes(buf))
     with pytest.raises(BadImageError, match=r"bomb.*declares 60000x60000 pixels") as e:
@@ -107,9 +121,13 @@ def _bad_files(folder) -> dict[str, str]:
     (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
     (folder / "notes.JPEG").write_text("this is a text file with an image extension\n")
     os.symlink(folder / "gone.jpg", folder / "unreadable.jpg")  # dangling link: cannot be opened, even as root
-    return {"zero.jpg": "empty file (0 bytes)", "truncated.jpg": "not a decodable image",
-            "corrupt.png": "not a decodable image", "notes.JPEG": "not a decodable image",
-            "unreadable.jpg": "cannot be read"}
+    return {
+        "zero.jpg": "empty file (0 bytes)",
+        "truncated.jpg": "not a decodable image",
+        "corrupt.png": "not a decodable image",
+        "notes.JPEG": "not a decodable image",
+        "unreadable.jpg": "cannot be read",
+    }
 
 
 def test_bad_images_with_error_name_the_file(tmp_path, imagenet):
@@ -203,10 +221,12 @@ def _write_list(folder, lines: list[str]) -> str:
 
 def test_list_file_errors_give_line_numbers(tmp_path, imagenet):
     good = "train/n00000000/n00000000_0000.jpg 0"
-    for bad_line, pattern in [("train/n00000000/n00000000_0001.JPEG", r"list\.txt:3: malformed line"),
-                              ("train/n00000000/n00000000_0001.JPEG zero", r"list\.txt:3: malformed line"),
-                              ("train/n00000000/n00000000_0001.JPEG 3", r"list\.txt:3: label 3 is out of range 0\.\.2"),
-                              ("train/n00000000/n00000000_0001.JPEG -1", r"list\.txt:3: label -1 is out of range")]:
+    for bad_line, pattern in [
+        ("train/n00000000/n00000000_0001.JPEG", r"list\.txt:3: malformed line"),
+        ("train/n00000000/n00000000_0001.JPEG zero", r"list\.txt:3: malformed line"),
+        ("train/n00000000/n00000000_0001.JPEG 3", r"list\.txt:3: label 3 is out of range 0\.\.2"),
+        ("train/n00000000/n00000000_0001.JPEG -1", r"list\.txt:3: label -1 is out of range"),
+    ]:
         path = _write_list(tmp_path, [good, good, bad_line, good])
         with pytest.raises(DatasetError, match=pattern):
             build_dataset(make_cfg(tmp_path, f"data.train_list={path}", root=imagenet), "train")
@@ -271,8 +291,11 @@ def test_num_classes_must_cover_the_dataset(tmp_path, imagenet):
 def test_cifar_tarballs(tmp_path, kind, k):
     tar = make_fake_cifar(str(tmp_path), kind, train=50, test=15)
     # A stand-in under the official name: refused for its MD5 (issue 24), read with the check off, which warns.
-    with pytest.raises(DatasetError, match=r"has MD5 \w+, not the published \w+: it is not the official file .*"
-                                           r"set -o data.verify_md5=false to use it anyway"):
+    with pytest.raises(
+        DatasetError,
+        match=r"has MD5 \w+, not the published \w+: it is not the official file .*"
+        r"set -o data.verify_md5=false to use it anyway",
+    ):
         load_cifar(kind, str(tmp_path), "train")
     with pytest.warns(UserWarning, match="not the published"):
         images, labels, classes = load_cifar(kind, str(tmp_path), "train", verify_md5=False)
@@ -317,8 +340,14 @@ def test_digits_split_is_stratified_80_20_and_fixed(tmp_path):
 
 
 def test_synthetic_is_deterministic(tmp_path):
-    cfg = make_cfg(tmp_path, "data.synthetic_train_size=10", "data.synthetic_val_size=5", "data.eval_crop=24",
-                   name="synthetic", classes=7)
+    cfg = make_cfg(
+        tmp_path,
+        "data.synthetic_train_size=10",
+        "data.synthetic_val_size=5",
+        "data.eval_crop=24",
+        name="synthetic",
+        classes=7,
+    )
     a, b = build_dataset(cfg, "train"), build_dataset(cfg, "train")
     assert (a.images == b.images).all() and a.images.shape == (10, 32, 32, 3) and a.labels.max() < 7
     val = build_dataset(cfg, "val")
@@ -331,8 +360,10 @@ def test_synthetic_is_deterministic(tmp_path):
 def test_transforms():
     img = fake_image(np.random.default_rng(1), 0, 1, 50, 40)
     out = random_resized_crop(img, 24, (0.08, 1.0), (3 / 4, 4 / 3), random.Random(3))
-    assert out.shape == (24, 24, 3) and (out == random_resized_crop(img, 24, (0.08, 1.0), (3 / 4, 4 / 3),
-                                                                     random.Random(3))).all()
+    assert (
+        out.shape == (24, 24, 3)
+        and (out == random_resized_crop(img, 24, (0.08, 1.0), (3 / 4, 4 / 3), random.Random(3))).all()
+    )
     thin = np.zeros((10, 400, 3), np.uint8)  # no fit in 10 tries: centre crop within the ratio
     assert random_resized_crop(thin, 8, (0.9, 1.0), (0.75, 1.33), random.Random(0)).shape == (8, 8, 3)
     assert resize_center_crop(img, 36, 32).shape == (32, 32, 3)
@@ -340,7 +371,7 @@ def test_transforms():
         rng, ref = random.Random(seed), random.Random(seed)
         dy, dx = ref.randint(-4, 4), ref.randint(-4, 4)
         padded = np.pad(img, ((4, 4), (4, 4), (0, 0)))
-        assert (pad_crop(img, 4, rng) == padded[4 + dy:4 + dy + 40, 4 + dx:4 + dx + 50]).all()
+        assert (pad_crop(img, 4, rng) == padded[4 + dy : 4 + dy + 40, 4 + dx : 4 + dx + 50]).all()
     jit = color_jitter(img, 0.4, random.Random(0))
     assert jit.dtype == np.uint8 and jit.shape == img.shape and (color_jitter(img, 0.0, random.Random(0)) is img)
 
@@ -458,9 +489,14 @@ print(sum(int(images.shape[0]) for images, _ in loader))
 
 def test_workers_start_after_opencv_ran_in_the_parent(tmp_path, imagenet):
     # A worker forked while OpenCV's thread pool existed used to hang forever in cv2.setNumThreads.
-    proc = subprocess.Popen([sys.executable, "-c", FORKED_AFTER_OPENCV, imagenet, str(tmp_path / "out")],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", FORKED_AFTER_OPENCV, imagenet, str(tmp_path / "out")],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         out, err = proc.communicate(timeout=60)
     except subprocess.TimeoutExpired:
@@ -498,9 +534,24 @@ def test_prepare_imagenet_from_archives(tmp_path):
     val_names = [f"ILSVRC2012_val_{i:08d}.JPEG" for i in range(1, 5)]
     (tmp_path / "val.tar").write_bytes(_tar_bytes({n: jpg for n in val_names}))
     (tmp_path / "labels.txt").write_text("\n".join(wnids[i % 2] for i in range(4)) + "\n")
-    cmd = [sys.executable, "scripts/prepare_imagenet.py", "--out", str(tmp_path / "in"), "--train-tar",
-           str(tmp_path / "train.tar"), "--val-tar", str(tmp_path / "val.tar"), "--val-labels",
-           str(tmp_path / "labels.txt"), "--expect-train", "6", "--expect-val", "5", "--expect-classes", "2"]
+    cmd = [
+        sys.executable,
+        "scripts/prepare_imagenet.py",
+        "--out",
+        str(tmp_path / "in"),
+        "--train-tar",
+        str(tmp_path / "train.tar"),
+        "--val-tar",
+        str(tmp_path / "val.tar"),
+        "--val-labels",
+        str(tmp_path / "labels.txt"),
+        "--expect-train",
+        "6",
+        "--expect-val",
+        "5",
+        "--expect-classes",
+        "2",
+    ]
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 1, r.stderr  # one val image fewer than expected
     assert "train 6 images in 2 classes, val 4 images in 2 classes" in r.stdout
@@ -514,21 +565,32 @@ def test_prepare_imagenet_label_formats_devkit_and_sort_val(tmp_path):
     from scipy.io import savemat
 
     assert parse_val_labels("ILSVRC2012_val_00000001.JPEG n01751748\nILSVRC2012_val_00000002 n09193705\n") == {
-        "ILSVRC2012_val_00000001": "n01751748", "ILSVRC2012_val_00000002": "n09193705"}
+        "ILSVRC2012_val_00000001": "n01751748",
+        "ILSVRC2012_val_00000002": "n09193705",
+    }
     csv = "ImageId,PredictionString\nILSVRC2012_val_00008726,n02119789 255 142 454 329 n02119789 44 21 322 295\n"
     assert parse_val_labels(csv) == {"ILSVRC2012_val_00008726": "n02119789"}
     with pytest.raises(ValueError, match="--devkit"):
         parse_val_labels("65\n970\n")
-    synsets = np.array([(1, "n01440764", 0), (2, "n01443537", 0)],
-                       dtype=[("ILSVRC2012_ID", "O"), ("WNID", "O"), ("num_children", "O")])
+    synsets = np.array(
+        [(1, "n01440764", 0), (2, "n01443537", 0)], dtype=[("ILSVRC2012_ID", "O"), ("WNID", "O"), ("num_children", "O")]
+    )
     meta = io.BytesIO()
     savemat(meta, {"synsets": synsets})
-    (tmp_path / "devkit.tar.gz").write_bytes(_tar_bytes({
-        "ILSVRC2012_devkit_t12/data/meta.mat": meta.getvalue(),
-        "ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt": b"2\n1\n2\n"}))
+    (tmp_path / "devkit.tar.gz").write_bytes(
+        _tar_bytes(
+            {
+                "ILSVRC2012_devkit_t12/data/meta.mat": meta.getvalue(),
+                "ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt": b"2\n1\n2\n",
+            }
+        )
+    )
     labels = read_devkit_labels(str(tmp_path / "devkit.tar.gz"))
-    assert labels == {"ILSVRC2012_val_00000001": "n01443537", "ILSVRC2012_val_00000002": "n01440764",
-                      "ILSVRC2012_val_00000003": "n01443537"}
+    assert labels == {
+        "ILSVRC2012_val_00000001": "n01443537",
+        "ILSVRC2012_val_00000002": "n01440764",
+        "ILSVRC2012_val_00000003": "n01443537",
+    }
     val = tmp_path / "root" / "val"
     os.makedirs(val)
     for name in [*labels, "ILSVRC2012_val_00000009"]:
@@ -548,15 +610,26 @@ def test_prepare_imagenet_short_side_copy(tmp_path):
     (tmp_path / "src" / "val" / "n00000001" / "zero.jpg").write_bytes(b"")
     os.mkfifo(tmp_path / "src" / "val" / "n00000001" / "pipe.jpg")
     out = tmp_path / "copy"
-    cmd = [sys.executable, "scripts/prepare_imagenet.py", "--short-side", "60", "--src", src, "--out", str(out),
-           "--workers", "2"]
+    cmd = [
+        sys.executable,
+        "scripts/prepare_imagenet.py",
+        "--short-side",
+        "60",
+        "--src",
+        src,
+        "--out",
+        str(out),
+        "--workers",
+        "2",
+    ]
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr  # a FIFO is no image to count, in the source or the copy
     assert f"{out}: 15 images resized to a shorter side of 60 px, 1 copied as they were" in r.stdout
-    assert r.stderr.splitlines() == [f"bad image {src}/val/n00000001/pipe.jpg: is a FIFO (named pipe), not a regular "
-                                     "file; only regular files are read; not copied",
-                                     f"bad image {src}/val/n00000001/zero.jpg: is an empty file (0 bytes); copied "
-                                     "unchanged"]
+    assert r.stderr.splitlines() == [
+        f"bad image {src}/val/n00000001/pipe.jpg: is a FIFO (named pipe), not a regular "
+        "file; only regular files are read; not copied",
+        f"bad image {src}/val/n00000001/zero.jpg: is an empty file (0 bytes); copied unchanged",
+    ]
     assert not (out / "val" / "n00000001" / "pipe.jpg").exists()
     assert (out / "train" / "n00000000" / "small.jpg").read_bytes() == small.read_bytes()
     assert (out / "val" / "n00000001" / "zero.jpg").read_bytes() == b""

@@ -10,9 +10,17 @@ import time
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["model.num_classes=4", "data.name=synthetic", "data.image_size=16", "data.eval_crop=16",
-        "data.synthetic_train_size=48", "data.synthetic_val_size=15", "data.num_workers=0", "train.log_every=1",
-        "train.amp.enabled=false"]
+TINY = [
+    "model.num_classes=4",
+    "data.name=synthetic",
+    "data.image_size=16",
+    "data.eval_crop=16",
+    "data.synthetic_train_size=48",
+    "data.synthetic_val_size=15",
+    "data.num_workers=0",
+    "train.log_every=1",
+    "train.amp.enabled=false",
+]
 LAUNCH = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2"]
 
 
@@ -27,8 +35,18 @@ def test_two_ranks_stay_identical_and_match_one_process_with_double_batch(tmp_pa
     two, one = tmp_path / "two", tmp_path / "one"
     two.mkdir(), one.mkdir()
     common = [*TINY, "train.epochs=2", "model.sync_bn=true"]  # sync BN: the two runs see the same BN statistics
-    run([*LAUNCH, "--log_dir", str(tmp_path / "logs"), "tests/dist_worker.py", str(two), *common,
-         "data.batch_size=8", f"output_dir={two}"])
+    run(
+        [
+            *LAUNCH,
+            "--log_dir",
+            str(tmp_path / "logs"),
+            "tests/dist_worker.py",
+            str(two),
+            *common,
+            "data.batch_size=8",
+            f"output_dir={two}",
+        ]
+    )
     run([sys.executable, "tests/dist_worker.py", str(one), *common, "data.batch_size=16", f"output_dir={one}"])
     rank0, rank1, single = (np.load(two / "rank0.npz"), np.load(two / "rank1.npz"), np.load(one / "rank0.npz"))
     assert set(rank0) == set(rank1) == set(single)
@@ -45,9 +63,21 @@ def test_two_ranks_stay_identical_and_match_one_process_with_double_batch(tmp_pa
 
 def test_launched_training_logs_on_rank0_and_checks_ranks_are_in_sync(tmp_path):
     out = tmp_path / "run"
-    proc = run([*LAUNCH, "--log_dir", str(tmp_path / "logs"), "tools/train.py", "-c",
-                "configs/demo/se_resnet20_digits.yaml", "-o", *TINY, "train.epochs=1", "data.batch_size=8",
-                f"output_dir={out}"])
+    proc = run(
+        [
+            *LAUNCH,
+            "--log_dir",
+            str(tmp_path / "logs"),
+            "tools/train.py",
+            "-c",
+            "configs/demo/se_resnet20_digits.yaml",
+            "-o",
+            *TINY,
+            "train.epochs=1",
+            "data.batch_size=8",
+            f"output_dir={out}",
+        ]
+    )
     log = (out / "train.log").read_text()
     assert "for a global batch of 16" in log  # per-device batch x 2 ranks; lr scaled for it
     assert "weights identical on all 2 ranks" in log
@@ -61,10 +91,30 @@ def test_launched_training_logs_on_rank0_and_checks_ranks_are_in_sync(tmp_path):
 
 def test_distributed_eval_equals_single_process_on_odd_val_set(tmp_path):
     out = tmp_path / "run"
-    run([sys.executable, "tools/train.py", "-c", "configs/demo/se_resnet20_digits.yaml", "-o", *TINY,
-         "train.epochs=1", "data.batch_size=8", f"output_dir={out}"])
-    args = ["tools/eval.py", "-c", "configs/demo/se_resnet20_digits.yaml", "-o", *TINY, "data.batch_size=4",
-            f"model.weights={out / 'model.safetensors'}", f"output_dir={out}", "--json"]
+    run(
+        [
+            sys.executable,
+            "tools/train.py",
+            "-c",
+            "configs/demo/se_resnet20_digits.yaml",
+            "-o",
+            *TINY,
+            "train.epochs=1",
+            "data.batch_size=8",
+            f"output_dir={out}",
+        ]
+    )
+    args = [
+        "tools/eval.py",
+        "-c",
+        "configs/demo/se_resnet20_digits.yaml",
+        "-o",
+        *TINY,
+        "data.batch_size=4",
+        f"model.weights={out / 'model.safetensors'}",
+        f"output_dir={out}",
+        "--json",
+    ]
     single = json.loads(run([sys.executable, *args]).stdout)
     launched = run([*LAUNCH, "--log_dir", str(tmp_path / "logs"), *args])
     line = [ln for ln in (tmp_path / "logs" / "workerlog.0").read_text().splitlines() if ln.startswith("{")][-1]
@@ -94,16 +144,30 @@ def launched_train_processes(tmp_path) -> dict[int, list[int]]:
 
 
 def test_killing_one_rank_ends_the_whole_job_with_a_clear_message(tmp_path):
-    cmd = [*LAUNCH, "--log_dir", str(tmp_path / "logs"), "tools/train.py", "-c",
-           "configs/demo/se_resnet20_digits.yaml", "-o", *TINY, "data.synthetic_train_size=100000",
-           "data.batch_size=8", "train.epochs=5", f"output_dir={tmp_path / 'run'}"]
+    cmd = [
+        *LAUNCH,
+        "--log_dir",
+        str(tmp_path / "logs"),
+        "tools/train.py",
+        "-c",
+        "configs/demo/se_resnet20_digits.yaml",
+        "-o",
+        *TINY,
+        "data.synthetic_train_size=100000",
+        "data.batch_size=8",
+        "train.epochs=5",
+        f"output_dir={tmp_path / 'run'}",
+    ]
     launcher = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     victim, deadline = None, time.time() + 120
     while victim is None and time.time() < deadline:
         time.sleep(0.5)
         log1 = tmp_path / "logs" / "workerlog.1"
-        if log1.exists() and "step " in (tmp_path / "run" / "train.log").read_text(errors="ignore") \
-                if (tmp_path / "run" / "train.log").exists() else False:
+        if (
+            log1.exists() and "step " in (tmp_path / "run" / "train.log").read_text(errors="ignore")
+            if (tmp_path / "run" / "train.log").exists()
+            else False
+        ):
             victim = next(iter(launched_train_processes(tmp_path).get(1, [])), None)
     assert victim, "rank 1 never started training"
     os.kill(victim, signal.SIGKILL)
@@ -113,5 +177,9 @@ def test_killing_one_rank_ends_the_whole_job_with_a_clear_message(tmp_path):
     # own death (SIGKILL, -9), or rank 0's gloo error about losing its peer (a timeout naming
     # pair_rank 1, the connection reset by that peer, or a broken pipe writing to it).
     assert "Container failed" in out, out[-3000:]
-    assert ("rank 1 status failed" in out and "code -9" in out) or "pair_rank = 1" in out \
-        or "Connection reset by peer" in out or ("gloo::IoException" in out and "Broken pipe" in out), out[-3000:]
+    assert (
+        ("rank 1 status failed" in out and "code -9" in out)
+        or "pair_rank = 1" in out
+        or "Connection reset by peer" in out
+        or ("gloo::IoException" in out and "Broken pipe" in out)
+    ), out[-3000:]

@@ -29,16 +29,29 @@ import pytest
 from senet.config import ConfigError, load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DOCS = ["README.md", *sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "docs", "*.md"))),
-        "configs/ablation/README.md"]
+DOCS = [
+    "README.md",
+    *sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "docs", "*.md"))),
+    "configs/ablation/README.md",
+]
 TOOLS = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "tools", "*.py")))
 SCRIPTS = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "scripts", "*.py")))
 PYTHON = ".venv/bin/python"  # the one way the docs call Python
 REPO_DIRS = ("configs/", "tools/", "scripts/", "senet/", "tests/", "docs/", ".ci/")
 CREATED_BY_FLAG = {"--out", "--output", "--log_dir"}  # their values are folders the command creates
-TINY = ["model.num_classes=4", "data.name=synthetic", "data.image_size=16", "data.eval_crop=16",
-        "data.synthetic_train_size=32", "data.synthetic_val_size=16", "data.batch_size=16", "data.num_workers=0",
-        "train.epochs=1", "train.log_every=1", "train.amp.enabled=false"]
+TINY = [
+    "model.num_classes=4",
+    "data.name=synthetic",
+    "data.image_size=16",
+    "data.eval_crop=16",
+    "data.synthetic_train_size=32",
+    "data.synthetic_val_size=16",
+    "data.batch_size=16",
+    "data.num_workers=0",
+    "train.epochs=1",
+    "train.log_every=1",
+    "train.amp.enabled=false",
+]
 DEMO = "configs/demo/se_resnet20_digits.yaml"
 
 POOL = ThreadPoolExecutor(4)  # the --help runs and the tiny run's tools start at import and overlap
@@ -74,8 +87,13 @@ def shell_lines(body: str) -> list[str]:
 
 
 def looks_like_command(text: str) -> bool:
-    return bool(re.match(r"(\.venv/bin/python|/\S*/python3?|python3?|make|scripts/\S+\.sh|tools/\S+\.py|"
-                         r"scripts/\S+\.py)( |$)", text))
+    return bool(
+        re.match(
+            r"(\.venv/bin/python|/\S*/python3?|python3?|make|scripts/\S+\.sh|tools/\S+\.py|"
+            r"scripts/\S+\.py)( |$)",
+            text,
+        )
+    )
 
 
 def doc_commands(path: str) -> list[str]:
@@ -122,7 +140,7 @@ def options(script: str) -> set[str]:
         calls = re.findall(r"add_argument\(((?:\s*\"-[^\"]+\",)+)", read(script))
         return {"-h", "--help"} | {flag for call in calls for flag in re.findall(r'"(-[^"]+)"', call)}
     text = help_text(script)
-    return set(re.findall(r"(?<![\w-])(--?[A-Za-z][\w-]*)", text[text.index("options:"):]))
+    return set(re.findall(r"(?<![\w-])(--?[A-Za-z][\w-]*)", text[text.index("options:") :]))
 
 
 def make_targets() -> set[str]:
@@ -141,11 +159,16 @@ def run_folders() -> set[str]:
 
 def is_placeholder(token: str) -> bool:
     """CONFIG, RUN_DIR/config.yaml, GROUP_*.yaml, <output_dir>/vdl, key=value, ...: stand for what the user gives.
-    A path that exists in the repository (configs/ablation/README.md) is never one: it is checked."""
+    README is a file name, not a placeholder: configs/ablation/README.md is checked like any path, so a
+    wrong one fails (an existing path is never a placeholder either)."""
     if token and os.path.exists(os.path.join(ROOT, token.split("::")[0])):
         return False
-    return bool(re.fullmatch(r"\.\.\.\]?|key=value|KEY=VALUE", token) or re.search(r"\b[A-Z][A-Z_]+[0-9]?\b", token)
-                or any(c in token for c in "<…") or "..." in token)
+    return bool(
+        re.fullmatch(r"\.\.\.\]?|key=value|KEY=VALUE", token)
+        or re.search(r"\b(?!README\b)[A-Z][A-Z_]+[0-9]?\b", token)
+        or any(c in token for c in "<…")
+        or "..." in token
+    )
 
 
 # ---------------------------------------------------------------- the tiny run: what the tools write
@@ -164,10 +187,21 @@ def written(tmp_path_factory):
     common = ["-c", DEMO, "-o", *TINY, f"output_dir={folder}"]
     proc = run(sys.executable, "tools/train.py", *common)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    jobs = [POOL.submit(run, sys.executable, "tools/export.py", *common, f"model.weights={folder}"),
-            POOL.submit(run, sys.executable, "tools/analyze_gates.py", *common, f"model.weights={folder}",
-                        "--samples", "8", "--per-class", "2"),
-            POOL.submit(run, sys.executable, "tools/eval.py", *common, f"model.weights={folder}", "--json")]
+    jobs = [
+        POOL.submit(run, sys.executable, "tools/export.py", *common, f"model.weights={folder}"),
+        POOL.submit(
+            run,
+            sys.executable,
+            "tools/analyze_gates.py",
+            *common,
+            f"model.weights={folder}",
+            "--samples",
+            "8",
+            "--per-class",
+            "2",
+        ),
+        POOL.submit(run, sys.executable, "tools/eval.py", *common, f"model.weights={folder}", "--json"),
+    ]
     for job in jobs:
         proc = job.result()
         assert proc.returncode == 0, proc.args[:3] + [proc.stderr[-3000:]]
@@ -183,8 +217,13 @@ def written(tmp_path_factory):
 
 def test_export_analyze_and_eval_write_into_the_run_folder_by_default(written):
     folder, names, _ = written
-    assert {"export/model.json", "export/model.pdiparams", "export/model.onnx", "export/model.safetensors",
-            "export/inference.yml"} <= names
+    assert {
+        "export/model.json",
+        "export/model.pdiparams",
+        "export/model.onnx",
+        "export/model.safetensors",
+        "export/inference.yml",
+    } <= names
     assert {"se_analysis/summary.txt", "se_analysis/se_stats.json", "se_analysis/fig7_depth_distribution.png"} <= names
     assert "eval.json" in names and "model.safetensors" in names and "checkpoints/last.pdparams" in names
     assert json.loads((folder / "eval.json").read_text())["source"]["weights"] == str(folder / "model.safetensors")
@@ -230,7 +269,7 @@ class Checker:
             elif norm != runs[0] and os.path.relpath(norm, runs[0]) not in self.names:
                 self.problem(where, f"{token}: the tools write no {os.path.relpath(norm, runs[0])} into a run folder")
         elif token.startswith("data/fake/"):
-            if token[len("data/fake/"):] not in self.fake_names:
+            if token[len("data/fake/") :] not in self.fake_names:
                 self.problem(where, f"{token}: scripts/make_fake_data.py writes no such file")
 
     def configs(self, tokens: list[str], where: str, archs_ok: bool) -> list[str]:
@@ -327,7 +366,7 @@ class Checker:
             for t in rest[:i]:
                 if t.startswith("--") and t not in launch:
                     self.problem(where, f"paddle.distributed.launch has no option {t}")
-            self.script(rest[i], rest[i + 1:], where)
+            self.script(rest[i], rest[i + 1 :], where)
         elif head == PYTHON:
             self.script(tokens[1], tokens[2:], where)
         elif head == "scripts/train_dist.sh":
@@ -397,8 +436,8 @@ def test_the_readme_compare_command_prints_the_readme_rows():
     for row in shown.splitlines()[1:]:
         head, _, tail = row.partition("...")
         cells = printed[head.split()[0]]
-        assert cells[:len(head.split())] == head.split(), (row, cells)
-        assert cells[len(cells) - len(tail.split()):] == tail.split(), (row, cells)
+        assert cells[: len(head.split())] == head.split(), (row, cells)
+        assert cells[len(cells) - len(tail.split()) :] == tail.split(), (row, cells)
 
 
 def test_python_snippets_import_what_exists():
@@ -427,20 +466,29 @@ def markdown_tables(text: str) -> list[tuple[list[str], list[list[str]]]]:
     """(header cells, row cells) of every table of a markdown text, cells stripped of markup."""
     tables, lines = [], text.splitlines()
     for i, line in enumerate(lines):
-        if line.startswith("|") and i + 1 < len(lines) and re.fullmatch(r"\|(\s*:?-+:?\s*\|)+", lines[i + 1]) \
-                and not (i and lines[i - 1].startswith("|")):
+        if (
+            line.startswith("|")
+            and i + 1 < len(lines)
+            and re.fullmatch(r"\|(\s*:?-+:?\s*\|)+", lines[i + 1])
+            and not (i and lines[i - 1].startswith("|"))
+        ):
             cells = lambda ln: [c.strip().strip("*`") for c in ln.strip().strip("|").split("|")]  # noqa: E731
-            rows = [cells(ln) for ln in lines[i + 2:] if ln.startswith("|")]
-            end = next((k for k, ln in enumerate(lines[i + 2:]) if not ln.startswith("|")), len(lines) - i - 2)
+            rows = [cells(ln) for ln in lines[i + 2 :] if ln.startswith("|")]
+            end = next((k for k, ln in enumerate(lines[i + 2 :]) if not ln.startswith("|")), len(lines) - i - 2)
             tables.append((cells(line), rows[:end]))
     return tables
 
 
 def table_cell(doc: str, row: str, column: str) -> str:
     """The one cell whose row's first cell starts with `row` and whose header starts with `column`."""
-    hits = [(r[header.index(h)] if header.index(h) < len(r) else "")
-            for header, rows in markdown_tables(read(doc)) for h in header if h.startswith(column)
-            for r in rows if r[0].startswith(row)]
+    hits = [
+        (r[header.index(h)] if header.index(h) < len(r) else "")
+        for header, rows in markdown_tables(read(doc))
+        for h in header
+        if h.startswith(column)
+        for r in rows
+        if r[0].startswith(row)
+    ]
     assert len(hits) == 1, f"{doc}: {len(hits)} cells for row {row!r}, column {column!r}"
     return hits[0]
 
@@ -455,8 +503,9 @@ def quoted_figures(doc: str) -> list[tuple[str, tuple[str, str, str] | None]]:
     for m in re.finditer(f"{FIGURE.pattern}|{SOURCE.pattern}", prose, flags=re.S):
         if m.group(0).startswith("<!--"):
             file, refs = m.group(4), [[c.strip() for c in r.split(" | ")] for r in re.split(r";\s+", m.group(5))]
-            assert len(refs) == len(pending) and all(len(r) == 2 for r in refs), \
+            assert len(refs) == len(pending) and all(len(r) == 2 for r in refs), (
                 f"{doc}: {m.group(0)} names {len(refs)} cells for {len(pending)} figures {pending}"
+            )
             out += [(f, (file, *ref)) for f, ref in zip(pending, refs)]
             pending = []
         elif (figure := next(g for g in m.groups()[:3] if g)) in PAPER_AND_TARGETS:
@@ -489,8 +538,12 @@ def test_the_ratio_check_can_fail(tmp_path, monkeypatch):
     table = "| run | train | infer |\n|---|---|---|\n| SE | x1.042 | x1.010 |\n| ECA | x1.028 | x1.003 |\n"
     monkeypatch.setattr(sys.modules[__name__], "read", lambda path: open(os.path.join(tmp_path, path)).read())
     good = "SE trains at x1.042<!-- from d.md: SE | train --> and infers at 1.010x<!-- from d.md: SE | infer -->."
-    for prose, fails in ((good, False), (good.replace("SE | train", "ECA | train"), True),
-                         (good.replace("SE | infer", "SE | train"), True), ("SE trains at x1.028.", True)):
+    for prose, fails in (
+        (good, False),
+        (good.replace("SE | train", "ECA | train"), True),
+        (good.replace("SE | infer", "SE | train"), True),
+        ("SE trains at x1.028.", True),
+    ):
         doc.write_text(table + "\n" + prose + "\n")
         failed = False
         try:
@@ -504,28 +557,32 @@ def test_the_ratio_check_can_fail(tmp_path, monkeypatch):
 
 def test_every_tool_sets_up_the_cpu_before_paddle_is_imported(tmp_path):
     """README: every tool calls setup_cpu before `import paddle` (which would pin OpenMP to one thread)."""
-    probe = ("import runpy, sys\n"
-             "import senet.runtime as r\n"
-             "def setup_cpu(threads):\n"
-             "    print('setup_cpu', threads, 'paddle' in sys.modules)\n"
-             "    raise SystemExit(0)\n"
-             "r.setup_cpu = setup_cpu\n"
-             "sys.argv = sys.argv[1:]\n"
-             "runpy.run_path(sys.argv[0], run_name='__main__')\n"
-             "print('never called')\n")
+    probe = (
+        "import runpy, sys\n"
+        "import senet.runtime as r\n"
+        "def setup_cpu(threads):\n"
+        "    print('setup_cpu', threads, 'paddle' in sys.modules)\n"
+        "    raise SystemExit(0)\n"
+        "r.setup_cpu = setup_cpu\n"
+        "sys.argv = sys.argv[1:]\n"
+        "runpy.run_path(sys.argv[0], run_name='__main__')\n"
+        "print('never called')\n"
+    )
     weights = str(tmp_path / "none.safetensors")
-    args = {"tools/train.py": ["-c", DEMO, "-o", f"output_dir={tmp_path}"],
-            "tools/eval.py": ["-c", DEMO, "-o", f"model.weights={weights}"],
-            "tools/export.py": ["-c", DEMO, "-o", f"model.weights={weights}"],
-            "tools/analyze_se.py": ["-c", DEMO],
-            "tools/analyze_gates.py": ["-c", DEMO],
-            "tools/check_data.py": ["-c", DEMO],
-            "tools/compare.py": ["-c", DEMO],
-            "tools/doctor.py": ["--out", str(tmp_path / "doctor")],
-            "tools/convert_weights.py": ["--from", "auto", str(tmp_path / "none.pth"), "--out", str(tmp_path / "c")],
-            "tools/infer.py": ["--model", str(tmp_path), "--images", str(tmp_path)],
-            "tools/bench.py": [],
-            "tools/sweep.py": ["-c", DEMO, "--out", str(tmp_path), "--table-only"]}
+    args = {
+        "tools/train.py": ["-c", DEMO, "-o", f"output_dir={tmp_path}"],
+        "tools/eval.py": ["-c", DEMO, "-o", f"model.weights={weights}"],
+        "tools/export.py": ["-c", DEMO, "-o", f"model.weights={weights}"],
+        "tools/analyze_se.py": ["-c", DEMO],
+        "tools/analyze_gates.py": ["-c", DEMO],
+        "tools/check_data.py": ["-c", DEMO],
+        "tools/compare.py": ["-c", DEMO],
+        "tools/doctor.py": ["--out", str(tmp_path / "doctor")],
+        "tools/convert_weights.py": ["--from", "auto", str(tmp_path / "none.pth"), "--out", str(tmp_path / "c")],
+        "tools/infer.py": ["--model", str(tmp_path), "--images", str(tmp_path)],
+        "tools/bench.py": [],
+        "tools/sweep.py": ["-c", DEMO, "--out", str(tmp_path), "--table-only"],
+    }
     assert sorted(args) == TOOLS, "a new tool: add it here"
     jobs = {tool: POOL.submit(run, sys.executable, "-c", probe, tool, *a) for tool, a in args.items()}
     for tool, job in jobs.items():

@@ -19,15 +19,30 @@ import pytest
 from senet.doctor.plan import CPU_SIZES, GPU_SIZES, QUICK_SIZES, o2_dtype, plan, sizes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ORDER = ["paddle_device", "train_fp32", "train_amp_o1_fp16", "train_amp_o2_bf16", "train_nhwc", "eval_nchw_nhwc",
-         "checkpoint_resume", "fit", "fit_resume", "eval_weights", "export_paddle_inference", "export_tensorrt",
-         "export_onnxruntime", "dali_pipeline", "launch_two_processes"]
+ORDER = [
+    "paddle_device",
+    "train_fp32",
+    "train_amp_o1_fp16",
+    "train_amp_o2_bf16",
+    "train_nhwc",
+    "eval_nchw_nhwc",
+    "checkpoint_resume",
+    "fit",
+    "fit_resume",
+    "eval_weights",
+    "export_paddle_inference",
+    "export_tensorrt",
+    "export_onnxruntime",
+    "dali_pipeline",
+    "launch_two_processes",
+]
 GPU_ONLY = {"train_amp_o1_fp16", "train_amp_o2_bf16", "train_nhwc", "export_tensorrt"}
 
 
 def doctor_cli(*args, env=None):
-    return subprocess.run([sys.executable, "tools/doctor.py", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600, env=env)
+    return subprocess.run(
+        [sys.executable, "tools/doctor.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env
+    )
 
 
 def dali_installed() -> bool:
@@ -50,7 +65,7 @@ def test_cpu_run_prints_the_machine_and_one_line_per_check(quick_run):
     proc, out = quick_run
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     lines = proc.stdout.splitlines()
-    machine = lines[:lines.index(next(ln for ln in lines if ln.startswith("checks on the CPU")))]
+    machine = lines[: lines.index(next(ln for ln in lines if ln.startswith("checks on the CPU")))]
     text = "\n".join(machine)
     assert "paddle 3.3.1" in text and "CPU build (no CUDA)" in text and "nvidia-smi" in text
     assert "GPUs seen by Paddle: none" in text
@@ -68,8 +83,10 @@ def test_cpu_run_prints_the_machine_and_one_line_per_check(quick_run):
         if name == "dali_pipeline":
             want = "PASS" if dali_installed() else "SKIP"
         assert status[name] == want, [ln for ln in lines if f" {name} " in ln]
-    assert lines[-1].startswith(f"{sum(s == 'PASS' for s in status.values())} passed, 0 failed, "
-                                f"{sum(s == 'SKIP' for s in status.values())} skipped in ")
+    assert lines[-1].startswith(
+        f"{sum(s == 'PASS' for s in status.values())} passed, 0 failed, "
+        f"{sum(s == 'SKIP' for s in status.values())} skipped in "
+    )
 
 
 def test_cpu_run_writes_doctor_json_and_removes_its_work_files(quick_run):
@@ -107,8 +124,10 @@ def test_a_cpu_paddle_under_a_gpu_driver_fails_with_the_install_fix(tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     smi = bin_dir / "nvidia-smi"
-    smi.write_text('#!/bin/sh\nif [ "$1" = "-L" ]; then echo "GPU 0: NVIDIA A100-SXM4-80GB (UUID: GPU-0)"; exit 0; fi\n'
-                   'echo "| NVIDIA-SMI 550.54.15   Driver Version: 550.54.15   CUDA Version: 12.4 |"\n')
+    smi.write_text(
+        '#!/bin/sh\nif [ "$1" = "-L" ]; then echo "GPU 0: NVIDIA A100-SXM4-80GB (UUID: GPU-0)"; exit 0; fi\n'
+        'echo "| NVIDIA-SMI 550.54.15   Driver Version: 550.54.15   CUDA Version: 12.4 |"\n'
+    )
     smi.chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
     proc = doctor_cli("--only", "paddle_device", "--out", str(tmp_path / "out"), env=env)
@@ -140,13 +159,18 @@ def test_an_injected_failing_check_gives_exit_1_its_fix_and_its_traceback(tmp_pa
         raise RuntimeError("a kernel broke\nsecond line")
 
     printed = []
-    code = doctor(str(tmp_path), only=["paddle_device", "train_fp32", "eval_nchw_nhwc"], print_line=printed.append,
-                  checks={**CHECKS, "train_fp32": says_no, "eval_nchw_nhwc": raises})
+    code = doctor(
+        str(tmp_path),
+        only=["paddle_device", "train_fp32", "eval_nchw_nhwc"],
+        print_line=printed.append,
+        checks={**CHECKS, "train_fp32": says_no, "eval_nchw_nhwc": raises},
+    )
     assert code == 1
     rows = {ln.split()[1]: ln for ln in printed if ln.startswith(("PASS", "FAIL", "SKIP"))}
     assert rows["paddle_device"].startswith("PASS")
     assert rows["train_fp32"].startswith("FAIL") and rows["train_fp32"].endswith(
-        "the loss went up | fix: lower the learning rate")
+        "the loss went up | fix: lower the learning rate"
+    )
     assert "RuntimeError: a kernel broke | fix: send doctor.json with a bug report" in rows["eval_nchw_nhwc"]
     report = json.loads((tmp_path / "doctor.json").read_text())
     by_name = {c["name"]: c for c in report["checks"]}
@@ -212,10 +236,16 @@ def machine(gpus=(), cuda_build=None, tensorrt=False, dali=None, providers=("CPU
     """A stand-in description with the fields senet.doctor.plan reads (senet.doctor.machine.describe's shape)."""
     cuda_build = bool(gpus) if cuda_build is None else cuda_build
     return {
-        "paddle": {"version": "3.3.1", "cuda_build": cuda_build, "cuda": "12.6" if cuda_build else None,
-                   "tensorrt_usable": tensorrt},
-        "gpus": [{"index": i, "name": name, "memory_gib": 80.0, "capability": cc, "multiprocessors": 108}
-                 for i, (name, cc) in enumerate(gpus)],
+        "paddle": {
+            "version": "3.3.1",
+            "cuda_build": cuda_build,
+            "cuda": "12.6" if cuda_build else None,
+            "tensorrt_usable": tensorrt,
+        },
+        "gpus": [
+            {"index": i, "name": name, "memory_gib": 80.0, "capability": cc, "multiprocessors": 108}
+            for i, (name, cc) in enumerate(gpus)
+        ],
         "nvidia_smi": {"found": bool(gpus), "gpus": len(gpus) if smi_gpus is None else smi_gpus},
         "packages": {"DALI": dali, "ONNX Runtime providers": list(providers)},
     }
@@ -229,8 +259,18 @@ def skips(m):
     return {p.name: p.skip for p in plan(m) if p.skip is not None}
 
 
-CPU_RUNS = ["paddle_device", "train_fp32", "eval_nchw_nhwc", "checkpoint_resume", "fit", "fit_resume", "eval_weights",
-            "export_paddle_inference", "export_onnxruntime", "launch_two_processes"]
+CPU_RUNS = [
+    "paddle_device",
+    "train_fp32",
+    "eval_nchw_nhwc",
+    "checkpoint_resume",
+    "fit",
+    "fit_resume",
+    "eval_weights",
+    "export_paddle_inference",
+    "export_onnxruntime",
+    "launch_two_processes",
+]
 V100, A100 = ("Tesla V100-SXM2-32GB", "7.0"), ("NVIDIA A100-SXM4-80GB", "8.0")
 
 
@@ -254,11 +294,13 @@ def test_no_gpu_runs_the_cpu_paths_and_skips_the_gpu_ones_with_the_reason():
 def test_one_gpu_of_compute_capability_7_skips_bf16_and_the_two_gpu_launch():
     m = machine([V100])
     assert "train_amp_o2_bf16" not in runs(m) and "launch_two_processes" not in runs(m)
-    assert runs(m) == [n for n in ORDER if n not in ("train_amp_o2_bf16", "export_tensorrt", "dali_pipeline",
-                                                      "launch_two_processes")]
+    assert runs(m) == [
+        n for n in ORDER if n not in ("train_amp_o2_bf16", "export_tensorrt", "dali_pipeline", "launch_two_processes")
+    ]
     s = skips(m)
-    assert s["train_amp_o2_bf16"] == (f"GPU 0 ({V100[0]}) has compute capability 7.0; bf16 needs 8.0 or newer "
-                                      f"(the O2 checks below use fp16)")
+    assert s["train_amp_o2_bf16"] == (
+        f"GPU 0 ({V100[0]}) has compute capability 7.0; bf16 needs 8.0 or newer (the O2 checks below use fp16)"
+    )
     assert s["launch_two_processes"] == "one GPU: a two-process launch needs two"
     assert "no usable TensorRT" in s["export_tensorrt"]
     assert o2_dtype(m) == "float16" and sizes(m) == GPU_SIZES
@@ -337,8 +379,11 @@ def test_the_device_check_names_what_is_wrong_and_the_fix(tmp_path):
     old = machine([A100])
     old["nvidia_smi"]["cuda"] = "12.2"
     old_driver = outcome(old)
-    assert old_driver.status == "FAIL" and "the driver supports CUDA 12.2, older than this Paddle build's CUDA 12.6" \
-        in old_driver.reason and "update the NVIDIA driver" in old_driver.fix
+    assert (
+        old_driver.status == "FAIL"
+        and "the driver supports CUDA 12.2, older than this Paddle build's CUDA 12.6" in old_driver.reason
+        and "update the NVIDIA driver" in old_driver.fix
+    )
     broken = machine()
     broken["paddle"] = {"error": "import paddle failed: ImportError: x"}
     assert outcome(broken).status == "FAIL" and outcome(broken).reason == broken["paddle"]["error"]
@@ -349,13 +394,19 @@ def test_the_machine_lines_show_each_gpu_with_memory_and_capability():
 
     m = machine([A100, V100], tensorrt=True, dali="nvidia-dali-cuda120 2.4.0")
     m.update(python="3.11.7", platform="Linux")
-    m["paddle"].update(commit="7688495538f4", cudnn="9.5.1", nccl="2.21.5", mkl=True, onednn_bf16=True,
-                       tensorrt_runtime="10.5.0")
+    m["paddle"].update(
+        commit="7688495538f4", cudnn="9.5.1", nccl="2.21.5", mkl=True, onednn_bf16=True, tensorrt_runtime="10.5.0"
+    )
     m["nvidia_smi"].update(driver="560.35.03", cuda="12.6")
-    m["cpu"] = {"model": "AMD EPYC 7763", "logical_cores": 128, "usable_cores": 16,
-                "features": {"AVX2": True, "AVX-512": False, "AVX512-BF16": False, "AMX": False, "VNNI": False}}
-    m["packages"].update({"OpenCV": "4.14.0.94", "ONNX Runtime": None, "paddle2onnx": "2.1.0", "VisualDL": "2.5.3",
-                          "numpy": "2.3.5"})
+    m["cpu"] = {
+        "model": "AMD EPYC 7763",
+        "logical_cores": 128,
+        "usable_cores": 16,
+        "features": {"AVX2": True, "AVX-512": False, "AVX512-BF16": False, "AMX": False, "VNNI": False},
+    }
+    m["packages"].update(
+        {"OpenCV": "4.14.0.94", "ONNX Runtime": None, "paddle2onnx": "2.1.0", "VisualDL": "2.5.3", "numpy": "2.3.5"}
+    )
     m["threads"] = {"OMP_NUM_THREADS": "16", "FLAGS_cudnn_exhaustive_search": True}
     text = "\n".join(lines(m))
     assert "paddle 3.3.1 (7688495538): CUDA 12.6, cuDNN 9.5.1, NCCL 2.21.5; Paddle Inference: TensorRT 10.5.0" in text

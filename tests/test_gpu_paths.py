@@ -28,9 +28,20 @@ from senet.resnet import build_model
 from senet.step import eval_amp, weights_dtype
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["model.arch=se_resnet20", "model.num_classes=4", "model.se.reduction=4", "data.name=synthetic",
-        "data.image_size=16", "data.eval_crop=16", "data.synthetic_train_size=64", "data.synthetic_val_size=24",
-        "data.batch_size=16", "data.num_workers=0", "train.epochs=2", "optimizer.lr=0.8"]
+TINY = [
+    "model.arch=se_resnet20",
+    "model.num_classes=4",
+    "model.se.reduction=4",
+    "data.name=synthetic",
+    "data.image_size=16",
+    "data.eval_crop=16",
+    "data.synthetic_train_size=64",
+    "data.synthetic_val_size=24",
+    "data.batch_size=16",
+    "data.num_workers=0",
+    "train.epochs=2",
+    "optimizer.lr=0.8",
+]
 
 
 class _GpuPlace:
@@ -78,8 +89,10 @@ def gpu_device(monkeypatch, capability=(8, 0), cuda="12.6"):
 
 
 def o2_cfg(out, *extra):
-    return load_config(None, [*TINY, "train.amp.enabled=true", "train.amp.level=O2", "train.amp.dtype=float16",
-                              f"output_dir={out}", *extra])
+    return load_config(
+        None,
+        [*TINY, "train.amp.enabled=true", "train.amp.level=O2", "train.amp.dtype=float16", f"output_dir={out}", *extra],
+    )
 
 
 def o2_setup(monkeypatch, cfg):
@@ -107,6 +120,7 @@ def inner(model):
 
 # ---------------------------------------------------------------- item 2: decorate before DataParallel
 
+
 def test_o2_decorates_the_model_before_data_parallel_wraps_it(tmp_path, monkeypatch):
     """Paddle refuses to decorate a DataParallel model (check_models, the real check, runs here): the model
     is cast and the optimizer given master weights first, then wrapped."""
@@ -115,8 +129,11 @@ def test_o2_decorates_the_model_before_data_parallel_wraps_it(tmp_path, monkeypa
     monkeypatch.setattr(train_mod, "world", lambda: (0, 2))
     calls = []
     real_decorate, real_dp = paddle.amp.decorate, paddle.DataParallel
-    monkeypatch.setattr(paddle.amp, "decorate", lambda model, *a, **k: calls.append(("decorate", type(model)))
-                        or real_decorate(model, *a, **k))
+    monkeypatch.setattr(
+        paddle.amp,
+        "decorate",
+        lambda model, *a, **k: calls.append(("decorate", type(model))) or real_decorate(model, *a, **k),
+    )
 
     class DataParallel(real_dp):  # still the class Paddle's check_models tests against
         def __init__(self, model, *args, **kwargs):
@@ -132,6 +149,7 @@ def test_o2_decorates_the_model_before_data_parallel_wraps_it(tmp_path, monkeypa
 
 
 # ---------------------------------------------------------------- items 5, 6: what an O2 run saves and resumes
+
 
 def test_an_o2_checkpoint_holds_float32_weights_and_resumes_master_weights_by_name(tmp_path, monkeypatch):
     state, _, _ = o2_setup(monkeypatch, o2_cfg(tmp_path / "run", "train.ema.enabled=true"))
@@ -180,8 +198,16 @@ def test_master_weights_restored_as_arrays_fail_at_the_first_step(tmp_path, monk
     state, _, _ = o2_setup(monkeypatch, o2_cfg(tmp_path / "run"))
     with paddle.utils.unique_name.guard():
         first_step_state(state.optimizer, state.model)
-    saved = {k: (v.numpy() if isinstance(v, paddle.Tensor) else {n: t.numpy() for n, t in v.items()}
-                 if k == "master_weights" else v) for k, v in state.optimizer.state_dict().items()}
+    saved = {
+        k: (
+            v.numpy()
+            if isinstance(v, paddle.Tensor)
+            else {n: t.numpy() for n, t in v.items()}
+            if k == "master_weights"
+            else v
+        )
+        for k, v in state.optimizer.state_dict().items()
+    }
     resumed, _, _ = o2_setup(monkeypatch, o2_cfg(tmp_path / "run"))
     resumed.optimizer.set_state_dict(saved)
     with paddle.utils.unique_name.guard(), pytest.raises(AttributeError, match="name"):
@@ -206,8 +232,7 @@ def test_o2_weights_leave_training_as_float32_that_eval_and_export_load(tmp_path
     for k, v in model.state_dict().items():
         expected = inner(state.model).state_dict(use_hook=False)[k].astype("float32").numpy()
         np.testing.assert_array_equal(v.numpy(), expected, err_msg=k)
-    result = evaluate(model, val_loader, plain, amp={"enabled": True, "level": "O2", "dtype": "float16",
-                                                     "eval": False})
+    result = evaluate(model, val_loader, plain, amp={"enabled": True, "level": "O2", "dtype": "float16", "eval": False})
     assert result["images"] == 24 and np.isfinite(result["loss"])  # fp32 weights: an fp32 eval on this CPU
     info = export(plain, str(tmp_path / "export"), ["paddle", "safetensors"])
     assert set(info["files"]) == {"paddle", "safetensors"}
@@ -234,9 +259,17 @@ def test_bf16_weights_are_written_as_float32_not_as_their_uint16_bits(tmp_path):
 def test_an_fp16_checkpoint_from_before_save_dtype_still_loads_into_the_fp32_model(tmp_path):
     cfg = load_config(None, TINY)
     model = build_model(cfg)
-    state = {"model": {k: v.numpy().astype(np.float16) for k, v in model.state_dict().items()},
-             "optimizer": {}, "lr_scheduler": {}, "epoch": 1, "batch_in_epoch": 0, "global_step": 4,
-             "rng": ckpt.rng_state(), "history": [], "config": cfg}
+    state = {
+        "model": {k: v.numpy().astype(np.float16) for k, v in model.state_dict().items()},
+        "optimizer": {},
+        "lr_scheduler": {},
+        "epoch": 1,
+        "batch_in_epoch": 0,
+        "global_step": 4,
+        "rng": ckpt.rng_state(),
+        "history": [],
+        "config": cfg,
+    }
     path = str(tmp_path / "old.pdparams")
     save_checkpoint(path, state)
     assert {v.dtype for v in ckpt.extract_model_state(path).values()} == {np.dtype(np.float32)}
@@ -257,6 +290,7 @@ def test_an_fp16_checkpoint_from_before_save_dtype_still_loads_into_the_fp32_mod
 
 
 # ---------------------------------------------------------------- item 4: EMA under O2
+
 
 def test_ema_of_an_o2_model_averages_the_master_weights_and_copies_into_fp16(tmp_path, monkeypatch):
     state, _, _ = o2_setup(monkeypatch, o2_cfg(tmp_path / "run", "train.ema.enabled=true", "train.ema.decay=0.5"))
@@ -279,8 +313,9 @@ def test_ema_of_an_o2_model_averages_the_master_weights_and_copies_into_fp16(tmp
     bn = ema.shadow["stem.1.weight"].numpy()  # an fp32 parameter (no master weight) averages the parameter itself
     copy_model = ema.copy_into(model)
     assert copy_model.stem[0].weight.dtype == paddle.float16 and copy_model.stem[1].weight.dtype == paddle.float32
-    np.testing.assert_array_equal(copy_model.stem[0].weight.numpy(),
-                                  ema.shadow["stem.0.weight"].astype("float16").numpy())
+    np.testing.assert_array_equal(
+        copy_model.stem[0].weight.numpy(), ema.shadow["stem.0.weight"].astype("float16").numpy()
+    )
     np.testing.assert_array_equal(copy_model.stem[1].weight.numpy(), bn)
 
 
@@ -296,8 +331,9 @@ def test_ema_is_built_from_the_fp32_weights_before_decorate(tmp_path, monkeypatc
 
 # ---------------------------------------------------------------- item 3: the eval of an O2 model
 
+
 def test_an_o2_model_is_evaluated_in_its_amp_dtype_whatever_amp_eval_says(tmp_path, monkeypatch):
-    from senet import train as train_mod
+    from senet import engine as engine_mod
 
     state, val_loader, _ = o2_setup(monkeypatch, o2_cfg(tmp_path / "run"))
     fp32_amp = {"enabled": True, "level": "O2", "dtype": "float16", "eval": False}
@@ -311,12 +347,13 @@ def test_an_o2_model_is_evaluated_in_its_amp_dtype_whatever_amp_eval_says(tmp_pa
         n = labels.shape[0]
         return paddle.zeros([n, 4]), paddle.zeros([])
 
-    monkeypatch.setattr(train_mod, "forward_loss", forward_loss)
-    train_mod.evaluate(state.model, val_loader, state.cfg, amp=state.amp)
+    monkeypatch.setattr(engine_mod, "forward_loss", forward_loss)
+    engine_mod.evaluate(state.model, val_loader, state.cfg, amp=state.amp)
     assert seen and all(amp["eval"] and amp["dtype"] == "float16" and not train for amp, train in seen)
 
 
 # ---------------------------------------------------------------- item 9: RNG states and the number of GPUs
+
 
 class FakeGenerator:
     def __init__(self, values):
@@ -390,13 +427,21 @@ def test_rng_state_round_trips_on_this_cpu():
 
 # ---------------------------------------------------------------- item 10: silent or slow choices
 
+
 def cfg_with(*extra):
     return load_config(None, list(extra))
 
 
-@pytest.mark.parametrize("dtype, capability, cuda, trains", [
-    ("bfloat16", (7, 5), "12.6", False), ("bfloat16", (8, 0), "12.6", True), ("bfloat16", (8, 6), "10.2", False),
-    ("float16", (6, 1), "12.6", False), ("float16", (7, 0), "11.8", True)])
+@pytest.mark.parametrize(
+    "dtype, capability, cuda, trains",
+    [
+        ("bfloat16", (7, 5), "12.6", False),
+        ("bfloat16", (8, 0), "12.6", True),
+        ("bfloat16", (8, 6), "10.2", False),
+        ("float16", (6, 1), "12.6", False),
+        ("float16", (7, 0), "11.8", True),
+    ],
+)
 def test_an_amp_dtype_the_gpu_lacks_is_said_and_recorded_as_fp32(monkeypatch, dtype, capability, cuda, trains):
     gpu_device(monkeypatch, capability, cuda)
     env = dev.device_notices(cfg_with("train.amp.enabled=true", "train.amp.level=O2", f"train.amp.dtype={dtype}"))
@@ -406,8 +451,9 @@ def test_an_amp_dtype_the_gpu_lacks_is_said_and_recorded_as_fp32(monkeypatch, dt
     assert bool(said) is not trains
     if said:
         assert f"{capability[0]}.{capability[1]}" in said[0] or f"CUDA {cuda}" in said[0]
-        assert ("train.amp.dtype=float16 keeps mixed precision" in said[0]) is (dtype == "bfloat16"
-                                                                                and capability[0] >= 7)
+        assert ("train.amp.dtype=float16 keeps mixed precision" in said[0]) is (
+            dtype == "bfloat16" and capability[0] >= 7
+        )
 
 
 def test_nhwc_in_fp32_on_a_gpu_says_what_it_costs(monkeypatch):
@@ -451,11 +497,14 @@ def test_cudnn_flags_are_set_on_a_gpu_before_the_model_is_built(tmp_path, monkey
 def test_cudnn_flags_name_the_reference_settings(monkeypatch):
     for name in dev.CUDNN_FLAGS:
         monkeypatch.delenv(name, raising=False)
-    assert dev.cudnn_flags() == {"FLAGS_cudnn_exhaustive_search": True,
-                                 "FLAGS_cudnn_batchnorm_spatial_persistent": True}
+    assert dev.cudnn_flags() == {
+        "FLAGS_cudnn_exhaustive_search": True,
+        "FLAGS_cudnn_batchnorm_spatial_persistent": True,
+    }
 
 
 # ---------------------------------------------------------------- item 10: the device inference runs on
+
 
 def test_inference_devices_parse_and_resolve_to_the_rank_gpu_or_the_one_named(monkeypatch, capsys):
     from senet import inference
@@ -534,8 +583,7 @@ class FakePredictor:
         pass
 
 
-def test_paddle_inference_on_a_gpu_uses_the_chosen_gpu_and_says_tensorrt_does_not_apply(exported, monkeypatch,
-                                                                                         capsys):
+def test_paddle_inference_on_a_gpu_uses_the_chosen_gpu_and_says_tensorrt_does_not_apply(exported, monkeypatch, capsys):
     from paddle import inference as paddle_inference
 
     from senet.inference import Predictor
@@ -576,16 +624,17 @@ def test_predict_runs_batches_beyond_an_engine_limit_in_parts(exported):
 
 # ---------------------------------------------------------------- item 10 and item 7: bench --full's labels
 
+
 def test_bench_full_labels_the_paper_batch_and_stays_within_the_tensorrt_profile():
-    from senet.bench.options import default_options
-    from senet.bench.plan import full_batch_notice, resolve_variants
+    from senet.bench.options import default_options, full_batch_notice, resolve_variants
     from senet.inference import TRT_MAX_BATCH
 
     full = default_options(full=True)
     assert full.train_batch == 256 and 1 <= full.infer_batch <= TRT_MAX_BATCH
     said = full_batch_notice(full, gpu=True)
-    assert said.startswith("train batch 256 on one GPU: the paper's global batch, which Hu et al. (Sec. 4) split "
-                           "over 8 GPUs (32 each)")
+    assert said.startswith(
+        "train batch 256 on one GPU: the paper's global batch, which Hu et al. (Sec. 4) split over 8 GPUs (32 each)"
+    )
     notices: list[str] = []
     resolve_variants(full, gpu=False, notices=notices)
     assert notices[0].startswith("train batch 256 on this CPU: the paper's global batch")
@@ -593,6 +642,7 @@ def test_bench_full_labels_the_paper_batch_and_stays_within_the_tensorrt_profile
 
 
 # ---------------------------------------------------------------- the trainer's data wait
+
 
 class SlowLoader:
     """The real loader, with `delay` seconds before each batch: a loader that cannot keep up."""
@@ -623,8 +673,11 @@ def with_loader(monkeypatch, wrap):
     from senet import train as train_mod
 
     real = train_mod.build_loader
-    monkeypatch.setattr(train_mod, "build_loader", lambda cfg, split, **k: wrap(real(cfg, split, **k))
-                        if split == "train" else real(cfg, split, **k))
+    monkeypatch.setattr(
+        train_mod,
+        "build_loader",
+        lambda cfg, split, **k: wrap(real(cfg, split, **k)) if split == "train" else real(cfg, split, **k),
+    )
 
 
 def test_a_slow_loader_shows_as_data_wait_with_a_notice_naming_the_remedies(tmp_path, monkeypatch):
@@ -647,8 +700,7 @@ def test_a_slow_loader_shows_as_data_wait_with_a_notice_naming_the_remedies(tmp_
 
     files = [f for f in os.listdir(out / "vdl") if f.startswith("vdlrecords")]
     reader = LogReader(file_path=str(out / "vdl" / files[0]))
-    assert [round(r.value, 3) for r in reader.get_data("scalar", "train/data_wait_pct")] == \
-        [round(w, 3) for w in waits]
+    assert [round(r.value, 3) for r in reader.get_data("scalar", "train/data_wait_pct")] == [round(w, 3) for w in waits]
     assert read_json(out / "metrics.json")["precision"] == "fp32"
 
 

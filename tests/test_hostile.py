@@ -26,6 +26,7 @@ import pytest
 import yaml
 
 from senet import checkpoint as ckpt
+from senet import formats
 from senet.data import BadImageError, DatasetError
 from senet.data import decode as decode_mod
 from senet.data.datasets import cifar_member_limit, load_cifar
@@ -34,15 +35,20 @@ from senet.data.fake import make_fake_cifar, make_fake_imagenet
 from senet.data.index import imagenet_index, read_list
 from senet.inference import ModelDirError, Predictor
 from senet.limits import regular_file_problem
-from senet.train import find_resume_checkpoint
+from senet.resume import find_resume_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.filterwarnings("ignore:When training, we now always track")
 
 
 def tool(name, *args, timeout=120):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "tools", name), *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tools", name), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def one_line_error(proc):
@@ -56,8 +62,10 @@ def one_line_error(proc):
 @pytest.fixture
 def no_hang():
     """A read that blocks (a FIFO opened for reading) fails the test after 20 s instead of hanging it."""
+
     def alarm(signum, frame):
         raise TimeoutError("blocked: a FIFO was opened for reading")
+
     previous = signal.signal(signal.SIGALRM, alarm)
     signal.alarm(20)
     yield
@@ -67,12 +75,23 @@ def no_hang():
 
 # --------------------------------------------------------------------------- checkpoints
 
+
 def small_state(seed=0):
     paddle.seed(seed)
     model = paddle.nn.Sequential(paddle.nn.Conv2D(3, 4, 3), paddle.nn.BatchNorm2D(4), paddle.nn.Linear(4, 3))
-    return {"model": model.state_dict(), "optimizer": {}, "lr_scheduler": {"last_epoch": 3}, "epoch": 1,
-            "batch_in_epoch": 0, "global_step": 4, "rng": ckpt.rng_state(), "history": [{"top1": 1.0}],
-            "best_top1": 1.0, "best_epoch": 0, "skipped_steps": 0}, model
+    return {
+        "model": model.state_dict(),
+        "optimizer": {},
+        "lr_scheduler": {"last_epoch": 3},
+        "epoch": 1,
+        "batch_in_epoch": 0,
+        "global_step": 4,
+        "rng": ckpt.rng_state(),
+        "history": [{"top1": 1.0}],
+        "best_top1": 1.0,
+        "best_epoch": 0,
+        "skipped_steps": 0,
+    }, model
 
 
 def test_bit_flips_are_refused_or_harmless(tmp_path):
@@ -142,7 +161,7 @@ def test_version_1_checkpoints_still_load_with_a_notice(tmp_path, capsys):
     # A version-2 file that lost its trailer is not mistaken for a version-1 one.
     ckpt.save_checkpoint(path, state)
     with open(path, "r+b") as f:
-        f.truncate(os.path.getsize(path) - ckpt.TRAILER_SIZE)
+        f.truncate(os.path.getsize(path) - formats.TRAILER_SIZE)
     with pytest.raises(ckpt.CheckpointError, match="lacks the checksum"):
         ckpt.load_checkpoint(path)
 
@@ -152,7 +171,7 @@ def _damage(path, how):
     if how == "flip":
         data[len(data) // 2] ^= 0x10
     elif how == "truncate":
-        data = data[:len(data) // 3]
+        data = data[: len(data) // 3]
     elif how == "garbage":
         data = bytearray(os.urandom(len(data)))
     with open(path, "wb") as f:
@@ -174,8 +193,13 @@ def test_resume_auto_falls_back_past_every_kind_of_damage(tmp_path, capsys):
     found = find_resume_checkpoint(str(tmp_path))
     assert found == str(folder / "epoch_1.pdparams")
     err = capsys.readouterr().err
-    for name, why in (("last", "checksum"), ("epoch_2", "truncated or corrupt"), ("best", "corrupt"),
-                      ("epoch_3", "rng (NoneType, not dict)"), ("epoch_4", "FIFO")):
+    for name, why in (
+        ("last", "checksum"),
+        ("epoch_2", "truncated or corrupt"),
+        ("best", "corrupt"),
+        ("epoch_3", "rng (NoneType, not dict)"),
+        ("epoch_4", "FIFO"),
+    ):
         line = next(ln for ln in err.splitlines() if f"{name}.pdparams" in ln)
         assert why in line, line
 
@@ -189,8 +213,11 @@ def test_pickle_bombs_are_refused_quickly(tmp_path):
     assert len(data) < 500
     deep = b"\x80\x04" + b"]" * 100_000 + b"a" * 99_999 + b"."  # lists nested 100,000 deep
     huge = pickle.dumps(np.zeros(1)).replace(b"K\x00\x85", b"J\x00\x00\x00\x40\x85")  # _reconstruct shape 2^30
-    for name, blob, why in (("bomb", data, "more than 1,000,000 objects"), ("deep", deep, "nested more than 64"),
-                            ("huge", huge, "non-empty shape")):
+    for name, blob, why in (
+        ("bomb", data, "more than 1,000,000 objects"),
+        ("deep", deep, "nested more than 64"),
+        ("huge", huge, "non-empty shape"),
+    ):
         path = tmp_path / f"{name}.pdparams"
         path.write_bytes(blob)
         with pytest.raises(ckpt.CheckpointError, match=why):
@@ -198,6 +225,7 @@ def test_pickle_bombs_are_refused_quickly(tmp_path):
 
 
 # --------------------------------------------------------------------------- safetensors
+
 
 def write_safetensors(path, tensors, metadata=None):
     """A .safetensors file by hand: bf16 and odd dtypes that safetensors.numpy cannot write."""
@@ -277,13 +305,14 @@ def test_eval_refuses_hostile_weights_in_one_line(tmp_path):
 
 # --------------------------------------------------------------------------- images
 
+
 def jpeg_bomb(path, side=15000, stray=True):
     """A 16x16 JPEG whose frame header says side x side, with one stray byte before it that libjpeg skips
     (it decodes the full declared size) but a strict parser stops at."""
     img = np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8)
     data = bytearray(cv2.imencode(".jpg", img)[1].tobytes())
     i = data.index(b"\xff\xc0")
-    data[i + 5:i + 9] = side.to_bytes(2, "big") + side.to_bytes(2, "big")
+    data[i + 5 : i + 9] = side.to_bytes(2, "big") + side.to_bytes(2, "big")
     if stray:
         data[i:i] = b"\x00"
     path.write_bytes(bytes(data))
@@ -321,7 +350,8 @@ def test_image_bombs_are_refused_whether_or_not_the_header_parses(tmp_path, monk
 def test_special_files_are_refused_without_opening(tmp_path, no_hang):
     fifo = tmp_path / "cat.jpg"
     os.mkfifo(fifo)
-    assert "FIFO" in regular_file_problem(str(fifo))
+    problem = regular_file_problem(str(fifo))
+    assert problem.kind == "not_regular" and "FIFO" in str(problem)
     with pytest.raises(BadImageError, match="is a FIFO"):
         decode_image(str(fifo))
     with pytest.raises(BadImageError, match="is a character device"):
@@ -354,8 +384,18 @@ def hostile_imagenet(tmp_path_factory):
 
 
 def test_check_data_names_each_hostile_image_and_does_not_hang(hostile_imagenet):
-    r = tool("check_data.py", "-o", "data.name=imagenet", f"data.root={hostile_imagenet}", "model.num_classes=2",
-             "data.num_workers=2", f"output_dir={hostile_imagenet}/out", "--decode", "--json", timeout=120)
+    r = tool(
+        "check_data.py",
+        "-o",
+        "data.name=imagenet",
+        f"data.root={hostile_imagenet}",
+        "model.num_classes=2",
+        "data.num_workers=2",
+        f"output_dir={hostile_imagenet}/out",
+        "--decode",
+        "--json",
+        timeout=120,
+    )
     assert r.returncode == 1, r.stderr
     report = json.loads(r.stdout)["train"]
     reasons = dict(zip((os.path.basename(p) for p in report["bad"]), report["bad_reasons"]))
@@ -365,6 +405,7 @@ def test_check_data_names_each_hostile_image_and_does_not_hang(hostile_imagenet)
 
 
 # --------------------------------------------------------------------------- CIFAR archives
+
 
 def _tar_member_header(name, size):
     info = tarfile.TarInfo(name)
@@ -381,8 +422,11 @@ def test_cifar_member_bigger_than_the_format_needs_is_refused_before_reading(tmp
     raw = _tar_member_header("cifar-10-batches-py/test_batch", 2 << 30) + b"\0" * 4096
     with gzip.open(root / "cifar-10-python.tar.gz", "wb") as f:
         f.write(raw)
-    with pytest.raises(DatasetError, match=r"member cifar-10-batches-py/test_batch is 2,147,483,648 bytes, more "
-                                           r"than a CIFAR test_batch file needs"):
+    with pytest.raises(
+        DatasetError,
+        match=r"member cifar-10-batches-py/test_batch is 2,147,483,648 bytes, more "
+        r"than a CIFAR test_batch file needs",
+    ):
         load_cifar("cifar10", str(root), "val", verify_md5=False)  # the reader itself, past the MD5 check
     # The extracted folder: the same limit from os.stat, and a FIFO is refused.
     make_fake_cifar(str(tmp_path / "ok"), "cifar10", train=20, test=10)
@@ -401,6 +445,7 @@ def test_cifar_member_bigger_than_the_format_needs_is_refused_before_reading(tmp
 
 
 # --------------------------------------------------------------------------- exported models
+
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
@@ -431,18 +476,21 @@ def _variant(exported, tmp_path, edit=None, files=None):
     return str(d)
 
 
-@pytest.mark.parametrize("edit, why", [
-    (lambda i: i["preprocess"].update(std=[0, 0.5, 0.5]), r"preprocess.std must be 3 numbers in 1e-06..1000"),
-    (lambda i: i["preprocess"].update(crop=3000, resize=3000), r"preprocess.crop must be an integer in 1..1024"),
-    (lambda i: i["preprocess"].pop("mean"), r"preprocess.mean is missing"),
-    (lambda i: i.pop("files"), r"lacks files"),
-    (lambda i: i["preprocess"].update(crop="32"), r"preprocess.crop must be an integer"),
-    (lambda i: i["files"]["paddle"].update(model="/dev/zero"), r"files.paddle must give model and params as file"),
-    (lambda i: i["preprocess"].update(crop=16, resize=16), r"input.shape .* does not match preprocess.crop 16"),
-    (lambda i: i["input"].update(shape=5), r"input.shape must be a list of 4 integers"),  # was a TypeError
-    (lambda i: i["input"].update(shape=[-1, 3, "x", 32]), r"input.shape must be a list of 4 integers"),
-    (lambda i: i.update(classes="cats"), r"classes must be a list of class names"),
-])
+@pytest.mark.parametrize(
+    "edit, why",
+    [
+        (lambda i: i["preprocess"].update(std=[0, 0.5, 0.5]), r"preprocess.std must be 3 numbers in 1e-06..1000"),
+        (lambda i: i["preprocess"].update(crop=3000, resize=3000), r"preprocess.crop must be an integer in 1..1024"),
+        (lambda i: i["preprocess"].pop("mean"), r"preprocess.mean is missing"),
+        (lambda i: i.pop("files"), r"lacks files"),
+        (lambda i: i["preprocess"].update(crop="32"), r"preprocess.crop must be an integer"),
+        (lambda i: i["files"]["paddle"].update(model="/dev/zero"), r"files.paddle must give model and params as file"),
+        (lambda i: i["preprocess"].update(crop=16, resize=16), r"input.shape .* does not match preprocess.crop 16"),
+        (lambda i: i["input"].update(shape=5), r"input.shape must be a list of 4 integers"),  # was a TypeError
+        (lambda i: i["input"].update(shape=[-1, 3, "x", 32]), r"input.shape must be a list of 4 integers"),
+        (lambda i: i.update(classes="cats"), r"classes must be a list of class names"),
+    ],
+)
 def test_inference_yml_is_validated(exported, tmp_path, edit, why):
     with pytest.raises(ModelDirError, match=why):
         Predictor(_variant(exported, tmp_path, edit))
@@ -455,6 +503,7 @@ def test_damaged_or_garbage_model_files_are_errors_not_crashes(exported, tmp_pat
     with pytest.raises(ModelDirError, match="model.json fails its SHA-256 check"):
         Predictor(d)
     import shutil
+
     shutil.rmtree(d)
 
     # Without digests (an older export, or a hand-made folder): a garbage .pdmodel segfaults Paddle
@@ -462,6 +511,7 @@ def test_damaged_or_garbage_model_files_are_errors_not_crashes(exported, tmp_pat
     def legacy(info):
         info.pop("sha256")
         info["files"]["paddle"]["model"] = "model.pdmodel"
+
     d = _variant(exported, tmp_path, legacy, files={"model.pdmodel": bytes(random.Random(0).randbytes(5000))})
     with pytest.raises(ModelDirError, match=r"model.pdmodel crashed Paddle Inference while loading \(SIGSEGV\)"):
         Predictor(d)
@@ -469,10 +519,19 @@ def test_damaged_or_garbage_model_files_are_errors_not_crashes(exported, tmp_pat
 
 def test_infer_reports_hostile_images_and_models_in_one_line(exported, tmp_path, hostile_imagenet):
     folder = os.path.join(hostile_imagenet, "train", "n00000000")
-    good = next(os.path.join(folder, n) for n in sorted(os.listdir(folder)) if n.endswith(".jpg") and "bomb" not in n
-                and "fifo" not in n)
-    r = tool("infer.py", "--model", str(exported), "--images", good, *(os.path.join(folder, n) for n in
-                                                                        ("bomb.jpg", "long.png", "fifo.jpg")))
+    good = next(
+        os.path.join(folder, n)
+        for n in sorted(os.listdir(folder))
+        if n.endswith(".jpg") and "bomb" not in n and "fifo" not in n
+    )
+    r = tool(
+        "infer.py",
+        "--model",
+        str(exported),
+        "--images",
+        good,
+        *(os.path.join(folder, n) for n in ("bomb.jpg", "long.png", "fifo.jpg")),
+    )
     assert r.returncode == 1, r.stderr
     assert "Traceback" not in r.stderr
     failed = [ln for ln in r.stderr.splitlines() if ln.startswith("failed:")]

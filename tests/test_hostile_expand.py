@@ -22,17 +22,24 @@ from senet.hostile import (
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Runs argv as a child and prints the child's peak resident memory in MB on its last stdout line: a
 # wrapper process of its own, so no other test's children count.
-PEAK = ("import resource, subprocess, sys\n"
-        "p = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
-        "sys.stdout.write(p.stdout); sys.stderr.write(p.stderr)\n"
-        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024)\n"
-        "sys.exit(p.returncode)\n")
+PEAK = (
+    "import resource, subprocess, sys\n"
+    "p = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+    "sys.stdout.write(p.stdout); sys.stderr.write(p.stderr)\n"
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024)\n"
+    "sys.exit(p.returncode)\n"
+)
 
 
 def run_tool(name, *args, timeout=120):
     """(process, peak MB) of tools/<name> run with args."""
-    proc = subprocess.run([sys.executable, "-c", PEAK, sys.executable, os.path.join(ROOT, "tools", name), *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-c", PEAK, sys.executable, os.path.join(ROOT, "tools", name), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     lines = proc.stdout.strip().splitlines()
     return proc, int(lines[-1])
 
@@ -46,6 +53,7 @@ def one_line_error(proc):
 
 
 # --------------------------------------------------------------------------- archives: extended headers
+
 
 @pytest.fixture(scope="module")
 def normal_cifar_peak(tmp_path_factory):
@@ -73,6 +81,7 @@ def test_archive_with_an_expanding_extended_header_is_refused(tmp_path, kind, mb
 
 
 # --------------------------------------------------------------------------- images: cheap to store, slow to decode
+
 
 @pytest.mark.parametrize("side, times", [(2048, 2000), (512, 1200), (4096, 300)])
 def test_jpeg_with_a_repeated_scan_is_refused_before_decoding(tmp_path, side, times):
@@ -111,6 +120,7 @@ def test_ordinary_progressive_jpegs_still_decode(tmp_path):
 
 # --------------------------------------------------------------------------- weights files that expand
 
+
 @pytest.fixture(scope="module")
 def normal_convert_peak(tmp_path_factory):
     """Peak MB of convert_weights refusing a small valid .pth it cannot map (the work before the refusal is
@@ -127,14 +137,30 @@ def pth_cases():
     big = np.zeros(1 << 20, np.float32)  # 4 MiB
     return {
         "stride 0": ({"w": ("0", 0, (1 << 14, 1 << 14), (0, 0))}, {"0": four}, 0, "share storage"),
-        "stride 0, one dim": ({"w": ("0", 0, (3, 1 << 26), (1, 0))}, {"0": np.zeros(3, np.float32)}, 0,
-                              "share storage"),
-        "overlapping dims": ({"w": ("0", 0, (1 << 13, 1 << 13), (1, 2))}, {"0": np.zeros(3 << 13, np.float32)}, 0,
-                             "share storage"),
-        "1000 views of one storage": ({f"w{i}": ("0", 0, (1 << 10, 1 << 10), (1 << 10, 1)) for i in range(1000)},
-                                      {"0": big}, 0, "copy out"),
-        "300 transposed views": ({f"w{i}": ("0", 0, (1 << 10, 1 << 10), (1, 1 << 10)) for i in range(300)},
-                                 {"0": big}, 0, "copy out"),
+        "stride 0, one dim": (
+            {"w": ("0", 0, (3, 1 << 26), (1, 0))},
+            {"0": np.zeros(3, np.float32)},
+            0,
+            "share storage",
+        ),
+        "overlapping dims": (
+            {"w": ("0", 0, (1 << 13, 1 << 13), (1, 2))},
+            {"0": np.zeros(3 << 13, np.float32)},
+            0,
+            "share storage",
+        ),
+        "1000 views of one storage": (
+            {f"w{i}": ("0", 0, (1 << 10, 1 << 10), (1 << 10, 1)) for i in range(1000)},
+            {"0": big},
+            0,
+            "copy out",
+        ),
+        "300 transposed views": (
+            {f"w{i}": ("0", 0, (1 << 10, 1 << 10), (1, 1 << 10)) for i in range(300)},
+            {"0": big},
+            0,
+            "copy out",
+        ),
         "compressed data.pkl, 512 MiB": ({"w": ("0", 0, (1,), (1,))}, {"0": four}, 512, "inflates to"),
         "compressed data.pkl, 200 MiB": ({"w": ("0", 0, (1,), (1,))}, {"0": four}, 200, "inflates to"),
     }
@@ -152,13 +178,21 @@ def test_pth_that_expands_is_refused(tmp_path, case, normal_convert_peak):
     assert peak < normal_convert_peak + 64, f"{case}: peak {peak} MB, {normal_convert_peak} MB normally"
 
 
-@pytest.mark.parametrize("what, make", [
-    ("1000 safetensors entries over one 4 MB range", lambda p: safetensors_sharing(p + ".safetensors", 1000, 1 << 20)),
-    ("300 safetensors entries, each overlapping the last", lambda p: safetensors_sharing(p + ".safetensors", 300,
-                                                                                        1 << 20, overlap=1 << 10)),
-    ("one array under 1002 names in a .pdparams", lambda p: pickle_sharing(p + ".pdparams", 1002, 600_000)),
-    ("one array under 300 names in a .pdparams", lambda p: pickle_sharing(p + ".pdparams", 300, 1 << 20)),
-])
+@pytest.mark.parametrize(
+    "what, make",
+    [
+        (
+            "1000 safetensors entries over one 4 MB range",
+            lambda p: safetensors_sharing(p + ".safetensors", 1000, 1 << 20),
+        ),
+        (
+            "300 safetensors entries, each overlapping the last",
+            lambda p: safetensors_sharing(p + ".safetensors", 300, 1 << 20, overlap=1 << 10),
+        ),
+        ("one array under 1002 names in a .pdparams", lambda p: pickle_sharing(p + ".pdparams", 1002, 600_000)),
+        ("one array under 300 names in a .pdparams", lambda p: pickle_sharing(p + ".pdparams", 300, 1 << 20)),
+    ],
+)
 def test_weights_stored_once_and_named_many_times_are_refused(tmp_path, what, make, normal_convert_peak):
     """Issue 23: a 4 MB safetensors whose 1000 tensors share one byte range took 4.4 GB in convert_weights
     and eval; a PaddleClas pickle with one array under 1002 names, 2.4 GB. Both tools refuse both, in bounded
@@ -171,14 +205,21 @@ def test_weights_stored_once_and_named_many_times_are_refused(tmp_path, what, ma
     said = ("share bytes", "one array stored under")  # the format's rule, or the pickle's array budget
     assert convert.returncode == 1 and path in line and any(w in line for w in said), line
     assert peak < normal_convert_peak + 64, f"{what}: peak {peak} MB"
-    evaluate, peak = run_tool("eval.py", "-c", os.path.join(ROOT, "configs", "demo", "se_resnet20_digits.yaml"),
-                              "-o", f"model.weights={path}", "model.trust_pickle=true")
+    evaluate, peak = run_tool(
+        "eval.py",
+        "-c",
+        os.path.join(ROOT, "configs", "demo", "se_resnet20_digits.yaml"),
+        "-o",
+        f"model.weights={path}",
+        "model.trust_pickle=true",
+    )
     assert evaluate.returncode == 1 and path in evaluate.stderr, evaluate.stderr[-2000:]
     assert any(w in evaluate.stderr for w in said), evaluate.stderr[-2000:]
     assert peak < normal_convert_peak + 200, f"{what}: eval peak {peak} MB"  # eval also builds the model and data
 
 
 # --------------------------------------------------------------------------- messages that name the right thing
+
 
 def test_a_renamed_weights_file_is_named_for_what_it_is(tmp_path):
     """Issue 23: a .safetensors renamed .pdparams was called "truncated or corrupt". Each reader now says
@@ -194,13 +235,17 @@ def test_a_renamed_weights_file_is_named_for_what_it_is(tmp_path):
     real_st, real_ckpt = str(tmp_path / "real.safetensors"), str(tmp_path / "real.pdparams")
     save_safetensors(model, real_st)
     save_checkpoint(real_ckpt, {"model": {k: v.numpy() for k, v in model.state_dict().items()}})
-    cases = {"st_as.pdparams": (real_st, "is not a checkpoint but a safetensors file: rename it to .safetensors"),
-             "ckpt_as.safetensors": (real_ckpt, "is not a safetensors file but a pickle (a .pdparams checkpoint?)")}
+    cases = {
+        "st_as.pdparams": (real_st, "is not a checkpoint but a safetensors file: rename it to .safetensors"),
+        "ckpt_as.safetensors": (real_ckpt, "is not a safetensors file but a pickle (a .pdparams checkpoint?)"),
+    }
     for name, (source, says) in cases.items():
         path = str(tmp_path / name)
         shutil.copy(source, path)
-        with pytest.raises(CheckpointError, match=f"{path} {says}".replace("(", r"\(").replace(")", r"\)")
-                           .replace(".", r"\.").replace("?", r"\?")):
+        with pytest.raises(
+            CheckpointError,
+            match=f"{path} {says}".replace("(", r"\(").replace(")", r"\)").replace(".", r"\.").replace("?", r"\?"),
+        ):
             load_weights(create_model("resnet20", num_classes=4), path)
     del paddle
 
@@ -223,5 +268,5 @@ def test_check_data_summarises_many_bad_files(tmp_path):
     assert len(listed) == 40 and "... and 15 more (--json lists every one)" in proc.stdout
     proc, _ = run_tool("check_data.py", *args, "--json")
     text = "\n".join(proc.stdout.strip().splitlines()[:-1])  # the wrapper's peak is the last line
-    report = json.loads(text[text.index("{"):])
+    report = json.loads(text[text.index("{") :])
     assert len(report["train"]["bad"]) == 55

@@ -61,10 +61,16 @@ def fake_nvidia_smi(tmp_path, cuda: str | None = None, gpus: int = 1, fails: boo
     # table whose header names the driver's CUDA version. printf turns each \n into a line break.
     listing = "".join(f"GPU {i}: NVIDIA A100-SXM4-80GB (UUID: GPU-{i:08d})\\n" for i in range(gpus))
     listing = listing or "No devices were found\\n"
-    header = (f"| NVIDIA-SMI 550.54.14      Driver Version: 550.54.14      CUDA Version: {cuda}     |\\n"
-              if cuda else "| NVIDIA-SMI 550.54.14      Driver Version: 550.54.14      |\\n")
-    body = ("printf 'NVIDIA-SMI has failed because it could not communicate with the NVIDIA driver.\\n'; exit 9"
-            if fails else f'if [ "$1" = "-L" ]; then printf \'{listing}\'; exit 0; fi\nprintf \'{header}\'')
+    header = (
+        f"| NVIDIA-SMI 550.54.14      Driver Version: 550.54.14      CUDA Version: {cuda}     |\\n"
+        if cuda
+        else "| NVIDIA-SMI 550.54.14      Driver Version: 550.54.14      |\\n"
+    )
+    body = (
+        "printf 'NVIDIA-SMI has failed because it could not communicate with the NVIDIA driver.\\n'; exit 9"
+        if fails
+        else f"if [ \"$1\" = \"-L\" ]; then printf '{listing}'; exit 0; fi\nprintf '{header}'"
+    )
     (folder / "nvidia-smi").write_text(f"#!/bin/sh\n{body}\n")
     (folder / "nvidia-smi").chmod(0o755)
     return str(folder)
@@ -76,13 +82,23 @@ def dry_run(tmp_path, path: str, *args: str, pythonpath: str | None = None) -> R
     env["PATH"] = path  # the stand-in alone: a real nvidia-smi elsewhere on PATH must not answer
     if pythonpath:
         env["PYTHONPATH"] = pythonpath
-    proc = subprocess.run([sys.executable, SCRIPT, "--dry-run", "--out", str(out), *args], env=env,
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, SCRIPT, "--dry-run", "--out", str(out), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     lines = proc.stdout.splitlines()
     python = f"{sys.executable} "
-    commands = [ln[len("would run: "):].replace(python, "", 1) for ln in lines if ln.startswith("would run: ")]
-    return Run(proc.returncode, [ln for ln in lines if not ln.startswith("would run: ")], commands,
-               out.read_text() if out.exists() else "", proc.stderr)
+    commands = [ln[len("would run: ") :].replace(python, "", 1) for ln in lines if ln.startswith("would run: ")]
+    return Run(
+        proc.returncode,
+        [ln for ln in lines if not ln.startswith("would run: ")],
+        commands,
+        out.read_text() if out.exists() else "",
+        proc.stderr,
+    )
 
 
 def installed_cpu_builds() -> set[str]:
@@ -103,16 +119,22 @@ def test_a_gpu_machine_gets_the_newest_paddle_build_its_driver_runs(tmp_path, cu
     run = dry_run(tmp_path, fake_nvidia_smi(tmp_path, cuda))
     assert run.returncode == 0, run.stderr
     build_text = f"CUDA {build[2:-1]}.{build[-1]} build"
-    assert run.summary == [f"install: {GPU_PADDLE}, {build_text} (1 GPU, driver runs CUDA {cuda}), "
-                           f"index {index}; {onnxruntime}"]
+    assert run.summary == [
+        f"install: {GPU_PADDLE}, {build_text} (1 GPU, driver runs CUDA {cuda}), index {index}; {onnxruntime}"
+    ]
     # Paddle alone from its index, then the whole set (the rest from PyPI, as on a CPU), then pip check.
     paddle_first = f"-m pip install -q {GPU_PADDLE} --index-url {index}"
-    assert run.commands[-3:] == [paddle_first, f"-m pip install -q -r {tmp_path}/requirements.resolved.txt",
-                                 "-m pip check"]
+    assert run.commands[-3:] == [
+        paddle_first,
+        f"-m pip install -q -r {tmp_path}/requirements.resolved.txt",
+        "-m pip check",
+    ]
     # requirements.txt with exactly two lines swapped: nothing else changes, and no CPU Paddle or CPU ONNX
     # Runtime is left in the set to be installed beside the GPU ones.
-    expected = [GPU_PADDLE if r.startswith("paddlepaddle==") else onnxruntime if r.startswith("onnxruntime") else r
-                for r in REQUIREMENTS]
+    expected = [
+        GPU_PADDLE if r.startswith("paddlepaddle==") else onnxruntime if r.startswith("onnxruntime") else r
+        for r in REQUIREMENTS
+    ]
     assert requirement_lines(run.resolved) == expected
     assert not any(re.match(r"(paddlepaddle|onnxruntime)\s*[=<>]", r) for r in requirement_lines(run.resolved))
 
@@ -154,13 +176,18 @@ def test_a_gpu_without_a_cuda_version_in_the_header_is_an_error_not_a_cpu_instal
 
 @pytest.mark.parametrize("machine", ["no nvidia-smi", "nvidia-smi fails", "nvidia-smi lists no GPU"])
 def test_a_machine_without_a_usable_gpu_installs_requirements_txt_as_written(tmp_path, machine):
-    path = {"no nvidia-smi": lambda: fake_nvidia_smi(tmp_path),
-            "nvidia-smi fails": lambda: fake_nvidia_smi(tmp_path, fails=True),
-            "nvidia-smi lists no GPU": lambda: fake_nvidia_smi(tmp_path, "12.6", gpus=0)}[machine]()
+    path = {
+        "no nvidia-smi": lambda: fake_nvidia_smi(tmp_path),
+        "nvidia-smi fails": lambda: fake_nvidia_smi(tmp_path, fails=True),
+        "nvidia-smi lists no GPU": lambda: fake_nvidia_smi(tmp_path, "12.6", gpus=0),
+    }[machine]()
     run = dry_run(tmp_path, path)
     assert run.returncode == 0, run.stderr
-    why = {"no nvidia-smi": "no nvidia-smi", "nvidia-smi fails": "nvidia-smi -L failed with exit 9",
-           "nvidia-smi lists no GPU": "nvidia-smi lists no GPU"}[machine]
+    why = {
+        "no nvidia-smi": "no nvidia-smi",
+        "nvidia-smi fails": "nvidia-smi -L failed with exit 9",
+        "nvidia-smi lists no GPU": "nvidia-smi lists no GPU",
+    }[machine]
     assert run.summary == [f"install: paddlepaddle==3.3.1, CPU build ({why}), index PyPI; onnxruntime>=1.17,<2"]
     # The install of before: requirements.txt byte for byte, one pip install -r of it, then pip check.
     assert run.resolved == REQUIREMENTS_TEXT
@@ -183,8 +210,9 @@ def test_paddle_overrides_the_package_and_keeps_the_index_the_driver_chose(tmp_p
 def test_paddle_can_ask_for_the_cpu_build_on_a_gpu_machine(tmp_path):
     run = dry_run(tmp_path, fake_nvidia_smi(tmp_path, "11.2"), "--paddle", "paddlepaddle==3.3.1")
     assert run.returncode == 0, run.stderr  # the too-old driver does not matter to the CPU build
-    assert run.summary[0].startswith("install: paddlepaddle==3.3.1, CPU build (1 GPU, driver runs CUDA 11.2), "
-                                     "index PyPI; onnxruntime>=1.17,<2")
+    assert run.summary[0].startswith(
+        "install: paddlepaddle==3.3.1, CPU build (1 GPU, driver runs CUDA 11.2), index PyPI; onnxruntime>=1.17,<2"
+    )
     assert requirement_lines(run.resolved) == REQUIREMENTS
     assert not any("--index-url" in c for c in run.commands)
 
@@ -254,8 +282,7 @@ def check_only(pythonpath: str | None = None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     if pythonpath:
         env["PYTHONPATH"] = pythonpath
-    return subprocess.run([sys.executable, SCRIPT, "--check-only"], env=env, capture_output=True, text=True,
-                          timeout=60)
+    return subprocess.run([sys.executable, SCRIPT, "--check-only"], env=env, capture_output=True, text=True, timeout=60)
 
 
 def test_this_venv_holds_one_paddle_and_one_onnxruntime():
@@ -263,8 +290,14 @@ def test_this_venv_holds_one_paddle_and_one_onnxruntime():
     assert proc.returncode == 0, proc.stderr
 
 
-@pytest.mark.parametrize("group", [("paddlepaddle", "paddlepaddle-gpu"), ("onnxruntime", "onnxruntime-gpu"),
-                                   ("nvidia-dali-cuda120", "nvidia-dali-cuda130")])
+@pytest.mark.parametrize(
+    "group",
+    [
+        ("paddlepaddle", "paddlepaddle-gpu"),
+        ("onnxruntime", "onnxruntime-gpu"),
+        ("nvidia-dali-cuda120", "nvidia-dali-cuda130"),
+    ],
+)
 def test_a_second_build_beside_the_first_fails_the_install_check(tmp_path, group):
     site = fake_site(tmp_path, *(f"{name}-1.0" for name in group))  # beside this venv's own (same names: one)
     proc = check_only(site)
@@ -280,8 +313,14 @@ def test_a_second_build_beside_the_first_fails_the_install_check(tmp_path, group
 
 
 def make_dry(*args: str) -> str:
-    """`make -n -B`: the commands make would run for these targets, none run."""
-    proc = subprocess.run(["make", "-n", "-B", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    """`make -n -B`: the commands make would run for these targets, none run.
+
+    Under `make test` this runs as a sub-make: MAKELEVEL and MAKEFLAGS from the parent would
+    make it print "Entering/Leaving directory" lines (CI saw them), so it runs without them.
+    """
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+    command = ["make", "--no-print-directory", "-n", "-B", *args]
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 

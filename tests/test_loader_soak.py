@@ -22,9 +22,20 @@ CYCLES = 20
 def cfg_for(root, out, workers):
     # The failing shape: eval crop = train crop, so train and val batches have the same sizes; an
     # eval_resize that keeps a resize and a crop in the val path; tiny images keep each cycle short.
-    return load_config(None, ["data.name=imagenet", f"data.root={root}", "model.num_classes=4",
-                              "data.image_size=16", "data.eval_resize=18", "data.eval_crop=16",
-                              "data.batch_size=8", f"data.num_workers={workers}", f"output_dir={out}"])
+    return load_config(
+        None,
+        [
+            "data.name=imagenet",
+            f"data.root={root}",
+            "model.num_classes=4",
+            "data.image_size=16",
+            "data.eval_resize=18",
+            "data.eval_crop=16",
+            "data.batch_size=8",
+            f"data.num_workers={workers}",
+            f"output_dir={out}",
+        ],
+    )
 
 
 def batches(loader):
@@ -58,8 +69,10 @@ def test_twenty_train_eval_cycles_with_workers_give_every_batch_exactly(tmp_path
             pids = {str(w.pid) for loader in (train, val) for w in loader._loader._iterator._workers}
             after_two = len(shm_blocks(pids))
     for epoch in range(CYCLES):
-        for what, got, want in (("train", got_train[epoch], expected_train[epoch]), ("eval", got_val[epoch],
-                                                                                      expected_val)):
+        for what, got, want in (
+            ("train", got_train[epoch], expected_train[epoch]),
+            ("eval", got_val[epoch], expected_val),
+        ):
             assert len(got) == len(want), f"{what} {epoch}"
             for i, ((x, y), (rx, ry)) in enumerate(zip(got, want)):
                 assert np.array_equal(x, rx) and np.array_equal(y, ry), f"{what} {epoch}, batch {i} differs"

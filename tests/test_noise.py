@@ -51,8 +51,14 @@ def run_script(mode, tmp_path):
     script = tmp_path / "noise.py"  # a file, not -c: paddle.jit.save reads the forward's source
     script.write_text(SCRIPT.format(root=ROOT))
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "PYTHONWARNINGS")}
-    proc = subprocess.run([sys.executable, str(script), mode, str(tmp_path / mode / "net")],
-                          capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, str(script), mode, str(tmp_path / mode / "net")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0 and "done" in proc.stdout, proc.stderr
     return proc.stderr
 
@@ -70,12 +76,27 @@ def test_known_paddle_messages_are_dropped_and_others_still_show(tmp_path):
 def test_tools_start_with_the_projects_own_lines(tmp_path):
     """train (training-mode BatchNorm) and export (paddle.jit.save) through the command line: none of the four."""
     run = tmp_path / "run"
-    tools = [("train.py", "-c", DEMO, "-o", "train.max_steps=2", f"output_dir={run}"),
-             ("export.py", "-c", DEMO, "-o", f"model.weights={run}/checkpoints/last.pdparams", f"output_dir={run}",
-              "--format", "paddle")]
+    tools = [
+        ("train.py", "-c", DEMO, "-o", "train.max_steps=2", f"output_dir={run}"),
+        (
+            "export.py",
+            "-c",
+            DEMO,
+            "-o",
+            f"model.weights={run}/checkpoints/last.pdparams",
+            f"output_dir={run}",
+            "--format",
+            "paddle",
+        ),
+    ]
     for name, *args in tools:
-        proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", name), *args], cwd=ROOT,
-                              capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            [sys.executable, os.path.join(ROOT, "tools", name), *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert proc.returncode == 0, proc.stderr
         for text in KNOWN:
             assert text not in proc.stderr, f"{name}: {proc.stderr}"
@@ -84,13 +105,15 @@ def test_tools_start_with_the_projects_own_lines(tmp_path):
 
 def test_filter_stderr_keeps_every_other_line_in_order():
     """Lines from C (fd 2) and from Python's sys.stderr, in a real process (pytest would replace sys.stderr)."""
-    code = (f"import ctypes, os, sys; sys.path.insert(0, {ROOT!r}); from senet.runtime import filter_stderr\n"
-            "with filter_stderr(('drop me',)):\n"
-            "    os.write(2, b'first\\nplease drop me now\\n')\n"
-            "    sys.stderr.write('second\\n')\n"
-            "    ctypes.CDLL(None).dprintf(2, b'third, from C\\n')\n"
-            "    sys.stderr.write('last, no newline')\n"
-            "sys.stderr.write('\\nafter\\n')\n")
+    code = (
+        f"import ctypes, os, sys; sys.path.insert(0, {ROOT!r}); from senet.runtime import filter_stderr\n"
+        "with filter_stderr(('drop me',)):\n"
+        "    os.write(2, b'first\\nplease drop me now\\n')\n"
+        "    sys.stderr.write('second\\n')\n"
+        "    ctypes.CDLL(None).dprintf(2, b'third, from C\\n')\n"
+        "    sys.stderr.write('last, no newline')\n"
+        "sys.stderr.write('\\nafter\\n')\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == "first\nsecond\nthird, from C\nlast, no newline\nafter\n"
@@ -99,13 +122,15 @@ def test_filter_stderr_keeps_every_other_line_in_order():
 def test_filter_stderr_survives_a_flood_from_c_and_a_crash():
     """C code that writes more than a pipe holds while it keeps the GIL must not hang, and the last
     message of a process that aborts inside the filter must still reach the real stderr."""
-    code = (f"import ctypes, os, sys; sys.path.insert(0, {ROOT!r}); from senet.runtime import filter_stderr\n"
-            "libc = ctypes.PyDLL(None)\n"  # PyDLL keeps the GIL during the call
-            "with filter_stderr(('drop me',)):\n"
-            "    for _ in range(4000):\n"
-            "        libc.dprintf(2, b'%s\\n', b'x' * 60)\n"
-            "    os.write(2, b'FATAL last words\\n')\n"
-            "    os.abort()\n")
+    code = (
+        f"import ctypes, os, sys; sys.path.insert(0, {ROOT!r}); from senet.runtime import filter_stderr\n"
+        "libc = ctypes.PyDLL(None)\n"  # PyDLL keeps the GIL during the call
+        "with filter_stderr(('drop me',)):\n"
+        "    for _ in range(4000):\n"
+        "        libc.dprintf(2, b'%s\\n', b'x' * 60)\n"
+        "    os.write(2, b'FATAL last words\\n')\n"
+        "    os.abort()\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == -6
     assert proc.stderr.count("x" * 60) == 4000 and proc.stderr.endswith("FATAL last words\n")
@@ -113,17 +138,27 @@ def test_filter_stderr_survives_a_flood_from_c_and_a_crash():
 
 def test_filters_leave_a_closed_stderr_alone():
     """With fd 2 closed (2>&-) importing paddle and filtering must still work."""
-    code = (f"import sys; sys.path.insert(0, {ROOT!r}); from senet.runtime import setup_cpu, filter_stderr\n"
-            "setup_cpu(1)\nimport paddle\nwith filter_stderr(('x',)):\n    pass\nprint('ok')\n")
-    proc = subprocess.run(f"{sys.executable} -c \"$CODE\" 2>&-", shell=True, capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "CODE": code})
+    code = (
+        f"import sys; sys.path.insert(0, {ROOT!r}); from senet.runtime import setup_cpu, filter_stderr\n"
+        "setup_cpu(1)\nimport paddle\nwith filter_stderr(('x',)):\n    pass\nprint('ok')\n"
+    )
+    proc = subprocess.run(
+        f'{sys.executable} -c "$CODE" 2>&-',
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "CODE": code},
+    )
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stdout + proc.stderr
 
 
 def test_setup_cpu_does_not_import_paddle():
     """Processes that never use Paddle (ONNX Runtime inference, its memory probe) must not pay for it."""
-    code = f"import sys; sys.path.insert(0, {ROOT!r}); from senet.runtime import setup_cpu; setup_cpu(2); " \
-           "print('paddle' in sys.modules)"
+    code = (
+        f"import sys; sys.path.insert(0, {ROOT!r}); from senet.runtime import setup_cpu; setup_cpu(2); "
+        "print('paddle' in sys.modules)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout.strip() == "False", proc.stderr
 
@@ -131,12 +166,16 @@ def test_setup_cpu_does_not_import_paddle():
 def test_senet_threads_sets_every_all_core_count():
     """SENET_THREADS=N stands for "all cores" (setup_cpu(0), a Predictor's default); an explicit count
     still wins, and a value that is not a count is refused with the variable's name."""
-    code = (f"import os, sys; sys.path.insert(0, {ROOT!r}); from senet.runtime import setup_cpu\n"
-            "print(setup_cpu(0), os.environ['OMP_NUM_THREADS'], setup_cpu(2))")
+    code = (
+        f"import os, sys; sys.path.insert(0, {ROOT!r}); from senet.runtime import setup_cpu\n"
+        "print(setup_cpu(0), os.environ['OMP_NUM_THREADS'], setup_cpu(2))"
+    )
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                          env={**env, "SENET_THREADS": "1"})
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env={**env, "SENET_THREADS": "1"}
+    )
     assert proc.returncode == 0 and proc.stdout.split() == ["1", "1", "2"], proc.stdout + proc.stderr
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                          env={**env, "SENET_THREADS": "two"})
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env={**env, "SENET_THREADS": "two"}
+    )
     assert proc.returncode != 0 and "SENET_THREADS='two': expected a whole number of threads" in proc.stderr

@@ -10,9 +10,12 @@ from senet.resnet import create_model
 
 
 def test_conv_linear_and_grouped_conv_macs_by_hand():
-    model = nn.Sequential(nn.Conv2D(3, 8, 3, padding=1),  # 8x8 out: 8*8*8 outputs x (3*3*3) = 13,824
-                          nn.Conv2D(8, 8, 3, stride=2, padding=1, groups=4),  # 4x4: 8*4*4 x (2*3*3) = 2,304
-                          nn.Flatten(), nn.Linear(8 * 4 * 4, 10))  # 128 * 10 = 1,280
+    model = nn.Sequential(
+        nn.Conv2D(3, 8, 3, padding=1),  # 8x8 out: 8*8*8 outputs x (3*3*3) = 13,824
+        nn.Conv2D(8, 8, 3, stride=2, padding=1, groups=4),  # 4x4: 8*4*4 x (2*3*3) = 2,304
+        nn.Flatten(),
+        nn.Linear(8 * 4 * 4, 10),
+    )  # 128 * 10 = 1,280
     macs, macs_se, by_stage = count_macs(model, input_size=8)
     assert macs == 13824 + 2304 + 1280
     assert macs_se == 0
@@ -39,11 +42,14 @@ def test_parameter_counts_separate_bn_statistics():
     assert se == 0 and by_stage == {"0": 108, "1": 8}
 
 
-@pytest.mark.parametrize("arch, kwargs, gmacs, params", [
-    ("resnet50", {}, 3.86, 25_557_032),
-    ("se_resnet50", {}, 3.87, 28_088_024),
-    ("resnet50", {"stride_in_1x1": False}, 4.09, 25_557_032),
-])
+@pytest.mark.parametrize(
+    "arch, kwargs, gmacs, params",
+    [
+        ("resnet50", {}, 3.86, 25_557_032),
+        ("se_resnet50", {}, 3.87, 28_088_024),
+        ("resnet50", {"stride_in_1x1": False}, 4.09, 25_557_032),
+    ],
+)
 def test_paper_table2_figures(arch, kwargs, gmacs, params):
     p = profile_model(create_model(arch, **kwargs), 224)
     assert round(p.gmacs, 2) == gmacs
@@ -58,8 +64,10 @@ def test_se_share_is_reported():
     p = profile_model(create_model("se_resnet50"), 224)
     assert p.params_se == 2_530_992  # 28,088,024 - 25,557,032
     # FCs (2.53M) + squeeze and scale over the 5,519,360 block-output elements, one op each.
-    assert p.macs_se == 2_530_992 - sum(n * (c // 16 + c) for c, n in zip((256, 512, 1024, 2048), (3, 4, 6, 3))) \
-        + 2 * 5_519_360
+    assert (
+        p.macs_se
+        == 2_530_992 - sum(n * (c // 16 + c) for c, n in zip((256, 512, 1024, 2048), (3, 4, 6, 3))) + 2 * 5_519_360
+    )
     assert 0.003 < p.se_macs_share < 0.004 and 0.09 < p.se_params_share < 0.091
 
 

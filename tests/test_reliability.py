@@ -39,15 +39,29 @@ from senet.data import BadImageError, DatasetError, build_dataset
 from senet.data.datasets import load_cifar
 from senet.data.decode import decode_image
 from senet.data.fake import make_fake_cifar, make_fake_imagenet
-from senet.train import TrainingError, find_resume_checkpoint, fit
+from senet.resume import find_resume_checkpoint
+from senet.train import TrainingError, fit
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = "configs/demo/se_resnet20_digits.yaml"
 # The tiny run of tests/test_train.py: 64 synthetic 16 px images in 4 classes, 4 steps per epoch, 2 epochs.
-TINY = ["model.arch=se_resnet20", "model.num_classes=4", "model.se.reduction=4", "data.name=synthetic",
-        "data.image_size=16", "data.eval_crop=16", "data.synthetic_train_size=64", "data.synthetic_val_size=24",
-        "data.batch_size=16", "data.num_workers=0", "train.log_every=1", "train.epochs=2",
-        "lr_scheduler.name=cosine", "optimizer.lr=0.8", "train.amp.enabled=false"]
+TINY = [
+    "model.arch=se_resnet20",
+    "model.num_classes=4",
+    "model.se.reduction=4",
+    "data.name=synthetic",
+    "data.image_size=16",
+    "data.eval_crop=16",
+    "data.synthetic_train_size=64",
+    "data.synthetic_val_size=24",
+    "data.batch_size=16",
+    "data.num_workers=0",
+    "train.log_every=1",
+    "train.epochs=2",
+    "lr_scheduler.name=cosine",
+    "optimizer.lr=0.8",
+    "train.amp.enabled=false",
+]
 STEPS_PER_EPOCH, TOTAL_STEPS = 4, 8
 ENV = {**os.environ, "OMP_NUM_THREADS": ""}  # every run: all cores (or SENET_THREADS); bitwise needs one count
 DEADLINE = 300  # seconds; generous, the test machine is slow and shared
@@ -85,9 +99,11 @@ def wait_for(condition, proc=None, what="", timeout=DEADLINE):
 
 def wait_stopped(proc):
     """Wait until a SIGSTOPped process is really frozen (state T), so what we see next stays true."""
+
     def stopped():
         with open(f"/proc/{proc.pid}/stat") as f:
             return f.read().rsplit(")", 1)[1].split()[0] in "Tt"
+
     wait_for(stopped, what="SIGSTOP to take effect", timeout=60)
 
 
@@ -186,8 +202,11 @@ def test_sigkill_mid_epoch_and_mid_write_then_resume_auto_is_bitwise_identical(r
         logs.append(tmp_path / f"attempt{i}.log")
         proc = start(cmd, logs[-1])
         try:
-            frozen = (_freeze_after_mid_epoch_checkpoint(proc, last) if mode == "mid-epoch"
-                      else _freeze_inside_a_write(proc, folder, nth=rng.randint(1, 2)))
+            frozen = (
+                _freeze_after_mid_epoch_checkpoint(proc, last)
+                if mode == "mid-epoch"
+                else _freeze_inside_a_write(proc, folder, nth=rng.randint(1, 2))
+            )
         finally:
             proc.kill()  # SIGKILL; also frees a frozen process
             proc.wait()
@@ -236,8 +255,10 @@ def test_sigint_mid_epoch_saves_at_the_next_step_says_how_to_resume_and_resumes_
     state = ckpt.load_checkpoint(str(out / "checkpoints" / "last.pdparams"))
     step = state["global_step"]
     assert 0 < step < STEPS_PER_EPOCH and state["epoch"] == 0 and state["batch_in_epoch"] == step  # mid-epoch
-    assert (f"SIGINT received: saved {out}/checkpoints/last.pdparams at step {step}. Resume with: "
-            f".venv/bin/python tools/train.py -c <config> --resume auto -o output_dir={out}") in text
+    assert (
+        f"SIGINT received: saved {out}/checkpoints/last.pdparams at step {step}. Resume with: "
+        f".venv/bin/python tools/train.py -c <config> --resume auto -o output_dir={out}"
+    ) in text
     assert "Traceback" not in text and not (out / "model.safetensors").exists()
     metrics = read_json(out / "metrics.json")
     assert metrics["stopped_by"] == "SIGINT" and not metrics["finished"] and metrics["global_step"] == step
@@ -301,8 +322,10 @@ def test_disk_full_during_a_checkpoint_write_keeps_the_previous_checkpoint(tmp_p
     with pytest.raises(ckpt.CheckpointError) as e:
         fit_here(tiny_cfg(out, "train.save_every_steps=1"))
     path = out / "checkpoints" / "last.pdparams"
-    assert str(e.value) == (f"could not write checkpoint {path} (No space left on device); the previous {path} is "
-                            f"intact. Free disk space or set -o output_dir=PATH")
+    assert str(e.value) == (
+        f"could not write checkpoint {path} (No space left on device); the previous {path} is "
+        f"intact. Free disk space or set -o output_dir=PATH"
+    )
     monkeypatch.undo()
     assert os.listdir(out / "checkpoints") == ["last.pdparams"]  # no temp file left behind
     assert ckpt.load_checkpoint(str(path))["global_step"] == 2
@@ -321,9 +344,11 @@ def test_failed_final_write_names_the_file_and_resume_auto_writes_it_again(tmp_p
         m.setattr(ckpt, "atomic_write", full_disk_at_the_end)
         with pytest.raises(TrainingError) as e:
             fit_here(tiny_cfg(out))
-    assert str(e.value) == (f"could not write {out / 'metrics.json'} (No space left on device). The trained state "
-                            f"is in {out / 'checkpoints' / 'last.pdparams'}. Free disk space, then run the same "
-                            f"command with --resume auto to write it again.")
+    assert str(e.value) == (
+        f"could not write {out / 'metrics.json'} (No space left on device). The trained state "
+        f"is in {out / 'checkpoints' / 'last.pdparams'}. Free disk space, then run the same "
+        f"command with --resume auto to write it again."
+    )
     metrics = fit_here(tiny_cfg(out), resume="auto")
     assert metrics["finished"] and read_json(out / "metrics.json")["finished"]
     assert (out / "model.safetensors").is_file()
@@ -369,8 +394,10 @@ def test_nan_policy_skip_skips_up_to_the_limit_then_stops(tmp_path, monkeypatch)
     out = tmp_path / "b"
     with pytest.raises(TrainingError) as e:
         fit_here(tiny_cfg(out, "train.nan_policy=skip", "train.nan_skip_limit=2", "train.save_every_steps=1"))
-    assert str(e.value) == (f"more than 2 non-finite losses (last at step 4); Last good checkpoint: "
-                            f"{out / 'checkpoints' / 'last.pdparams'}.")
+    assert str(e.value) == (
+        f"more than 2 non-finite losses (last at step 4); Last good checkpoint: "
+        f"{out / 'checkpoints' / 'last.pdparams'}."
+    )
     # Skipped steps 2 and 3 left the weights as they were, so the checkpoints saved after them are good ones.
     last = ckpt.load_checkpoint(str(out / "checkpoints" / "last.pdparams"))
     assert last["global_step"] == 3 and last["skipped_steps"] == 2
@@ -387,23 +414,39 @@ def _yaml(path, text):
 
 def test_bad_configs_from_the_command_line(tmp_path):
     cases = {  # name: (args, exit code, expected message on stderr)
-        "typo in a file": (["-c", _yaml(tmp_path / "typo.yaml", "modle: {arch: resnet20}\n")], 2,
-                           "config error: unknown config key 'modle'. Did you mean 'model'?"),
-        "wrong type": (["-c", CONFIG, "-o", "data.batch_size=big"], 2,
-                       "config error: data.batch_size must be int (like the default 32), got str 'big'"),
-        "missing _base_": (["-c", _yaml(tmp_path / "c.yaml", "_base_: gone.yaml\n")], 2,
-                           f"config error: config file not found: {tmp_path / 'gone.yaml'} (the _base_ of "
-                           f"{tmp_path / 'c.yaml'})"),
-        "circular _base_": (["-c", _yaml(tmp_path / "a.yaml", "_base_: b.yaml\n")], 2,
-                            f"config error: circular _base_: {tmp_path / 'a.yaml'} -> {tmp_path / 'b.yaml'} -> "
-                            f"{tmp_path / 'a.yaml'}"),
-        "override without =": (["-c", CONFIG, "-o", "model.se.reduction"], 2,
-                               "config error: override 'model.se.reduction' has no '='; write it as "
-                               "-o section.key=value"),
+        "typo in a file": (
+            ["-c", _yaml(tmp_path / "typo.yaml", "modle: {arch: resnet20}\n")],
+            2,
+            "config error: unknown config key 'modle'. Did you mean 'model'?",
+        ),
+        "wrong type": (
+            ["-c", CONFIG, "-o", "data.batch_size=big"],
+            2,
+            "config error: data.batch_size must be int (like the default 32), got str 'big'",
+        ),
+        "missing _base_": (
+            ["-c", _yaml(tmp_path / "c.yaml", "_base_: gone.yaml\n")],
+            2,
+            f"config error: config file not found: {tmp_path / 'gone.yaml'} (the _base_ of {tmp_path / 'c.yaml'})",
+        ),
+        "circular _base_": (
+            ["-c", _yaml(tmp_path / "a.yaml", "_base_: b.yaml\n")],
+            2,
+            f"config error: circular _base_: {tmp_path / 'a.yaml'} -> {tmp_path / 'b.yaml'} -> {tmp_path / 'a.yaml'}",
+        ),
+        "override without =": (
+            ["-c", CONFIG, "-o", "model.se.reduction"],
+            2,
+            "config error: override 'model.se.reduction' has no '='; write it as -o section.key=value",
+        ),
     }
     _yaml(tmp_path / "b.yaml", "_base_: a.yaml\n")
-    procs = {name: subprocess.Popen(tool_cmd("train.py", *args), cwd=ROOT, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True, env=ENV) for name, (args, _, _) in cases.items()}
+    procs = {
+        name: subprocess.Popen(
+            tool_cmd("train.py", *args), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV
+        )
+        for name, (args, _, _) in cases.items()
+    }
     for name, (_, code, message) in cases.items():
         stdout, stderr = procs[name].communicate(timeout=DEADLINE)
         assert (procs[name].returncode, message) == (code, stderr.strip()), name
@@ -412,8 +455,10 @@ def test_bad_configs_from_the_command_line(tmp_path):
 def test_a_reduction_leaving_a_zero_width_se_layer_is_refused_before_training(tmp_path):
     proc = run(train_cmd(tmp_path / "run", "model.se.reduction=32"))  # stage 1 has 16 channels: 16 // 32 = 0
     assert proc.returncode == 1
-    assert ("error: SE block 'layer1.0.se': C=16 // reduction 32 = 0 hidden units; use model.se.reduction <= 16 "
-            "or leave this stage out of model.se.stages") in proc.stderr
+    assert (
+        "error: SE block 'layer1.0.se': C=16 // reduction 32 = 0 hidden units; use model.se.reduction <= 16 "
+        "or leave this stage out of model.se.stages"
+    ) in proc.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
@@ -423,8 +468,9 @@ def test_a_reduction_leaving_a_zero_width_se_layer_is_refused_before_training(tm
 def test_empty_root_and_root_without_images(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
-    cfg = load_config(None, ["data.name=imagenet", f"data.root={empty}", "model.num_classes=3",
-                             f"output_dir={tmp_path / 'out'}"])
+    cfg = load_config(
+        None, ["data.name=imagenet", f"data.root={empty}", "model.num_classes=3", f"output_dir={tmp_path / 'out'}"]
+    )
     with pytest.raises(DatasetError, match=rf"{empty}/train does not exist. Expected layout:(?s:.*)name=synthetic"):
         build_dataset(cfg, "train")
     (empty / "train" / "n0").mkdir(parents=True)
@@ -437,7 +483,7 @@ def test_truncated_png_is_refused(tmp_path):
     png = cv2.imencode(".png", np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))[1].tobytes()
     for keep in (0.5, 0.99):  # a real PNG cut short, as an interrupted copy leaves it
         path = tmp_path / f"cut{keep}.png"
-        path.write_bytes(png[:int(len(png) * keep)])
+        path.write_bytes(png[: int(len(png) * keep)])
         with pytest.raises(BadImageError, match=rf"bad image {path}: is not a decodable image \(corrupt, truncated"):
             decode_image(str(path))
 
@@ -448,8 +494,11 @@ def test_cifar_tarball_truncated_or_with_the_wrong_layout(tmp_path):
     cut.parent.mkdir()
     data = open(good, "rb").read()
     cut.write_bytes(data[: len(data) // 2])  # a partial download
-    with pytest.raises(DatasetError, match=r"(?s)cannot read .*cut/cifar-10-python.tar.gz.*has MD5 \w+, not the "
-                                           r"published c58f30108f718f92721af3b95e74349a"):
+    with pytest.raises(
+        DatasetError,
+        match=r"(?s)cannot read .*cut/cifar-10-python.tar.gz.*has MD5 \w+, not the "
+        r"published c58f30108f718f92721af3b95e74349a",
+    ):
         load_cifar("cifar10", str(cut.parent), "train", verify_md5=False)
     relaid = tmp_path / "relaid" / "cifar-10-python.tar.gz"  # repacked under another folder name
     relaid.parent.mkdir()
@@ -458,8 +507,11 @@ def test_cifar_tarball_truncated_or_with_the_wrong_layout(tmp_path):
             fileobj = src.extractfile(member) if member.isfile() else None
             member.name = member.name.replace("cifar-10-batches-py", "cifar10")
             dst.addfile(member, fileobj)
-    with pytest.raises(DatasetError, match=r"relaid/cifar-10-python.tar.gz lacks \['cifar-10-batches-py/test_batch', "
-                                           r"'cifar-10-batches-py/batches.meta'\]"):
+    with pytest.raises(
+        DatasetError,
+        match=r"relaid/cifar-10-python.tar.gz lacks \['cifar-10-batches-py/test_batch', "
+        r"'cifar-10-batches-py/batches.meta'\]",
+    ):
         load_cifar("cifar10", str(relaid.parent), "val", verify_md5=False)
 
 
@@ -470,9 +522,21 @@ def test_decompression_bomb_stops_training_with_the_file_named(tmp_path):
     bomb = os.path.join(root, "train", "n00000000", "bomb.png")
     with open(bomb, "wb") as f:
         f.write(bytes(buf))
-    proc = run(tool_cmd("train.py", "-c", CONFIG, "-o", *TINY, "data.name=imagenet", f"data.root={root}",
-                        "model.num_classes=2", "data.batch_size=2", "data.eval_resize=16",
-                        f"output_dir={tmp_path / 'run'}"))
+    proc = run(
+        tool_cmd(
+            "train.py",
+            "-c",
+            CONFIG,
+            "-o",
+            *TINY,
+            "data.name=imagenet",
+            f"data.root={root}",
+            "model.num_classes=2",
+            "data.batch_size=2",
+            "data.eval_resize=16",
+            f"output_dir={tmp_path / 'run'}",
+        )
+    )
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert f"bad image {bomb}: declares 60000x60000 pixels, more than the 67,108,864 allowed" in proc.stderr
     assert "data.on_bad_image=skip" in proc.stderr
@@ -497,8 +561,9 @@ def test_bad_weights_are_refused_by_eval_with_the_reason(reference, tmp_path):
     truncated = tmp_path / "truncated.pdparams"
     truncated.write_bytes(good_ckpt.read_bytes()[: good_ckpt.stat().st_size // 2])
     odd = tmp_path / "odd.safetensors"  # one tensor missing, one extra
-    save_file({**{k: v for k, v in weights.items() if k != "fc.weight"}, "extra.weight": np.zeros(3, np.float32)},
-              str(odd))
+    save_file(
+        {**{k: v for k, v in weights.items() if k != "fc.weight"}, "extra.weight": np.zeros(3, np.float32)}, str(odd)
+    )
     foreign = tmp_path / "foreign.pdparams"  # a plain pickle of a dict of arrays, as other projects write them
     foreign.write_bytes(pickle.dumps(dict(weights)))
     marker = tmp_path / "pwned"
@@ -506,24 +571,59 @@ def test_bad_weights_are_refused_by_eval_with_the_reason(reference, tmp_path):
     malicious.write_bytes(pickle.dumps({"fc.weight": _Malicious(marker)}))
     trust = "-o model.trust_pickle=true"
     cases = {  # name: (weights, extra overrides, exit code, expected text)
-        "another architecture": (good_ckpt, ["model.arch=resnet20"], 1,
-                                 f"error: {good_ckpt} does not fit the model for model.arch=resnet20: 36 unexpected: "
-                                 f"layer1.0.se.fc1.weight"),
+        "another architecture": (
+            good_ckpt,
+            ["model.arch=resnet20"],
+            1,
+            f"error: {good_ckpt} does not fit the model for model.arch=resnet20: 36 unexpected: layer1.0.se.fc1.weight",
+        ),
         "truncated checkpoint": (truncated, [], 1, f"error: {truncated} is truncated or corrupt"),
-        "missing and extra tensors": (odd, [], 1, f"error: {odd} does not fit the model for model.arch=se_resnet20: "
-                                                  f"1 missing: fc.weight; 1 unexpected: extra.weight. Was it saved "
-                                                  f"from another architecture"),
-        "foreign pickle": (foreign, [], 1, f"error: {foreign} is a pickle from outside this project (not a senet "
-                                           f"checkpoint). Unpickling can run code: convert it to .safetensors, or if "
-                                           f"you trust it pass {trust}"),
-        "malicious pickle": (malicious, [], 1, f"error: {malicious} contains a pickled builtins.exec, which could run "
-                                               f"code when loaded. Load it only if you trust its source, with {trust}"),
+        "missing and extra tensors": (
+            odd,
+            [],
+            1,
+            f"error: {odd} does not fit the model for model.arch=se_resnet20: "
+            f"1 missing: fc.weight; 1 unexpected: extra.weight. Was it saved "
+            f"from another architecture",
+        ),
+        "foreign pickle": (
+            foreign,
+            [],
+            1,
+            f"error: {foreign} is a pickle from outside this project (not a senet "
+            f"checkpoint). Unpickling can run code: convert it to .safetensors, or if "
+            f"you trust it pass {trust}",
+        ),
+        "malicious pickle": (
+            malicious,
+            [],
+            1,
+            f"error: {malicious} contains a pickled builtins.exec, which could run "
+            f"code when loaded. Load it only if you trust its source, with {trust}",
+        ),
         "trusted foreign pickle": (foreign, ["model.trust_pickle=true"], 0, '"images": 24'),
     }
-    procs = {name: subprocess.Popen(tool_cmd("eval.py", "-c", CONFIG, "-o", *TINY, f"model.weights={w}", *more,
-                                             f"output_dir={tmp_path / name.replace(' ', '_')}", "--json"),
-                                    cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
-             for name, (w, more, _, _) in cases.items()}  # all at once: each spends seconds importing Paddle
+    procs = {
+        name: subprocess.Popen(
+            tool_cmd(
+                "eval.py",
+                "-c",
+                CONFIG,
+                "-o",
+                *TINY,
+                f"model.weights={w}",
+                *more,
+                f"output_dir={tmp_path / name.replace(' ', '_')}",
+                "--json",
+            ),
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=ENV,
+        )
+        for name, (w, more, _, _) in cases.items()
+    }  # all at once: each spends seconds importing Paddle
     outputs = {name: proc.communicate(timeout=DEADLINE) for name, proc in procs.items()}
     for name, (_, _, code, message) in cases.items():
         stdout, stderr = outputs[name]
@@ -559,14 +659,35 @@ def test_a_batch_of_only_bad_images_counts_and_the_run_finishes(tmp_path, ranks)
         with open(path, "wb") as f:
             f.write(b"\xff\xd8 not a JPEG")
     out = tmp_path / "run"
-    overrides = ["model.arch=se_resnet20", "model.num_classes=4", "model.se.reduction=4", f"data.root={root}",
-                 "data.name=imagenet", "data.image_size=16", "data.eval_resize=16", "data.eval_crop=16",
-                 "data.batch_size=1", "data.num_workers=0", "data.on_bad_image=skip", "train.epochs=1",
-                 "train.log_every=1", "train.amp.enabled=false", f"output_dir={out}"]
+    overrides = [
+        "model.arch=se_resnet20",
+        "model.num_classes=4",
+        "model.se.reduction=4",
+        f"data.root={root}",
+        "data.name=imagenet",
+        "data.image_size=16",
+        "data.eval_resize=16",
+        "data.eval_crop=16",
+        "data.batch_size=1",
+        "data.num_workers=0",
+        "data.on_bad_image=skip",
+        "train.epochs=1",
+        "train.log_every=1",
+        "train.amp.enabled=false",
+        f"output_dir={out}",
+    ]
     cmd = tool_cmd("train.py", "-c", CONFIG, "-o", *overrides)
     if ranks == 2:
-        cmd = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir",
-               str(tmp_path / "logs"), *cmd[1:]]
+        cmd = [
+            sys.executable,
+            "-m",
+            "paddle.distributed.launch",
+            "--nproc_per_node",
+            "2",
+            "--log_dir",
+            str(tmp_path / "logs"),
+            *cmd[1:],
+        ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=DEADLINE, env=ENV)
     log = (out / "train.log").read_text() if (out / "train.log").exists() else ""
     assert proc.returncode == 0, proc.stderr[-3000:] + log[-2000:]
@@ -585,14 +706,28 @@ def test_a_run_remembers_its_classes(tmp_path):
     data.allow_class_change=true."""
     root = make_fake_imagenet(str(tmp_path / "data"), classes=4, train_per_class=4, val_per_class=2, jpeg_only=True)
     out = tmp_path / "run"
-    common = ["-c", CONFIG, "-o", "model.arch=se_resnet20", "model.num_classes=4", "model.se.reduction=4",
-              f"data.root={root}", "data.name=imagenet", "data.image_size=16", "data.eval_resize=16",
-              "data.eval_crop=16", "data.batch_size=4", "data.num_workers=0", "train.amp.enabled=false",
-              f"output_dir={out}"]
+    common = [
+        "-c",
+        CONFIG,
+        "-o",
+        "model.arch=se_resnet20",
+        "model.num_classes=4",
+        "model.se.reduction=4",
+        f"data.root={root}",
+        "data.name=imagenet",
+        "data.image_size=16",
+        "data.eval_resize=16",
+        "data.eval_crop=16",
+        "data.batch_size=4",
+        "data.num_workers=0",
+        "train.amp.enabled=false",
+        f"output_dir={out}",
+    ]
 
     def tool(name, *more):
-        return subprocess.run(tool_cmd(name, *common, *more), cwd=ROOT, capture_output=True, text=True,
-                              timeout=DEADLINE, env=ENV)
+        return subprocess.run(
+            tool_cmd(name, *common, *more), cwd=ROOT, capture_output=True, text=True, timeout=DEADLINE, env=ENV
+        )
 
     assert tool("train.py", "train.epochs=1").returncode == 0
     classes = sorted(os.listdir(os.path.join(root, "train")))

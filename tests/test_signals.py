@@ -21,9 +21,22 @@ from senet.data.fake import make_fake_imagenet
 
 CONFIG = "configs/demo/se_resnet20_digits.yaml"
 # ImageNet-layout folders read by 2 workers: 64 train images in 4 steps of 16 per epoch, 2 epochs.
-RUN = ["model.arch=se_resnet20", "model.num_classes=4", "model.se.reduction=4", "data.name=imagenet",
-       "data.image_size=16", "data.eval_resize=18", "data.eval_crop=16", "data.batch_size=16", "data.num_workers=2",
-       "train.log_every=1", "train.epochs=2", "lr_scheduler.name=cosine", "optimizer.lr=0.8", "train.amp.enabled=false"]
+RUN = [
+    "model.arch=se_resnet20",
+    "model.num_classes=4",
+    "model.se.reduction=4",
+    "data.name=imagenet",
+    "data.image_size=16",
+    "data.eval_resize=18",
+    "data.eval_crop=16",
+    "data.batch_size=16",
+    "data.num_workers=2",
+    "train.log_every=1",
+    "train.epochs=2",
+    "lr_scheduler.name=cosine",
+    "optimizer.lr=0.8",
+    "train.amp.enabled=false",
+]
 STEPS_PER_EPOCH, TOTAL_STEPS = 4, 8
 pytestmark = pytest.mark.filterwarnings("ignore:When training, we now always track")
 
@@ -41,15 +54,26 @@ def data(tmp_path_factory):
 def cmd(out, root, *extra):
     overrides = [a for a in extra if "=" in a and not a.startswith("--")]
     flags = [a for a in extra if a not in overrides]
-    return [sys.executable, os.path.join(ROOT, "tools", "train.py"), "-c", CONFIG, "-o", *RUN, f"data.root={root}",
-            f"output_dir={out}", *overrides, *flags]
+    return [
+        sys.executable,
+        os.path.join(ROOT, "tools", "train.py"),
+        "-c",
+        CONFIG,
+        "-o",
+        *RUN,
+        f"data.root={root}",
+        f"output_dir={out}",
+        *overrides,
+        *flags,
+    ]
 
 
 def start(command, log_path):
     """Start a run in a new session, as a batch job: its process group is the job."""
     with open(log_path, "w") as log:
-        return subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True, env=ENV,
-                                start_new_session=True)
+        return subprocess.Popen(
+            command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True, env=ENV, start_new_session=True
+        )
 
 
 def finish(proc, log_path):
@@ -178,15 +202,25 @@ def _rank_pids(tmp_path):
 
 def test_sigusr1_to_every_rank_of_a_launched_job_stops_all_ranks_at_one_step_and_resumes_exactly(data, tmp_path):
     out, log = tmp_path / "run", tmp_path / "launch.log"
-    launch = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir",
-              str(tmp_path / "logs")]
+    launch = [
+        sys.executable,
+        "-m",
+        "paddle.distributed.launch",
+        "--nproc_per_node",
+        "2",
+        "--log_dir",
+        str(tmp_path / "logs"),
+    ]
     # 8 per rank: 4 steps per epoch of 2 x 8 images, with 1 worker per rank and 1 thread (two ranks on two
     # cores); the default log_every of the tiny run (1) lets the ranks agree at every step.
     job = [*launch, *cmd(out, data["small"], "data.batch_size=8", "data.num_workers=1", "train.threads=1")[1:]]
     proc = start(job, log)
     try:
-        wait_for(lambda: (out / "train.log").exists() and "] step 1:" in (out / "train.log").read_text(), proc,
-                 "step 1 of the launched job")
+        wait_for(
+            lambda: (out / "train.log").exists() and "] step 1:" in (out / "train.log").read_text(),
+            proc,
+            "step 1 of the launched job",
+        )
         ranks = _rank_pids(tmp_path)
         # Each rank is its own session under the launcher (it starts them with setsid): signal each
         # rank's group, its loader worker included, as Slurm signals every process of the step.
@@ -207,8 +241,9 @@ def test_sigusr1_to_every_rank_of_a_launched_job_stops_all_ranks_at_one_step_and
         assert "Traceback" not in worker_log and "killed by signal" not in worker_log, worker_log[-3000:]
     metrics = read_json(out / "metrics.json")
     assert metrics["stopped_by"] == "SIGUSR1" and metrics["global_step"] == step
-    resumed = subprocess.run([*job, "--resume", "auto"], cwd=ROOT, capture_output=True, text=True, timeout=DEADLINE,
-                             env=ENV)
+    resumed = subprocess.run(
+        [*job, "--resume", "auto"], cwd=ROOT, capture_output=True, text=True, timeout=DEADLINE, env=ENV
+    )
     assert resumed.returncode == 0, resumed.stdout[-3000:]
     train_log = (out / "train.log").read_text()
     assert f"step {step}" in train_log and "weights identical on all 2 ranks" in train_log

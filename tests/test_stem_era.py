@@ -21,8 +21,11 @@ def test_old_weights_are_refused_by_the_caffe_stem_and_load_with_the_padded_one(
     old_cfg = {**cfg, "model": {k: v for k, v in cfg["model"].items() if k != "stem_pool"}}
     old = str(tmp_path / "old.safetensors")
     save_safetensors(model, old, {"arch": "resnet18", "config": old_cfg})
-    with pytest.raises(CheckpointError, match=r"old.safetensors was written before model.stem_pool existed.*"
-                                              r"Add -o model.stem_pool=pytorch"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"old.safetensors was written before model.stem_pool existed.*"
+        r"Add -o model.stem_pool=pytorch",
+    ):
         load_weights(_model()[0], old)
     padded, _ = _model("pytorch")
     load_weights(padded, old)  # the network they were trained in

@@ -13,9 +13,28 @@ def test_every_test_has_a_time_bound(request, tmp_path):
     assert int(request.config.getini("timeout")) >= 300 and request.config.getini("timeout_method") == "thread"
     hang = tmp_path / "test_hang.py"
     hang.write_text("import time\n\ndef test_hangs():\n    time.sleep(3600)\n")
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-c",
-                           os.path.join(ROOT, "pyproject.toml"), "--rootdir", str(tmp_path), "-o", "timeout=3",
-                           "-n", "1", str(hang)], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-c",
+            os.path.join(ROOT, "pyproject.toml"),
+            "--rootdir",
+            str(tmp_path),
+            "-o",
+            "timeout=3",
+            "-n",
+            "1",
+            str(hang),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     # Within the subprocess's 120 s, not the hour: the bound stopped it (in a worker, pytest-timeout's
     # thread method ends the process after dumping the stacks; xdist reports the test as crashed).
     out = proc.stdout + proc.stderr

@@ -24,9 +24,19 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ABLATIONS = sorted(glob.glob(os.path.join(ROOT, "configs", "ablation", "*.yaml")))
 BASES = {"se_resnet50": "configs/se_resnet50.yaml", "se_resnet110": "configs/cifar10/se_resnet110.yaml"}
 # 16 px synthetic images in 4 classes, one epoch of two steps: a run takes seconds.
-TINY = ["model.num_classes=4", "model.se.reduction=4", "data.name=synthetic", "data.image_size=16",
-        "data.eval_crop=16", "data.synthetic_train_size=32", "data.synthetic_val_size=16", "data.batch_size=16",
-        "data.num_workers=0", "train.epochs=1", "train.amp.enabled=false"]
+TINY = [
+    "model.num_classes=4",
+    "model.se.reduction=4",
+    "data.name=synthetic",
+    "data.image_size=16",
+    "data.eval_crop=16",
+    "data.synthetic_train_size=32",
+    "data.synthetic_val_size=16",
+    "data.batch_size=16",
+    "data.num_workers=0",
+    "train.epochs=1",
+    "train.amp.enabled=false",
+]
 DEMOS = ["configs/demo/resnet20_digits.yaml", "configs/demo/se_resnet20_digits.yaml"]
 ALL_DEMOS = DEMOS + ["configs/demo/eca_resnet20_digits.yaml", "configs/demo/cbam_resnet20_digits.yaml"]
 
@@ -79,19 +89,27 @@ def ref_value(cfg, key):
 def test_paper_figures_only_beside_the_papers_setup():
     se50 = load_config(os.path.join(ROOT, "configs/se_resnet50.yaml"))
     assert paper_reference(se50) == PAPER_TABLE2["se_resnet50"]
-    assert paper_reference(load_config(os.path.join(ROOT, "configs/ablation/se_resnet50_stages_all.yaml"))) \
+    assert (
+        paper_reference(load_config(os.path.join(ROOT, "configs/ablation/se_resnet50_stages_all.yaml")))
         == PAPER_TABLE2["se_resnet50"]
-    for path, extra in (("configs/ablation/se_resnet50_gate_tanh.yaml", []),
-                        ("configs/ablation/se_resnet50_reduction_08.yaml", []),
-                        ("configs/resnet50.yaml", ["model.stride_in_1x1=false"]),
-                        ("configs/se_resnet50.yaml", ["model.num_classes=10"])):
+    )
+    for path, extra in (
+        ("configs/ablation/se_resnet50_gate_tanh.yaml", []),
+        ("configs/ablation/se_resnet50_reduction_08.yaml", []),
+        ("configs/resnet50.yaml", ["model.stride_in_1x1=false"]),
+        ("configs/se_resnet50.yaml", ["model.num_classes=10"]),
+    ):
         assert paper_reference(load_config(os.path.join(ROOT, path), extra)) is None, path
 
 
 def test_plan_status_and_commands(tmp_path):
     runs = plan(DEMOS, [0, 1], str(tmp_path), TINY)
-    assert [(r.name, r.seed) for r in runs] == [("resnet20_digits", 0), ("resnet20_digits", 1),
-                                                 ("se_resnet20_digits", 0), ("se_resnet20_digits", 1)]
+    assert [(r.name, r.seed) for r in runs] == [
+        ("resnet20_digits", 0),
+        ("resnet20_digits", 1),
+        ("se_resnet20_digits", 0),
+        ("se_resnet20_digits", 1),
+    ]
     assert runs[3].output_dir == str(tmp_path / "se_resnet20_digits" / "seed1")
     with pytest.raises(ConfigError, match="sets train.seed"):
         plan(DEMOS, [0], str(tmp_path), ["train.seed=3"])
@@ -108,8 +126,14 @@ def test_plan_status_and_commands(tmp_path):
     assert cmd[:3] == ["py", "-m", "paddle.distributed.launch"] and cmd[cmd.index("--nproc_per_node") + 1] == "4"
     assert cmd[cmd.index("--devices") + 1] == "0,1,2,3" and cmd[-2:] == ["--resume", "auto"]
     tool = cmd.index(os.path.join(ROOT, "tools", "train.py"))
-    assert cmd[tool + 1:tool + 7] == ["-c", "c.yaml", "-o", "data.root=/d", "train.seed=2",
-                                      f"output_dir={run.output_dir}"]
+    assert cmd[tool + 1 : tool + 7] == [
+        "-c",
+        "c.yaml",
+        "-o",
+        "data.root=/d",
+        "train.seed=2",
+        f"output_dir={run.output_dir}",
+    ]
     assert "--resume" not in train_command(run, [], resume=False)
 
 
@@ -124,8 +148,11 @@ def test_rows_name_each_block_and_its_reduction(tmp_path):
     # No run has finished: the rows hold the counts only, which is all this test needs.
     rows = sweep_rows(plan(ALL_DEMOS, [0], str(tmp_path), TINY), TINY)
     assert [(r["name"], r["block"], r["reduction"], r["runs"]) for r in rows] == [
-        ("resnet20_digits", None, None, 0), ("se_resnet20_digits", "SE", 4, 0),
-        ("eca_resnet20_digits", "ECA", None, 0), ("cbam_resnet20_digits", "CBAM", 4, 0)]
+        ("resnet20_digits", None, None, 0),
+        ("se_resnet20_digits", "SE", 4, 0),
+        ("eca_resnet20_digits", "ECA", None, 0),
+        ("cbam_resnet20_digits", "CBAM", 4, 0),
+    ]
     assert rows[0]["params"] < rows[2]["params"] < rows[1]["params"] < rows[3]["params"]  # ECA: a few k-weights
     md = write_table(rows, str(tmp_path))["md"].splitlines()
     assert md[0].startswith("| name | arch | block | r | params | GMACs | top-1 err % |")
@@ -143,8 +170,13 @@ def write_config(folder, name):
 
 
 def sweep(*args):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "tools", "sweep.py"), *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=900)
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tools", "sweep.py"), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 def test_sweep_runs_resumes_and_tabulates(tmp_path):
@@ -154,8 +186,9 @@ def test_sweep_runs_resumes_and_tabulates(tmp_path):
     for config in DEMOS:
         done = out / os.path.basename(config).removesuffix(".yaml") / "seed0"
         dump_config(load_config(config, TINY + ["train.seed=0", f"output_dir={done}"]), str(done / "config.yaml"))
-        (done / "metrics.json").write_text(json.dumps({"finished": True, "best": {"top1": 40.0, "top5": 90.0},
-                                                       "train_images_per_s": 100.0}))
+        (done / "metrics.json").write_text(
+            json.dumps({"finished": True, "best": {"top1": 40.0, "top5": 90.0}, "train_images_per_s": 100.0})
+        )
     done = out / "resnet20_digits" / "seed0"
     mtime = os.path.getmtime(done / "metrics.json")
     started = out / "se_resnet20_digits" / "seed1"
@@ -185,7 +218,7 @@ def test_sweep_runs_resumes_and_tabulates(tmp_path):
     assert se["params"] > plain["params"] and se["gmacs"] > plain["gmacs"] and plain["images_per_s"] > 0
     real = json.loads((out / "resnet20_digits" / "seed1" / "metrics.json").read_text())["best"]["top1"]
     assert plain["top1_err"] == pytest.approx(100 - (40.0 + real) / 2)
-    assert plain["top1_err_std"] == pytest.approx(abs(40.0 - real) / 2 ** 0.5)
+    assert plain["top1_err_std"] == pytest.approx(abs(40.0 - real) / 2**0.5)
     assert plain["paper_top1_err"] is None  # no paper figure for a CIFAR-size net on synthetic data
     md = (out / "results.md").read_text()
     assert md.startswith("| name | arch | block | r | params | GMACs | top-1 err % | top-5 err % | seeds |")
@@ -212,8 +245,10 @@ def test_a_rerun_with_another_recipe_is_refused(tmp_path):
     out = tmp_path / "sweep"
     for seed, recipe in ((0, ["train.epochs=1"]), (1, ["train.epochs=1", "optimizer.lr=0.05"])):
         done = out / "resnet20_digits" / f"seed{seed}"
-        dump_config(load_config(DEMOS[0], TINY + recipe + [f"train.seed={seed}", f"output_dir={done}",
-                                                           "train.threads=1"]), str(done / "config.yaml"))
+        dump_config(
+            load_config(DEMOS[0], TINY + recipe + [f"train.seed={seed}", f"output_dir={done}", "train.threads=1"]),
+            str(done / "config.yaml"),
+        )
         (done / "metrics.json").write_text(json.dumps({"finished": seed == 0, "best": {"top1": 40.0}}))
     for extra in ([], ["--table-only"]):
         proc = sweep("-c", DEMOS[0], "--seeds", "0", "1", "--out", str(out), *extra, "-o", *TINY, "train.epochs=3")
@@ -234,8 +269,19 @@ def test_a_signal_to_the_sweep_stops_its_trainer_cleanly(tmp_path, signum, child
     128 + the signal; a rerun resumes and finishes."""
     out = tmp_path / "sweep"
     run_dir = out / "resnet20_digits" / "seed0"
-    args = [sys.executable, os.path.join(ROOT, "tools", "sweep.py"), "-c", DEMOS[0], "--seeds", "0", "--out", str(out),
-            "-o", *TINY, "train.epochs=10", "data.synthetic_train_size=128"]
+    args = [
+        sys.executable,
+        os.path.join(ROOT, "tools", "sweep.py"),
+        "-c",
+        DEMOS[0],
+        "--seeds",
+        "0",
+        "--out",
+        str(out),
+        "-o",
+        *TINY,
+        "train.epochs=8",  # 2 steps each: the signal comes in epoch 2 at the latest; the rerun trains the rest
+    ]
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.time() + 120

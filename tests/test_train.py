@@ -21,23 +21,43 @@ from senet.optim import lr_factor, scaled_lr
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A tiny, quick run: 64 synthetic 16 px images in 4 classes, 4 steps per epoch.
-TINY = ["model.arch=se_resnet20", "model.num_classes=4", "model.se.reduction=4", "data.name=synthetic",
-        "data.image_size=16", "data.eval_crop=16", "data.synthetic_train_size=64", "data.synthetic_val_size=24",
-        "data.batch_size=16", "data.num_workers=0", "train.log_every=2", "train.epochs=2",
-        "lr_scheduler.name=cosine", "optimizer.lr=0.8", "train.amp.enabled=false"]
+TINY = [
+    "model.arch=se_resnet20",
+    "model.num_classes=4",
+    "model.se.reduction=4",
+    "data.name=synthetic",
+    "data.image_size=16",
+    "data.eval_crop=16",
+    "data.synthetic_train_size=64",
+    "data.synthetic_val_size=24",
+    "data.batch_size=16",
+    "data.num_workers=0",
+    "train.log_every=2",
+    "train.epochs=2",
+    "lr_scheduler.name=cosine",
+    "optimizer.lr=0.8",
+    "train.amp.enabled=false",
+]
 
 
 def run_tool(tool, *args, timeout=600, check=True):
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", tool), *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": ""})
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tools", tool), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "OMP_NUM_THREADS": ""},
+    )
     if check:
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
 
 def train(out, *extra, check=True):
-    return run_tool("train.py", "-c", "configs/demo/se_resnet20_digits.yaml", "-o", *TINY, f"output_dir={out}",
-                    *extra, check=check)
+    return run_tool(
+        "train.py", "-c", "configs/demo/se_resnet20_digits.yaml", "-o", *TINY, f"output_dir={out}", *extra, check=check
+    )
 
 
 def read_json(path):
@@ -47,8 +67,15 @@ def read_json(path):
 
 def test_training_run_writes_everything_and_lowers_the_loss(tmp_path):
     out = tmp_path / "run"
-    proc = train(out, "train.epochs=6", "data.name=digits", "data.image_size=32", "data.eval_crop=32",
-                 "data.batch_size=64", "train.log_every=5", "train.max_steps=30", "model.num_classes=10")
+    proc = train(
+        out,
+        "train.epochs=6",
+        "data.name=digits",  # real images at 16 px (TINY's size): a quarter of the demo's 32 px work
+        "data.batch_size=64",
+        "train.log_every=5",
+        "train.max_steps=30",
+        "model.num_classes=10",
+    )
     # An unfinished run says where train.max_steps stopped it and what it wrote, not a finished run's summary.
     assert not [line for line in proc.stdout.splitlines() if line.startswith("best val top-1")]
     assert "stopped at train.max_steps=30 (step 30, epoch 2/6, batch 8; best val top-1 so far" in proc.stdout
@@ -66,8 +93,14 @@ def test_training_run_writes_everything_and_lowers_the_loss(tmp_path):
 
 def test_full_run_checkpoints_metrics_safetensors_and_eval(tmp_path):
     out = tmp_path / "run"
-    proc = train(out, "train.save_every=1", "train.keep_last=1", "train.ema.enabled=true", "train.ema.decay=0.5",
-                 "train.amp.enabled=true")
+    proc = train(
+        out,
+        "train.save_every=1",
+        "train.keep_last=1",
+        "train.ema.enabled=true",
+        "train.ema.decay=0.5",
+        "train.amp.enabled=true",
+    )
     assert "AMP requested but no GPU" in proc.stdout  # the one-line CPU notice
     ckpts = sorted(os.listdir(out / "checkpoints"))
     assert ckpts == ["best.pdparams", "epoch_2.pdparams", "last.pdparams"]  # epoch_1 pruned by keep_last=1
@@ -92,8 +125,9 @@ def test_full_run_checkpoints_metrics_safetensors_and_eval(tmp_path):
         # The same eval code on the same weights and images, on this machine at the same thread count:
         # the same numbers, bit for bit (senet/numerics.py, rule 1).
         assert (result["top1"], result["loss"]) == (final["top1"], final["loss"])
-    ema = json.loads(run_tool("eval.py", *common, f"model.weights={out / 'checkpoints' / 'last.pdparams'}", "--ema",
-                              "--json").stdout)
+    ema = json.loads(
+        run_tool("eval.py", *common, f"model.weights={out / 'checkpoints' / 'last.pdparams'}", "--ema", "--json").stdout
+    )
     assert ema["loss"] == metrics["history"][-1]["ema_eval_loss"]
 
 
@@ -107,8 +141,16 @@ def test_visualdl_events_hold_the_expected_tags(tmp_path, arch, spatial):
     assert files
     reader = LogReader(file_path=str(out / "vdl" / files[0]))
     tags = set(reader.get_tags()["scalar"])
-    for tag in ("train/loss", "train/lr", "train/images_per_s", "train/top1", "eval/top1", "eval/top5", "eval/loss",
-                "train/epoch_time_s"):
+    for tag in (
+        "train/loss",
+        "train/lr",
+        "train/images_per_s",
+        "train/top1",
+        "eval/top1",
+        "eval/top5",
+        "eval/loss",
+        "train/epoch_time_s",
+    ):
         assert tag in tags, (tag, tags)
     steps = [r.id for r in reader.get_data("scalar", "train/loss")]
     assert steps == [2, 4]
@@ -123,8 +165,15 @@ def test_visualdl_events_hold_the_expected_tags(tmp_path, arch, spatial):
 def test_kill_after_first_epoch_and_resume_is_bitwise_identical(tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     train(straight)
-    cmd = [sys.executable, os.path.join(ROOT, "tools", "train.py"), "-c", "configs/demo/se_resnet20_digits.yaml",
-           "-o", *TINY, f"output_dir={killed}"]
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "tools", "train.py"),
+        "-c",
+        "configs/demo/se_resnet20_digits.yaml",
+        "-o",
+        *TINY,
+        f"output_dir={killed}",
+    ]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 300
     for line in proc.stdout:  # kill as soon as epoch 1 is logged (its checkpoint is written right after)
@@ -175,8 +224,15 @@ def test_non_finite_loss_stops_with_step_and_checkpoint(tmp_path):
 
 
 def test_missing_dataset_and_unwritable_output_dir_are_clear(tmp_path):
-    proc = run_tool("train.py", "-c", "configs/se_resnet50.yaml", "-o", f"data.root={tmp_path / 'nowhere'}",
-                    f"output_dir={tmp_path / 'out'}", check=False)
+    proc = run_tool(
+        "train.py",
+        "-c",
+        "configs/se_resnet50.yaml",
+        "-o",
+        f"data.root={tmp_path / 'nowhere'}",
+        f"output_dir={tmp_path / 'out'}",
+        check=False,
+    )
     assert proc.returncode == 1
     assert str(tmp_path / "nowhere") in proc.stderr and "data.name=synthetic" in proc.stderr
     blocker = tmp_path / "file"
@@ -192,8 +248,16 @@ def test_config_errors_from_the_command_line(tmp_path):
 
 @pytest.mark.parametrize("config", ["configs/demo/resnet20_digits.yaml", "configs/demo/se_resnet20_digits.yaml"])
 def test_demo_configs_run_when_shortened(tmp_path, config):
-    proc = run_tool("train.py", "-c", config, "-o", "train.max_steps=3", "train.epochs=1", "data.batch_size=16",
-                    f"output_dir={tmp_path}")
+    proc = run_tool(
+        "train.py",
+        "-c",
+        config,
+        "-o",
+        "train.max_steps=3",
+        "train.epochs=1",
+        "data.batch_size=16",
+        f"output_dir={tmp_path}",
+    )
     assert "stopped at train.max_steps=3 (step 3, epoch 1/1, batch 3)" in proc.stdout
     assert read_json(tmp_path / "metrics.json")["global_step"] == 3
 
@@ -217,8 +281,16 @@ def test_max_steps_on_an_epoch_boundary_trains_no_extra_step(tmp_path):
 
 
 def test_lr_schedules_are_per_iteration_and_scaled_per_256_images():
-    cfg = load_config(None, ["data.batch_size=64", "optimizer.lr=0.1", "lr_scheduler.name=step",
-                             "lr_scheduler.step_size=30", "train.epochs=100"])
+    cfg = load_config(
+        None,
+        [
+            "data.batch_size=64",
+            "optimizer.lr=0.1",
+            "lr_scheduler.name=step",
+            "lr_scheduler.step_size=30",
+            "train.epochs=100",
+        ],
+    )
     assert scaled_lr(cfg, world_size=1) == pytest.approx(0.025) and scaled_lr(cfg, world_size=4) == pytest.approx(0.1)
     assert lr_factor(cfg, 29 * 100 + 99, 100) == 1.0 and lr_factor(cfg, 30 * 100, 100) == pytest.approx(0.1)
     cfg["lr_scheduler"].update(name="multistep", milestones=[2, 5])
@@ -227,14 +299,18 @@ def test_lr_schedules_are_per_iteration_and_scaled_per_256_images():
     cfg["train"]["epochs"] = 3
     assert lr_factor(cfg, 0, 10) == pytest.approx(0.1) and lr_factor(cfg, 9, 10) == pytest.approx(1.0)
     assert lr_factor(cfg, 20, 10) == pytest.approx(0.5) and lr_factor(cfg, 29, 10) == pytest.approx(
-        0.5 * (1 + math.cos(math.pi * 1.9 / 2)))
+        0.5 * (1 + math.cos(math.pi * 1.9 / 2))
+    )
 
 
 # ---------------------------------------------------------------- non-finite losses and the loss scaler, in-process
 
+
 def tiny_cfg(out, *extra):
-    return load_config(os.path.join(ROOT, "configs", "demo", "se_resnet20_digits.yaml"),
-                       [*TINY, "train.log_every=1", f"output_dir={out}", *extra])
+    return load_config(
+        os.path.join(ROOT, "configs", "demo", "se_resnet20_digits.yaml"),
+        [*TINY, "train.log_every=1", f"output_dir={out}", *extra],
+    )
 
 
 def fit_here(cfg, batch_transform=None):
@@ -264,8 +340,7 @@ class FakeScaler:
     def step(self, optimizer):
         self.steps += 1
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        self._cache_found_inf = self.steps in self.overflow_at or not all(bool(paddle.isfinite(g).all())
-                                                                          for g in grads)
+        self._cache_found_inf = self.steps in self.overflow_at or not all(bool(paddle.isfinite(g).all()) for g in grads)
         if self._cache_found_inf:
             self.updates_skipped.append(self.steps)
         else:
@@ -326,8 +401,10 @@ def test_loss_scale_overflows_are_skipped_up_to_the_limit_in_a_row(tmp_path, mon
     made = with_fake_scaler(monkeypatch, overflow_at={2, 3, 4})
     with pytest.raises(TrainingError) as e:
         fit_here(tiny_cfg(tmp_path / "b", f"train.nan_policy={policy}", "train.nan_skip_limit=2"))
-    assert str(e.value).startswith("more than 2 steps in a row skipped for gradient overflow (last at step 4, "
-                                   "loss scale now 1); No checkpoint was saved before this step.")
+    assert str(e.value).startswith(
+        "more than 2 steps in a row skipped for gradient overflow (last at step 4, "
+        "loss scale now 1); No checkpoint was saved before this step."
+    )
     assert made[0].steps == 4
 
 
@@ -355,11 +432,26 @@ def test_nan_policy_skip_in_a_two_rank_job_skips_on_every_rank(tmp_path):
     gradient all-reduce (or pair it with the next step's) and the ranks' weights would drift apart."""
     out = tmp_path / "run"
     out.mkdir()
-    cmd = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir",
-           str(tmp_path / "logs"), "tests/dist_nan_worker.py", str(out), *TINY, "train.epochs=1", "data.batch_size=8",
-           "train.nan_policy=skip", "model.sync_bn=true", f"output_dir={out}"]  # 64 images / (8 x 2): 4 steps
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "NAN_STEPS": "2"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "paddle.distributed.launch",
+        "--nproc_per_node",
+        "2",
+        "--log_dir",
+        str(tmp_path / "logs"),
+        "tests/dist_nan_worker.py",
+        str(out),
+        *TINY,
+        "train.epochs=1",
+        "data.batch_size=8",
+        "train.nan_policy=skip",
+        "model.sync_bn=true",
+        f"output_dir={out}",
+    ]  # 64 images / (8 x 2): 4 steps
+    proc = subprocess.run(
+        cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "NAN_STEPS": "2"}
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rank0, rank1 = np.load(out / "rank0.npz"), np.load(out / "rank1.npz")
     for k in rank0:
@@ -367,6 +459,7 @@ def test_nan_policy_skip_in_a_two_rank_job_skips_on_every_rank(tmp_path):
 
 
 # ---------------------------------------------------------------- the batch-transform slot and soft targets
+
 
 def test_a_batch_transform_decides_what_is_trained(tmp_path):
     """fit(batch_transform=...) runs on every training batch before the step, and its targets are what is

@@ -12,9 +12,17 @@ import urllib.request
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--hide-scrollbars"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+]
 
 
 def free_port():
@@ -31,15 +39,46 @@ def get(url, timeout=10):
 @pytest.fixture(scope="module")
 def vdl_server(tmp_path_factory):
     run = tmp_path_factory.mktemp("vdl") / "se_resnet20_tiny"
-    subprocess.run([sys.executable, "tools/train.py", "-c", "configs/demo/se_resnet20_digits.yaml", "-o",
-                    "model.num_classes=4", "data.name=synthetic", "data.image_size=16", "data.eval_crop=16",
-                    "data.synthetic_train_size=64", "data.synthetic_val_size=16", "data.batch_size=16",
-                    "train.epochs=3", "train.log_every=2", f"output_dir={run}"],
-                   cwd=ROOT, check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "tools/train.py",
+            "-c",
+            "configs/demo/se_resnet20_digits.yaml",
+            "-o",
+            "model.num_classes=4",
+            "data.name=synthetic",
+            "data.image_size=16",
+            "data.eval_crop=16",
+            "data.synthetic_train_size=64",
+            "data.synthetic_val_size=16",
+            "data.batch_size=16",
+            "train.epochs=3",
+            "train.log_every=2",
+            f"output_dir={run}",
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     port = free_port()
-    server = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "visualdl"), "--logdir", str(run),
-                               "--host", "127.0.0.1", "--port", str(port), "--disable-telemetry", "--language", "en"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [
+            os.path.join(os.path.dirname(sys.executable), "visualdl"),
+            "--logdir",
+            str(run),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--disable-telemetry",
+            "--language",
+            "en",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 60
     while True:
@@ -73,10 +112,16 @@ def test_scalar_page_renders_the_curves_in_chromium(vdl_server, tmp_path):
     chromium = shutil.which("chromium")
     assert chromium, "Debian's chromium is needed for this test: `make browser` (apt-get install chromium)"
     base, _ = vdl_server
-    common = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=20000",
-              "--window-size=1400,1000"]
-    dom = subprocess.run([*common, "--dump-dom", base + "/app/scalar"], capture_output=True, text=True,
-                         timeout=120).stdout
+    common = [
+        chromium,
+        *CHROMIUM_FLAGS,
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--virtual-time-budget=20000",
+        "--window-size=1400,1000",
+    ]
+    dom = subprocess.run(
+        [*common, "--dump-dom", base + "/app/scalar"], capture_output=True, text=True, timeout=120
+    ).stdout
     # The tag groups of the run are listed, and ECharts has drawn the first group's charts on canvases.
     assert ">eval<" in dom and ">train<" in dom and ">memory<" in dom, dom[-3000:]
     assert "<canvas" in dom

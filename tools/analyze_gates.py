@@ -26,22 +26,38 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from senet.config import add_config_args, config_from_args  # noqa: E402
+from senet.data.errors import DatasetError
 from senet.runtime import setup_cpu  # noqa: E402
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_args(parser, "YAML config of an se_, eca_ or cbam_ model",
-                    "key=value overrides; model.weights=PATH selects the trained weights")
+    add_config_args(
+        parser,
+        "YAML config of an se_, eca_ or cbam_ model",
+        "key=value overrides; model.weights=PATH selects the trained weights",
+    )
     parser.add_argument("--split", default="val", choices=["train", "val"])
-    parser.add_argument("--samples", type=int, default=1000,
-                        help="images drawn uniformly from the split for the distributions (default 1000)")
-    parser.add_argument("--classes", nargs="+", default=None,
-                        help="class names or indices for Figure 6 (default: 4 spread over the labels)")
+    parser.add_argument(
+        "--samples",
+        type=int,
+        default=1000,
+        help="images drawn uniformly from the split for the distributions (default 1000)",
+    )
+    parser.add_argument(
+        "--classes",
+        nargs="+",
+        default=None,
+        help="class names or indices for Figure 6 (default: 4 spread over the labels)",
+    )
     parser.add_argument("--per-class", type=int, default=50, help="images per chosen class (default 50)")
-    parser.add_argument("--blocks", nargs="+", default=None,
-                        help="blocks for Figure 6: layer3.1, layer3.1.se or the paper-style SE_4_2 (ECA_4_2, CBAM_4_2) "
-                             "(default: last of each stage, first/middle/last of the last stage)")
+    parser.add_argument(
+        "--blocks",
+        nargs="+",
+        default=None,
+        help="blocks for Figure 6: layer3.1, layer3.1.se or the paper-style SE_4_2 (ECA_4_2, CBAM_4_2) "
+        "(default: last of each stage, first/middle/last of the last stage)",
+    )
     parser.add_argument("--out", default=None, help="output folder (default <output_dir>/se_analysis)")
     parser.add_argument("--raw", action="store_true", help="also save every channel-gate vector (excitations.npz)")
     args = parser.parse_args()
@@ -52,14 +68,14 @@ def main() -> int:
 
     from senet.analysis import analyze, summary_text
     from senet.checkpoint import CheckpointError
-    from senet.data import DatasetError
 
     if not cfg["model"]["weights"]:
-        print("notice: no model.weights given, analysing a randomly initialised model (fine for a smoke "
-              "test; the statistics say nothing about a trained network). Use -o model.weights=PATH.")
+        print(
+            "notice: no model.weights given, analysing a randomly initialised model (fine for a smoke "
+            "test; the statistics say nothing about a trained network). Use -o model.weights=PATH."
+        )
     try:
-        report = analyze(cfg, args.split, args.samples, args.classes, args.blocks, args.per_class, args.out,
-                         args.raw)
+        report = analyze(cfg, args.split, args.samples, args.classes, args.blocks, args.per_class, args.out, args.raw)
     except (DatasetError, CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -17,24 +17,32 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from senet.doctor import doctor
 from senet.runtime import setup_cpu  # noqa: E402
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="output/doctor", metavar="DIR",
-                        help="folder for doctor.json (and the checks' files with --keep); default output/doctor")
-    parser.add_argument("--keep", action="store_true",
-                        help="keep the checks' files (checkpoints, exported model, logs) in DIR/work")
-    parser.add_argument("--only", default=None, metavar="NAME[,NAME]",
-                        help="run only these checks (the others are listed as SKIP)")
-    parser.add_argument("--quick", action="store_true",
-                        help="every check on a small network (the demo's se_resnet20), for tests; not what users run")
+    parser.add_argument(
+        "--out",
+        default="output/doctor",
+        metavar="DIR",
+        help="folder for doctor.json (and the checks' files with --keep); default output/doctor",
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the checks' files (checkpoints, exported model, logs) in DIR/work"
+    )
+    parser.add_argument(
+        "--only", default=None, metavar="NAME[,NAME]", help="run only these checks (the others are listed as SKIP)"
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="every check on a small network (the demo's se_resnet20), for tests; not what users run",
+    )
     parser.add_argument("--threads", type=int, default=0, help="CPU threads; 0 = SENET_THREADS or every core")
     args = parser.parse_args()
     setup_cpu(args.threads)  # before paddle is imported: it would pin OpenMP to one thread
-
-    from senet.doctor import doctor
 
     only = [n.strip() for n in args.only.split(",") if n.strip()] if args.only else None
     try:

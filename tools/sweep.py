@@ -23,6 +23,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from senet import sweep
 from senet.config import ConfigError, split_override_args  # noqa: E402
 from senet.runtime import setup_cpu  # noqa: E402
 
@@ -30,16 +31,30 @@ from senet.runtime import setup_cpu  # noqa: E402
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-c", "--config", nargs="+", required=True, help="YAML configs, one table row each")
-    parser.add_argument("-o", "--override", nargs="+", action="append", default=[],
-                        help="key=value overrides passed to every run, e.g. data.root=/data/imagenet")
+    parser.add_argument(
+        "-o",
+        "--override",
+        nargs="+",
+        action="append",
+        default=[],
+        help="key=value overrides passed to every run, e.g. data.root=/data/imagenet",
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="train.seed values (default 0 1 2)")
     parser.add_argument("--out", required=True, help="sweep folder: runs, results.md/.csv/.json")
-    parser.add_argument("--nproc", type=int, default=0,
-                        help="processes per run through paddle.distributed.launch (default: one plain process)")
+    parser.add_argument(
+        "--nproc",
+        type=int,
+        default=0,
+        help="processes per run through paddle.distributed.launch (default: one plain process)",
+    )
     parser.add_argument("--devices", default=None, help="devices for paddle.distributed.launch, e.g. 0,1,2,3")
-    parser.add_argument("--jobs", type=int, default=1,
-                        help="runs trained at once, each with cores // jobs threads (default 1; 2 on a 2-core CPU "
-                             "trains the digits sweep about 1.4x faster)")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs trained at once, each with cores // jobs threads (default 1; 2 on a 2-core CPU "
+        "trains the digits sweep about 1.4x faster)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="print each run's state and command; train nothing")
     parser.add_argument("--table-only", action="store_true", help="train nothing; build the table from finished runs")
     args = parser.parse_args()
@@ -47,8 +62,6 @@ def main() -> int:
     if args.jobs < 1:
         print(f"error: --jobs must be at least 1, got {args.jobs}", file=sys.stderr)
         return 2
-    from senet import sweep
-
     try:
         runs = sweep.plan(args.config, args.seeds, args.out, overrides)
         sweep.check_recipes(runs, overrides)
@@ -77,8 +90,11 @@ def main() -> int:
     print(f"wrote {os.path.join(args.out, 'results')}.{{md,csv,json}}")
     missing = [r for r in runs if sweep.status(r.output_dir) != "finished"]
     if missing:
-        print(f"{len(missing)} of {len(runs)} runs not finished, left out of the table: "
-              + ", ".join(f"{r.name}/seed{r.seed}" for r in missing), file=sys.stderr)
+        print(
+            f"{len(missing)} of {len(runs)} runs not finished, left out of the table: "
+            + ", ".join(f"{r.name}/seed{r.seed}" for r in missing),
+            file=sys.stderr,
+        )
     return 1 if outcome["failed"] else 0
 
 

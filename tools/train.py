@@ -17,25 +17,33 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from senet.config import add_config_args, config_from_args  # noqa: E402
-from senet.runtime import setup_cpu  # noqa: E402
+from senet.data.errors import DatasetError
+from senet.formats import CheckpointError
+from senet.limits import os_error_fix
+from senet.runtime import STOP_SIGNALS, setup_cpu  # noqa: E402
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser)
-    parser.add_argument("--resume", default=None, metavar="auto|PATH",
-                        help="'auto': the newest usable checkpoint in output_dir; or a checkpoint path")
-    parser.add_argument("--allow-config-change", action="store_true",
-                        help="resume although the config now differs in what makes the experiment (model, data, "
-                             "optimizer, schedule, batch size, ...); harmless changes such as epochs need no flag")
+    parser.add_argument(
+        "--resume",
+        default=None,
+        metavar="auto|PATH",
+        help="'auto': the newest usable checkpoint in output_dir; or a checkpoint path",
+    )
+    parser.add_argument(
+        "--allow-config-change",
+        action="store_true",
+        help="resume although the config now differs in what makes the experiment (model, data, "
+        "optimizer, schedule, batch size, ...); harmless changes such as epochs need no flag",
+    )
     args = parser.parse_args()
     cfg = config_from_args(args)
     setup_cpu(cfg["train"]["threads"])  # before paddle is imported: it would pin OpenMP to one thread
 
     import paddle
 
-    from senet.checkpoint import CheckpointError
-    from senet.data import DatasetError
     from senet.train import TrainingError, fit
 
     if paddle.distributed.get_world_size() > 1:
@@ -46,16 +54,12 @@ def main() -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except OSError as e:  # a write outside a checkpoint (train.log, config.yaml, VisualDL) on a failing disk
-        from senet.runlog import os_error_fix
-
         print(f"error: {e.filename or cfg['output_dir']}: {e.strerror or e}. {os_error_fix(e)}", file=sys.stderr)
         return 1
     if metrics.get("stopped_by") not in (None, "max_steps"):
         # The run is saved and on its way out: more stop signals have nothing to add, and dying of one
         # now would replace the exit code (paddle.distributed.launch SIGTERMs the other ranks as soon
         # as the first one exits non-zero).
-        from senet.data.loader import STOP_SIGNALS
-
         for s in STOP_SIGNALS:
             signal.signal(s, signal.SIG_IGN)
         # Saved and stopped by a signal: exit 128 + the signal number, as the shell reports a process
@@ -65,8 +69,10 @@ def main() -> int:
         return 128 + signal.Signals[metrics["stopped_by"]].value
     best = metrics.get("best")
     if best and metrics["finished"] and paddle.distributed.get_rank() == 0:  # max_steps said where it stopped
-        print(f"best val top-1 {best['top1']:.2f}% (top-5 {best['top5']:.2f}%) at epoch {best['epoch']}; "
-              f"run folder {cfg['output_dir']}")
+        print(
+            f"best val top-1 {best['top1']:.2f}% (top-5 {best['top5']:.2f}%) at epoch {best['epoch']}; "
+            f"run folder {cfg['output_dir']}"
+        )
     return 0
 
 

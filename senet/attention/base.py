@@ -1,4 +1,4 @@
-"""What every attention block is: its options, its accounting and its gates.
+"""What every attention block is: its accounting and its gates (its options: senet.attention_options).
 
 A block is built for C channels from its options and returns a tensor of its input's shape. Besides
 `forward` it declares what senet.profile counts (`param_formula`, `elementwise_macs`) and what
@@ -10,45 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
 
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-# Where a block sits in a residual block (Hu et al., Fig. 5 and Section 6.5); see senet.resnet._Residual.
-PLACEMENTS = ("standard", "pre", "post", "identity", "after_3x3")
-
-
-@dataclass(frozen=True)
-class AttentionOptions:
-    """The settings every block type has: where it sits and which stages get it."""
-
-    section: ClassVar[str] = "model.attention"  # the config section, for error messages
-    placement: str = "standard"  # standard | pre | post | identity | after_3x3
-    stages: tuple[int, ...] | None = None  # 1-based stage numbers with the block; None: all
-
-    def __post_init__(self) -> None:
-        if self.placement not in PLACEMENTS:
-            raise ValueError(f"{self.section}.placement: {self.placement!r} is not one of {', '.join(PLACEMENTS)}")
-        if self.stages is not None and any(isinstance(s, bool) or not isinstance(s, int) or s < 1
-                                           for s in self.stages):
-            raise ValueError(f"{self.section}.stages must be positive stage numbers, got {list(self.stages)}")
-
-    def choose(self, name: str, value: object, allowed: tuple) -> None:
-        if value not in allowed:
-            raise ValueError(f"{self.section}.{name}: {value!r} is not one of {', '.join(map(str, allowed))}")
-
-    def positive(self, name: str, value: object) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{self.section}.{name} must be a positive integer, got {value!r}")
-
-    def check_hidden(self, hidden: int, channels: int, block: str) -> None:
-        """Refuse a zero-width hidden layer (C // reduction = 0), naming the block and the fix."""
-        if hidden < 1:
-            raise ValueError(f"{block}: C={channels} // reduction {getattr(self, 'reduction', '?')} = 0 hidden "
-                             f"units; use {self.section}.reduction <= {channels} or leave this stage out of "
-                             f"{self.section}.stages")
+# The options are Paddle-free (senet.attention_options), so that senet.config can read them.
+from senet.attention_options import AttentionOptions
 
 
 class Gate(nn.Layer):
@@ -58,8 +26,9 @@ class Gate(nn.Layer):
     def __init__(self, kind: str = "sigmoid") -> None:
         super().__init__()
         self.kind = kind
-        self.fn: Callable[[paddle.Tensor], paddle.Tensor] = {
-            "sigmoid": F.sigmoid, "tanh": paddle.tanh, "relu": F.relu}[kind]
+        self.fn: Callable[[paddle.Tensor], paddle.Tensor] = {"sigmoid": F.sigmoid, "tanh": paddle.tanh, "relu": F.relu}[
+            kind
+        ]
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         return self.fn(x)

@@ -14,42 +14,23 @@ not describe; we leave it out. `spatial=False` keeps only the channel module.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import ClassVar
 
 import paddle
 import paddle.nn.functional as F
 
 from senet.attention import kernels
-from senet.attention.base import AttentionBlock, AttentionOptions, Gate
+from senet.attention.base import AttentionBlock, Gate
 from senet.attention.se import fc_pair, he_init_fcs
+from senet.attention_options import CBAMOptions
 from senet.layers import conv2d
-
-
-@dataclass(frozen=True)
-class CBAMOptions(AttentionOptions):
-    """The `model.cbam` section of a config. Defaults follow the paper's ResNet-50 + CBAM."""
-
-    section: ClassVar[str] = "model.cbam"
-    reduction: int = 16  # the shared MLP's hidden width is C // r
-    spatial_kernel: int = 7  # the spatial module's conv, k x k
-    spatial: bool = True  # False: channel attention only
-    bias: bool = True  # biases in the shared MLP, as in the authors' code
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self.positive("reduction", self.reduction)
-        self.positive("spatial_kernel", self.spatial_kernel)
-        if self.spatial_kernel % 2 == 0:
-            raise ValueError(f"model.cbam.spatial_kernel must be odd (the output keeps the input's size), "
-                             f"got {self.spatial_kernel}")
 
 
 class CBAMBlock(AttentionBlock):
     """Channel attention, then spatial attention. Input and output have the same shape."""
 
-    def __init__(self, channels: int, options: CBAMOptions = CBAMOptions(), name: str = "cbam",
-                 data_format: str = "NCHW") -> None:
+    def __init__(
+        self, channels: int, options: CBAMOptions = CBAMOptions(), name: str = "cbam", data_format: str = "NCHW"
+    ) -> None:
         super().__init__()
         hidden = channels // options.reduction
         options.check_hidden(hidden, channels, f"CBAM block '{name}'")
@@ -73,8 +54,10 @@ class CBAMBlock(AttentionBlock):
         a 1 x 2 map (a 1x1 conv acts on each position alone), summed, sigmoid. Not a batch of 2N split
         in two: paddle2onnx 2.1 cannot convert a split along the dynamic batch axis (it aborts)."""
         w_axis = 2 if self.channel_last else 3
-        pooled = paddle.concat([kernels.global_mean(x, self.channel_last, self.cache),
-                                kernels.global_max(x, self.channel_last)], axis=w_axis)
+        pooled = paddle.concat(
+            [kernels.global_mean(x, self.channel_last, self.cache), kernels.global_max(x, self.channel_last)],
+            axis=w_axis,
+        )
         return self.channel_gate(self.fc2(F.relu(self.fc1(pooled))).sum(axis=w_axis, keepdim=True))
 
     def spatial_attention(self, x: paddle.Tensor) -> paddle.Tensor:

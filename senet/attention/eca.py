@@ -18,35 +18,13 @@ the CIFAR ResNets (C = 16, 32, 64) get k = 3, 3, 3. `model.eca.kernel_size` fixe
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import ClassVar
 
 import paddle
 import paddle.nn as nn
 
 from senet.attention import kernels
-from senet.attention.base import AttentionBlock, AttentionOptions, Gate
-
-
-@dataclass(frozen=True)
-class ECAOptions(AttentionOptions):
-    """The `model.eca` section of a config. Defaults follow the paper."""
-
-    section: ClassVar[str] = "model.eca"
-    kernel_size: int | None = None  # None: k = psi(C) per block (Eq. 12); an odd number fixes it
-    gamma: int = 2
-    b: int = 1
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self.positive("gamma", self.gamma)
-        if isinstance(self.b, bool) or not isinstance(self.b, int) or self.b < 0:
-            raise ValueError(f"model.eca.b must be a non-negative integer, got {self.b!r}")
-        if self.kernel_size is not None:
-            self.positive("kernel_size", self.kernel_size)
-            if self.kernel_size % 2 == 0:
-                raise ValueError(f"model.eca.kernel_size must be odd (the conv is centred on each channel), "
-                                 f"got {self.kernel_size}")
+from senet.attention.base import AttentionBlock, Gate
+from senet.attention_options import ECAOptions
 
 
 def eca_kernel_size(channels: int, gamma: int = 2, b: int = 1) -> int:
@@ -58,8 +36,9 @@ def eca_kernel_size(channels: int, gamma: int = 2, b: int = 1) -> int:
 class ECABlock(AttentionBlock):
     """Average pool, 1D conv across channels, sigmoid, scale. Input and output have the same shape."""
 
-    def __init__(self, channels: int, options: ECAOptions = ECAOptions(), name: str = "eca",
-                 data_format: str = "NCHW") -> None:
+    def __init__(
+        self, channels: int, options: ECAOptions = ECAOptions(), name: str = "eca", data_format: str = "NCHW"
+    ) -> None:
         super().__init__()
         self.channels, self.options = channels, options
         self.channel_last = data_format == "NHWC"

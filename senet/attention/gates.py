@@ -36,8 +36,10 @@ def _per_channel(block: AttentionBlock, s: paddle.Tensor) -> np.ndarray:
     if a.ndim > 2 and not _gate_channel_last(block):
         a = np.moveaxis(a, 1, -1)
     if a.shape[-1] != block.channels:
-        raise RuntimeError(f"cannot find the {block.channels} channels of a {kind_of(block).title} block in its "
-                           f"gate output of shape {list(s.shape)}")
+        raise RuntimeError(
+            f"cannot find the {block.channels} channels of a {kind_of(block).title} block in its "
+            f"gate output of shape {list(s.shape)}"
+        )
     return a.reshape(a.shape[0], -1, block.channels).mean(axis=1)
 
 
@@ -62,6 +64,7 @@ def _hooks(model: nn.Layer, kinds: Sequence[str] | None) -> Iterator[dict[str, l
     def recorder(block: AttentionBlock, kind: str, sink: list[np.ndarray]):
         def hook(layer: nn.Layer, inputs: Any, output: paddle.Tensor) -> None:  # returns None: output untouched
             sink.append(_per_channel(block, output) if kind == CHANNEL else _per_image(output))
+
         return hook
 
     try:

@@ -124,9 +124,16 @@ def _batch_norm_applies(x: paddle.Tensor, s: paddle.Tensor, channel_last: bool) 
 
     The device test is paddle.get_device(), not x.place: under paddle.jit.to_static's default
     bytecode tracing (SOT), reading x.place broke the trace (UnboundLocalError)."""
-    return (paddle.in_dynamic_mode() and x.stop_gradient and s.stop_gradient and not channel_last
-            and s.shape[2:] == [1, 1] and x.dtype == paddle.float32 and s.dtype == paddle.float32
-            and paddle.get_device() == "cpu")
+    return (
+        paddle.in_dynamic_mode()
+        and x.stop_gradient
+        and s.stop_gradient
+        and not channel_last
+        and s.shape[2:] == [1, 1]
+        and x.dtype == paddle.float32
+        and s.dtype == paddle.float32
+        and paddle.get_device() == "cpu"
+    )
 
 
 def _scale_by_batch_norm(x: paddle.Tensor, s: paddle.Tensor, cache: KernelCache) -> paddle.Tensor:
@@ -146,6 +153,7 @@ def _scale_by_batch_norm(x: paddle.Tensor, s: paddle.Tensor, cache: KernelCache)
     if cache.bn_constants is None or cache.bn_constants[0].shape[0] != n * c:
         cache.bn_constants = (paddle.zeros([n * c]), paddle.ones([n * c]))
     zeros, ones = cache.bn_constants
-    y = F.batch_norm(x.reshape([1, n * c, h, w]), zeros, ones, weight=s.reshape([n * c]), bias=zeros,
-                     training=False, epsilon=0.0)
+    y = F.batch_norm(
+        x.reshape([1, n * c, h, w]), zeros, ones, weight=s.reshape([n * c]), bias=zeros, training=False, epsilon=0.0
+    )
     return y.reshape([n, c, h, w])

@@ -14,43 +14,14 @@ a batch-norm-kernel scale) live in senet.attention.kernels, each tested equal to
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import ClassVar
 
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
 from senet.attention import kernels
-from senet.attention.base import AttentionBlock, AttentionOptions, Gate
-
-SQUEEZES = ("avg", "max", "none")
-GATES = ("sigmoid", "tanh", "relu")
-IMPLS = ("conv", "linear")
-
-
-@dataclass(frozen=True)
-class SEOptions(AttentionOptions):
-    """The `model.se` section of a config. Defaults follow the paper's SE-ResNet-50."""
-
-    section: ClassVar[str] = "model.se"
-    reduction: int = 16  # hidden width C // r (floor); see se_hidden and `divisor`
-    # 1: the paper's exact C // r. d > 1: C / r rounded to the nearest multiple of d, at least d, as
-    # timm's SE does (make_divisible, d = 8 in its seresnet*): SE-ResNet-18/34's 64-channel stage then
-    # gets 8 hidden units, not 4. Only timm's weights need it; the paper and its release use C // r.
-    divisor: int = 1
-    impl: str = "conv"  # conv: 1x1 convs on the pooled 1x1 map; linear: Linear on the pooled vector
-    squeeze: str = "avg"  # avg | max | none (NoSqueeze ablation)
-    gate: str = "sigmoid"  # sigmoid | tanh | relu (excitation ablation, Section 6.3)
-    bias: bool = True  # the authors' Caffe release has biases on both FCs
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self.choose("impl", self.impl, IMPLS)
-        self.choose("squeeze", self.squeeze, SQUEEZES)
-        self.choose("gate", self.gate, GATES)
-        self.positive("reduction", self.reduction)
-        self.positive("divisor", self.divisor)
+from senet.attention.base import AttentionBlock, Gate
+from senet.attention_options import SEOptions
 
 
 def se_hidden(channels: int, reduction: int, divisor: int = 1) -> int:
@@ -65,8 +36,10 @@ def fc_pair(channels: int, hidden: int, impl: str, bias: bool, data_format: str)
     """The two FCs C -> hidden -> C, as 1x1 convs or Linear layers (initialised by he_init_fcs)."""
     bias_attr = None if bias else False  # Paddle: bias_attr=False removes the bias
     if impl == "conv":
-        return (nn.Conv2D(channels, hidden, 1, bias_attr=bias_attr, data_format=data_format),
-                nn.Conv2D(hidden, channels, 1, bias_attr=bias_attr, data_format=data_format))
+        return (
+            nn.Conv2D(channels, hidden, 1, bias_attr=bias_attr, data_format=data_format),
+            nn.Conv2D(hidden, channels, 1, bias_attr=bias_attr, data_format=data_format),
+        )
     return nn.Linear(channels, hidden, bias_attr=bias_attr), nn.Linear(hidden, channels, bias_attr=bias_attr)
 
 
@@ -87,8 +60,9 @@ class SEBlock(AttentionBlock):
     Linear layer on the channel vector (Paddle's Linear weight is the conv weight transposed).
     """
 
-    def __init__(self, channels: int, options: SEOptions = SEOptions(), name: str = "se",
-                 data_format: str = "NCHW") -> None:
+    def __init__(
+        self, channels: int, options: SEOptions = SEOptions(), name: str = "se", data_format: str = "NCHW"
+    ) -> None:
         super().__init__()
         hidden = se_hidden(channels, options.reduction, options.divisor)
         options.check_hidden(hidden, channels, f"SE block '{name}'")

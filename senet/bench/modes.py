@@ -21,7 +21,6 @@ import numpy as np
 if TYPE_CHECKING:
     import paddle
 
-    from senet.bench.options import BenchOptions
     from senet.bench.plan import ModelSpec, Variant
 
 # (model, spec, variant, uint8 NHWC images, int64 labels) -> the call that is timed. The model is fresh
@@ -35,20 +34,15 @@ class Mode:
 
     name: str
     runner: Runner  # dygraph; on the exported engines the call is always Predictor.predict(images)
-    batch: str | None  # the BenchOptions field that holds its batch size; None: one image
-    calls: str  # the BenchOptions field that holds its calls per round
+    batch: str | None  # the BenchOptions field that holds its batch size (BenchOptions.batch_size); None: one image
+    calls: str  # the BenchOptions field that holds its calls per round (BenchOptions.calls_per_round)
     title: str  # its summary line: "<title> ratio, <model>, <engine>: x1.034", and the report's headline
     per_call: bool = False  # each call timed on its own (latency), else a round's calls timed together
     exported: bool = False  # an inference mode: also run on Paddle Inference and ONNX Runtime
     probe_calls: int = 1  # calls the memory probe makes before reading the peak
     target: float | None = None  # issue 5's bound on SE's time ratio, in the report's headline
     paper: tuple[float, float, str] | None = None  # Hu et al., Sec. 4: (plain, SE, "unit") for the same ratio
-
-    def batch_size(self, opts: BenchOptions) -> int:
-        return getattr(opts, self.batch) if self.batch else 1
-
-    def calls_per_round(self, opts: BenchOptions) -> int:
-        return getattr(opts, self.calls)
+    hint: str = "latency"  # OpenVINO's performance hint on the exported engines (senet.inference.HINTS)
 
 
 _REGISTRY: dict[str, Mode] = {}
@@ -80,22 +74,26 @@ def mode_names() -> tuple[str, ...]:
 
 # --------------------------------------------------------------------------- the runners
 
+
 def synthetic_batch(n: int, size: int, num_classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """uint8 NHWC RGB images and int64 labels: what the loader yields, and what every runner is given."""
     rng = np.random.default_rng(seed)
-    return (rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8),
-            rng.integers(0, num_classes, n).astype(np.int64))
+    return (rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8), rng.integers(0, num_classes, n).astype(np.int64))
 
 
 def _autocast(variant: Variant) -> Any:
     import paddle
 
-    return paddle.amp.auto_cast(enable=variant.amp != "none", level=variant.amp if variant.amp != "none" else "O1",
-                                dtype=variant.dtype if variant.amp != "none" else "float16")
+    return paddle.amp.auto_cast(
+        enable=variant.amp != "none",
+        level=variant.amp if variant.amp != "none" else "O1",
+        dtype=variant.dtype if variant.amp != "none" else "float16",
+    )
 
 
-def infer_runner(model: paddle.nn.Layer, spec: ModelSpec, variant: Variant, images: np.ndarray,
-                 labels: np.ndarray) -> Callable[[], Any]:
+def infer_runner(
+    model: paddle.nn.Layer, spec: ModelSpec, variant: Variant, images: np.ndarray, labels: np.ndarray
+) -> Callable[[], Any]:
     """One eval-mode forward pass of a uint8 batch, normalised on the device as in evaluation."""
     import paddle
 
@@ -114,8 +112,9 @@ def infer_runner(model: paddle.nn.Layer, spec: ModelSpec, variant: Variant, imag
     return run
 
 
-def train_runner(model: paddle.nn.Layer, spec: ModelSpec, variant: Variant, images: np.ndarray,
-                 labels: np.ndarray) -> Callable[[], Any]:
+def train_runner(
+    model: paddle.nn.Layer, spec: ModelSpec, variant: Variant, images: np.ndarray, labels: np.ndarray
+) -> Callable[[], Any]:
     """One training step, the trainer's own (senet.step.train_step), with senet.train's Momentum optimizer.
 
     The LR scheduler and EMA are left out of the step: each is a few scalar or elementwise updates,
@@ -135,8 +134,15 @@ def train_runner(model: paddle.nn.Layer, spec: ModelSpec, variant: Variant, imag
             model, optimizer = decorate_o2(model, optimizer, variant.dtype)
         if variant.dtype == "float16":  # bfloat16 has fp32's range and needs no loss scaling
             scaler = paddle.amp.GradScaler(init_loss_scaling=spec.cfg["train"]["amp"]["init_loss_scaling"])
-    parts = StepParts(model=model, optimizer=optimizer, mean=spec.cfg["data"]["mean"], std=spec.cfg["data"]["std"],
-                      data_format=variant.data_format, amp=amp, scaler=scaler)
+    parts = StepParts(
+        model=model,
+        optimizer=optimizer,
+        mean=spec.cfg["data"]["mean"],
+        std=spec.cfg["data"]["std"],
+        data_format=variant.data_format,
+        amp=amp,
+        scaler=scaler,
+    )
     x, y = paddle.to_tensor(images), paddle.to_tensor(labels)
 
     def run():
@@ -148,10 +154,39 @@ def train_runner(model: paddle.nn.Layer, spec: ModelSpec, variant: Variant, imag
 
 # --------------------------------------------------------------------------- the built-in modes
 
-register_mode(Mode("latency", infer_runner, batch=None, calls="latency_calls", title="batch-1 latency",
-                   per_call=True, exported=True, target=1.03, paper=(164.0, 167.0, "ms per image, CPU")))
-register_mode(Mode("infer", infer_runner, batch="infer_batch", calls="steps", title="inference time per batch",
-                   exported=True))
-register_mode(Mode("train", train_runner, batch="train_batch", calls="steps", title="train step time",
-                   probe_calls=2,  # Momentum's buffers appear in the first step
-                   target=1.05, paper=(190.0, 209.0, "ms per 256 images, GPUs")))
+register_mode(
+    Mode(
+        "latency",
+        infer_runner,
+        batch=None,
+        calls="latency_calls",
+        title="batch-1 latency",
+        per_call=True,
+        exported=True,
+        target=1.03,
+        paper=(164.0, 167.0, "ms per image, CPU"),
+    )
+)
+register_mode(
+    Mode(
+        "infer",
+        infer_runner,
+        batch="infer_batch",
+        calls="steps",
+        title="inference time per batch",
+        exported=True,
+        hint="throughput",
+    )
+)
+register_mode(
+    Mode(
+        "train",
+        train_runner,
+        batch="train_batch",
+        calls="steps",
+        title="train step time",
+        probe_calls=2,  # Momentum's buffers appear in the first step
+        target=1.05,
+        paper=(190.0, 209.0, "ms per 256 images, GPUs"),
+    )
+)

@@ -14,13 +14,10 @@ import os
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from senet.bench.options import EXPORTED
 from senet.config import load_config
 
 if TYPE_CHECKING:
     import paddle
-
-    from senet.bench.options import BenchOptions
 
 VISION_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")  # in paddle.vision.models
 
@@ -41,15 +38,16 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class Variant:
-    """Precision and layout of a dygraph run. fp32 NCHW on a CPU."""
+    """Precision and layout of a run: AMP for dygraph (fp32 NCHW on a CPU), or the exported engines' precision."""
 
     amp: str = "none"  # none | O1 | O2
     dtype: str = "float32"
     data_format: str = "NCHW"
+    inference: str = "fp32"  # exported engines: fp32 | bf16 | int8 (senet.inference.PRECISIONS)
 
     @property
     def precision(self) -> str:
-        return "fp32" if self.amp == "none" else f"amp-{self.amp}-{self.dtype}"
+        return self.inference if self.amp == "none" else f"amp-{self.amp}-{self.dtype}"
 
 
 FP32 = Variant()
@@ -73,8 +71,9 @@ def _load(entry: str, overrides: list[str]) -> dict:
     return load_config(None, [f"model.arch={entry}"] + list(overrides))
 
 
-def plan_models(configs: list[str], overrides: list[str], reductions: list[int],
-                reference: bool = True) -> list[ModelSpec]:
+def plan_models(
+    configs: list[str], overrides: list[str], reductions: list[int], reference: bool = True
+) -> list[ModelSpec]:
     """The models of a run: each config, each SE config at every r, and the paddle.vision references."""
     specs: list[ModelSpec] = []
     for entry in configs:
@@ -89,8 +88,9 @@ def plan_models(configs: list[str], overrides: list[str], reductions: list[int],
         for r in sorted(set(reductions) | {own}):
             rcfg = copy.deepcopy(cfg)
             rcfg["model"]["se"]["reduction"] = r
-            specs.append(ModelSpec(f"{cfg['name']} r={r}", arch, rcfg, reduction=r, sweep=r != own,
-                                   attention=attention))
+            specs.append(
+                ModelSpec(f"{cfg['name']} r={r}", arch, rcfg, reduction=r, sweep=r != own, attention=attention)
+            )
     names = [s.name for s in specs]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
@@ -126,42 +126,3 @@ def profile(spec: ModelSpec, image_size: int, model: paddle.nn.Layer | None = No
 
     p = profile_model(model if model is not None else build(spec), image_size)
     return {"params": p.params, "gmacs": round(p.gmacs, 7)}  # 7 places: ECA adds 5e-4 to ResNet-50
-
-
-def full_batch_notice(opts: BenchOptions, gpu: bool) -> str | None:
-    """What the training batch is, when it is the paper's: Hu et al.'s 256 images were split over 8 GPUs."""
-    from senet.bench.options import PAPER_GLOBAL_BATCH, PAPER_GPUS
-
-    if opts.train_batch != PAPER_GLOBAL_BATCH:
-        return None
-    where = "one GPU" if gpu else "this CPU"
-    return (f"train batch {PAPER_GLOBAL_BATCH} on {where}: the paper's global batch, which Hu et al. (Sec. 4) split "
-            f"over {PAPER_GPUS} GPUs ({PAPER_GLOBAL_BATCH // PAPER_GPUS} each); the SE/plain time ratio compares with "
-            f"theirs, the milliseconds do not")
-
-
-def resolve_variants(opts: BenchOptions, gpu: bool, notices: list[str]) -> list[Variant]:
-    """GPU: every AMP level x dtype x layout asked for. CPU: fp32 NCHW, with a one-line notice. Also the
-    notice that labels a training batch of the paper's size (full_batch_notice)."""
-    batch = full_batch_notice(opts, gpu)
-    if batch:
-        notices.append(batch)
-    if not gpu:
-        notices.append(f"no GPU: fp32, NCHW on the CPU with {os.environ.get('OMP_NUM_THREADS', '?')} threads "
-                       f"(AMP O1/O2, float16/bfloat16 and NHWC are GPU settings)")
-        return [FP32]
-    import paddle
-
-    dtypes = list(opts.dtypes)
-    if "bfloat16" in dtypes and not paddle.amp.is_bfloat16_supported():
-        notices.append("this GPU has no bfloat16 support: bfloat16 variants skipped")
-        dtypes.remove("bfloat16")
-    variants = []
-    for fmt in opts.data_formats:
-        for level in opts.amp:
-            variants += [Variant("none", "float32", fmt)] if level == "none" else \
-                [Variant(level, dt, fmt) for dt in dtypes]
-    if FP32 not in variants and any(e in EXPORTED for e in opts.engines):
-        notices.append("no fp32 NCHW dygraph run (--amp none --data-formats NCHW): the exported fp32 graphs "
-                       "get no speed-up over dygraph, which is only compared at the same precision")
-    return variants

@@ -83,9 +83,17 @@ def time_round(run: Callable[[], Any], calls: int, per_call: bool) -> list[float
     return [(time.perf_counter() - t0) / calls]
 
 
-def run_alternating(tasks: Sequence[Timeable], calls: int, per_call: bool, warmup_rounds: int, repeats: int,
-                    log: Callable[[str], None] = lambda s: None, interleave_calls: bool = False,
-                    settle_calls: int = 0, pause_s: float = 0.0) -> None:
+def run_alternating(
+    tasks: Sequence[Timeable],
+    calls: int,
+    per_call: bool,
+    warmup_rounds: int,
+    repeats: int,
+    log: Callable[[str], None] = lambda s: None,
+    interleave_calls: bool = False,
+    settle_calls: int = 0,
+    pause_s: float = 0.0,
+) -> None:
     """Warm each task up, then time them in turns, `repeats` rounds each: A B C, then C B A, and so on.
 
     Appends one list of samples per round to each task's `rounds`.
@@ -125,14 +133,18 @@ def run_alternating(tasks: Sequence[Timeable], calls: int, per_call: bool, warmu
         else:
             for t in order:
                 t.rounds.append(turn(t, calls))
-        log(f"  round {i + 1}/{repeats}: " + ", ".join(
-            f"{t.name} {1e3 * statistics.median(t.rounds[-1]):.1f} ms" for t in tasks))
+        log(
+            f"  round {i + 1}/{repeats}: "
+            + ", ".join(f"{t.name} {1e3 * statistics.median(t.rounds[-1]):.1f} ms" for t in tasks)
+        )
 
 
-def alternate(fns: dict[str, Callable[[], Any]], iters: int, warmup: int, settle_calls: int = 0,
-              pause_s: float = 0.0) -> dict[str, list[float]]:
+def alternate(
+    fns: dict[str, Callable[[], Any]], iters: int, warmup: int, settle_calls: int = 0, pause_s: float = 0.0
+) -> dict[str, list[float]]:
     """The scripts' form: ms per call of each named fn, one call a round, `iters` alternating rounds."""
     tasks = [Timed(name, fn) for name, fn in fns.items()]
-    run_alternating(tasks, calls=1, per_call=True, warmup_rounds=warmup, repeats=iters, settle_calls=settle_calls,
-                    pause_s=pause_s)
+    run_alternating(
+        tasks, calls=1, per_call=True, warmup_rounds=warmup, repeats=iters, settle_calls=settle_calls, pause_s=pause_s
+    )
     return {t.name: t.samples_ms() for t in tasks}

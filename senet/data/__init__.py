@@ -12,6 +12,8 @@ The trainer needs four names:
 See docs/data.md for layouts, config keys and bad-input behaviour.
 """
 
+import importlib
+
 import cv2
 
 # One OpenCV thread, set once here for this process and every worker forked from it (they inherit
@@ -22,8 +24,24 @@ import cv2
 # threads own them.
 cv2.setNumThreads(1)
 
-from senet.data.datasets import build_dataset  # noqa: E402
-from senet.data.errors import BadImageError, DatasetError  # noqa: E402
-from senet.data.loader import Loader, build_loader, normalize_batch  # noqa: E402
+# The names below load their modules on first use (PEP 562), so that the Paddle-free parts of this
+# package (errors, archive, decode, index, prepare, check) can be imported without Paddle.
+_EXPORTS = {
+    "build_dataset": "senet.data.datasets",
+    "BadImageError": "senet.data.errors",
+    "DatasetError": "senet.data.errors",
+    "Loader": "senet.data.loader",
+    "build_loader": "senet.data.build",
+    "normalize_batch": "senet.data.loader",
+}
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'senet.data' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = ["BadImageError", "DatasetError", "Loader", "build_dataset", "build_loader", "normalize_batch"]

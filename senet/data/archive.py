@@ -18,8 +18,13 @@ from typing import Any
 # records (path, linkpath, times, user names). 1 MiB is 250 times the longest legitimate path.
 MAX_EXTENDED_HEADER = 1 << 20
 
-_EXTENDED = {tarfile.GNUTYPE_LONGNAME: "GNU long name", tarfile.GNUTYPE_LONGLINK: "GNU long link",
-             tarfile.XHDTYPE: "pax", tarfile.XGLTYPE: "pax global", tarfile.SOLARIS_XHDTYPE: "Solaris pax"}
+_EXTENDED = {
+    tarfile.GNUTYPE_LONGNAME: "GNU long name",
+    tarfile.GNUTYPE_LONGLINK: "GNU long link",
+    tarfile.XHDTYPE: "pax",
+    tarfile.XGLTYPE: "pax global",
+    tarfile.SOLARIS_XHDTYPE: "Solaris pax",
+}
 
 
 class ExtendedHeaderTooLarge(tarfile.TarError):
@@ -37,7 +42,8 @@ class BoundedTarInfo(tarfile.TarInfo):
         if kind is not None and self.size > MAX_EXTENDED_HEADER:
             raise ExtendedHeaderTooLarge(
                 f"its member at byte {self.offset:,} has a {kind} header of {self.size:,} bytes (the limit is "
-                f"{MAX_EXTENDED_HEADER:,}; a name or attribute list is a few KB): a damaged or hostile archive")
+                f"{MAX_EXTENDED_HEADER:,}; a name or attribute list is a few KB): a damaged or hostile archive"
+            )
         return super()._proc_member(tarfile_)
 
 

@@ -47,6 +47,7 @@ conversion on a CPU tensor and define the `mixed` pipelines, which DALI checks b
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import random
 from collections import deque
@@ -79,8 +80,6 @@ VAL_MEAN_DIFF = 1.5
 
 def dali_installed() -> bool:
     """Whether NVIDIA DALI can be imported (without importing it)."""
-    import importlib.util
-
     try:
         return importlib.util.find_spec("nvidia.dali") is not None
     except ImportError:  # no `nvidia` namespace package at all
@@ -90,8 +89,10 @@ def dali_installed() -> bool:
 def require_dali() -> None:
     """Raise the one-line DatasetError that names the install command, if DALI is not installed."""
     if not dali_installed():
-        raise DatasetError(f"data.loader=dali needs NVIDIA DALI, which is not installed: run `{INSTALL_HINT}` "
-                           "(or set -o data.loader=paddle)")
+        raise DatasetError(
+            f"data.loader=dali needs NVIDIA DALI, which is not installed: run `{INSTALL_HINT}` "
+            "(or set -o data.loader=paddle)"
+        )
 
 
 def dali_device_id() -> int | None:
@@ -102,8 +103,10 @@ def dali_device_id() -> int | None:
 
 # ---------------------------------------------------------------- the geometry of our transforms
 
-def train_window(width: int, height: int, scale: tuple[float, float], ratio: tuple[float, float],
-                 rng: random.Random) -> tuple[int, int, int, int]:
+
+def train_window(
+    width: int, height: int, scale: tuple[float, float], ratio: tuple[float, float], rng: random.Random
+) -> tuple[int, int, int, int]:
     """(x, y, w, h) of the random-resized crop that `senet.data.transforms.random_resized_crop` takes,
     with the same draws from `rng` (tests/test_dali.py checks the two agree)."""
     log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
@@ -137,12 +140,16 @@ def read_encoded(path: str) -> tuple[np.ndarray, int, int]:
     checks on the file, its size and its declared pixels; BadImageError naming the file otherwise."""
     buf, size = read_image_bytes(path)  # every check before decoding, the JPEG scan limit among them
     if size is None:
-        raise bad_image(path, "has no image header whose size can be read before decoding (DALI's decoder has "
-                              "no pixel cap, so it is not given the file; data.loader=paddle may read it)")
+        raise bad_image(
+            path,
+            "has no image header whose size can be read before decoding (DALI's decoder has "
+            "no pixel cap, so it is not given the file; data.loader=paddle may read it)",
+        )
     return buf, size[0], size[1]
 
 
 # ---------------------------------------------------------------- what Python hands DALI
+
 
 class _Feed:
     """The pipeline's external source: one batch of prepared samples per call, from the sampler's keys.
@@ -210,11 +217,17 @@ def columns(samples: list[tuple], train: bool) -> tuple[list[np.ndarray], ...]:
     if train:  # crop start (x, y), crop shape (w, h), flip
         return encoded, labels, list(params[:, 0:2]), list(params[:, 2:4]), list(params[:, 4])
     # resized size (w, h) as float, as fn.resize takes it; crop start (x, y)
-    return encoded, labels, list(params[:, 0].astype(np.float32)), list(params[:, 1].astype(np.float32)), \
-        list(params[:, 2:4])
+    return (
+        encoded,
+        labels,
+        list(params[:, 0].astype(np.float32)),
+        list(params[:, 1].astype(np.float32)),
+        list(params[:, 2:4]),
+    )
 
 
 # ---------------------------------------------------------------- the DALI pipeline
+
 
 def define_pipeline(feed: _Feed, batch_size: int, threads: int, device_id: int | None, data_cfg: dict) -> Pipeline:
     """The DALI pipeline of one split, defined but not built: train (decode the crop window, resize, flip)
@@ -226,26 +239,49 @@ def define_pipeline(feed: _Feed, batch_size: int, threads: int, device_id: int |
     # On the GPU, the CPU decoder's chroma upsampling, so both decode the same pixels where they can.
     gpu_args = {} if device_id is None else {"jpeg_fancy_upsampling": True}
 
-    @pipeline_def(batch_size=batch_size, num_threads=threads, device_id=device_id, prefetch_queue_depth=PREFETCH,
-                  exec_dynamic=True)  # outputs stay valid while Paddle holds them (DLPack)
+    @pipeline_def(
+        batch_size=batch_size,
+        num_threads=threads,
+        device_id=device_id,
+        prefetch_queue_depth=PREFETCH,
+        exec_dynamic=True,
+    )  # outputs stay valid while Paddle holds them (DLPack)
     def train_pipeline():
         encoded, labels, start, shape, flip = fn.external_source(
-            source=feed, num_outputs=5, batch=True, dtype=[types.UINT8, types.INT64, types.INT32, types.INT32,
-                                                           types.INT32])
-        images = fn.decoders.image_slice(encoded, device=decoder, output_type=types.RGB, adjust_orientation=False,
-                                         start=start, shape=shape, axis_names="WH", **gpu_args)
+            source=feed,
+            num_outputs=5,
+            batch=True,
+            dtype=[types.UINT8, types.INT64, types.INT32, types.INT32, types.INT32],
+        )
+        images = fn.decoders.image_slice(
+            encoded,
+            device=decoder,
+            output_type=types.RGB,
+            adjust_orientation=False,
+            start=start,
+            shape=shape,
+            axis_names="WH",
+            **gpu_args,
+        )
         size = data_cfg["image_size"]
         images = fn.resize(images, resize_x=size, resize_y=size, interp_type=types.INTERP_LINEAR, antialias=True)
         return fn.flip(images, horizontal=flip), labels
 
-    @pipeline_def(batch_size=batch_size, num_threads=threads, device_id=device_id, prefetch_queue_depth=PREFETCH,
-                  exec_dynamic=True)
+    @pipeline_def(
+        batch_size=batch_size,
+        num_threads=threads,
+        device_id=device_id,
+        prefetch_queue_depth=PREFETCH,
+        exec_dynamic=True,
+    )
     def val_pipeline():
         encoded, labels, width, height, start = fn.external_source(
-            source=feed, num_outputs=5, batch=True, dtype=[types.UINT8, types.INT64, types.FLOAT, types.FLOAT,
-                                                           types.INT32])
-        images = fn.decoders.image(encoded, device=decoder, output_type=types.RGB, adjust_orientation=False,
-                                   **gpu_args)
+            source=feed,
+            num_outputs=5,
+            batch=True,
+            dtype=[types.UINT8, types.INT64, types.FLOAT, types.FLOAT, types.INT32],
+        )
+        images = fn.decoders.image(encoded, device=decoder, output_type=types.RGB, adjust_orientation=False, **gpu_args)
         images = fn.resize(images, resize_x=width, resize_y=height, interp_type=types.INTERP_LINEAR, antialias=True)
         crop = data_cfg["eval_crop"]
         return fn.slice(images, start=start, shape=[crop, crop], axis_names="WH"), labels
@@ -269,11 +305,16 @@ class _Probe:
         from nvidia.dali import fn, pipeline_def, types
 
         if self.pipe is None:
+
             @pipeline_def(batch_size=1, num_threads=1, device_id=self.device_id, prefetch_queue_depth=1)
             def probe():
                 encoded = fn.external_source(name="encoded", dtype=types.UINT8)
-                return fn.decoders.image(encoded, device="cpu" if self.device_id is None else "mixed",
-                                         output_type=types.RGB, adjust_orientation=False)
+                return fn.decoders.image(
+                    encoded,
+                    device="cpu" if self.device_id is None else "mixed",
+                    output_type=types.RGB,
+                    adjust_orientation=False,
+                )
 
             self.pipe = probe()
             self.pipe.build()
@@ -302,12 +343,32 @@ def _to_paddle(out: TensorListCPU | TensorListGPU) -> paddle.Tensor:
 class DaliLoader:
     """The DALI counterpart of `senet.data.loader.Loader`: the same interface, batches and sample order."""
 
-    def __init__(self, dataset: ImageFileDataset, sampler: ShardedBatchSampler, num_workers: int, on_bad_image: str,
-                 data_cfg: dict) -> None:
+    def __init__(
+        self,
+        dataset: ImageFileDataset,
+        sampler: ShardedBatchSampler,
+        num_workers: int,
+        on_bad_image: str,
+        data_cfg: dict,
+    ) -> None:
         require_dali()
         if data_cfg["color_jitter"] > 0:
-            raise DatasetError(f"data.loader=dali does not apply data.color_jitter={data_cfg['color_jitter']}; "
-                               "set -o data.color_jitter=0.0 or data.loader=paddle")
+            raise DatasetError(
+                f"data.loader=dali does not apply data.color_jitter={data_cfg['color_jitter']}; "
+                "set -o data.color_jitter=0.0 or data.loader=paddle"
+            )
+        # The per-sample augmentations of modern recipes run in the paddle loader's workers only.
+        erasing = (data_cfg.get("random_erasing") or {}).get("prob", 0.0)
+        for key, value, off in (
+            ("auto_augment", data_cfg.get("auto_augment"), None),
+            ("random_erasing.prob", erasing, 0.0),
+            ("repeated_aug", data_cfg.get("repeated_aug", 1), 1),
+        ):
+            if value != off:
+                raise DatasetError(
+                    f"data.loader=dali does not apply data.{key}={value} (the paddle loader does): set "
+                    f"data.loader=paddle or -o data.{key}={'null' if off is None else off}"
+                )
         self.dataset, self.sampler, self.data_cfg = dataset, sampler, data_cfg
         self.threads = max(1, num_workers)  # DALI's CPU threads (decoding on a CPU, Huffman decoding on a GPU)
         self.device_id = dali_device_id()

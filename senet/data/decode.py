@@ -27,6 +27,7 @@ from __future__ import annotations
 import io
 import os
 import sys
+import warnings
 
 import numpy as np
 
@@ -67,8 +68,10 @@ DECODE_FLAGS = (_RGB_FLAG if RGB_DECODE else cv2.IMREAD_COLOR) | cv2.IMREAD_IGNO
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
-BAD_IMAGE_HINT = ("Fix or remove the file, or set -o data.on_bad_image=skip to skip bad images "
-                  "(they are counted and reported at the end of each epoch).")
+BAD_IMAGE_HINT = (
+    "Fix or remove the file, or set -o data.on_bad_image=skip to skip bad images "
+    "(they are counted and reported at the end of each epoch)."
+)
 
 
 def bad_image(path: str, reason: str) -> BadImageError:
@@ -99,13 +102,13 @@ def _jpeg_size(b: memoryview) -> tuple[int, int] | None:
             return None
         if i + 2 > n:
             return None
-        length = int.from_bytes(b[i:i + 2], "big")
+        length = int.from_bytes(b[i : i + 2], "big")
         # SOF0..SOF15 carry the frame size; C4 (DHT), C8 (JPG) and CC (DAC) are not frames.
         if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
             if i + 7 > n:
                 return None
-            h = int.from_bytes(b[i + 3:i + 5], "big")
-            w = int.from_bytes(b[i + 5:i + 7], "big")
+            h = int.from_bytes(b[i + 3 : i + 5], "big")
+            w = int.from_bytes(b[i + 5 : i + 7], "big")
             return (w, h) if h and w else None  # height 0 ("given later by DNL") is refused by libjpeg
         if length < 2:
             return None
@@ -116,8 +119,6 @@ def _jpeg_size(b: memoryview) -> tuple[int, int] | None:
 def _pillow_size(buf: np.ndarray) -> tuple[int, int] | None:
     """Pillow's lazy header parse (no pixel data decoded) for formats we do not parse (TIFF, PPM, ...)."""
     try:
-        import warnings
-
         from PIL import Image
     except ImportError:
         return None
@@ -145,8 +146,10 @@ def header_size(buf: np.ndarray) -> tuple[int, int] | None:
     if head[:2] == b"BM" and len(head) >= 26:
         if int.from_bytes(head[14:18], "little") == 12:  # OS/2 BITMAPCOREHEADER: 16-bit sizes
             return int.from_bytes(head[18:20], "little"), int.from_bytes(head[20:22], "little")
-        return (abs(int.from_bytes(head[18:22], "little", signed=True)),
-                abs(int.from_bytes(head[22:26], "little", signed=True)))
+        return (
+            abs(int.from_bytes(head[18:22], "little", signed=True)),
+            abs(int.from_bytes(head[22:26], "little", signed=True)),
+        )
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP" and len(head) >= 30:
         chunk = head[12:16]
         if chunk == b"VP8X":
@@ -170,20 +173,23 @@ def jpeg_scans(buf: np.ndarray) -> int:
 def scan_problem(scans: int, width: int, height: int) -> str | None:
     """Why a JPEG of `scans` scans over width x height pixels is refused (too much decoding work), or None."""
     if scans > MAX_JPEG_SCANS or scans * width * height > MAX_SCAN_PIXELS:
-        return (f"is a JPEG of {scans:,} scans over {width}x{height} pixels, more decoding work than the "
-                f"{MAX_JPEG_SCANS} scans or {MAX_SCAN_PIXELS:,} scan-pixels allowed (encoders write about 10; "
-                "a progressive JPEG with a repeated scan?); re-encode it")
+        return (
+            f"is a JPEG of {scans:,} scans over {width}x{height} pixels, more decoding work than the "
+            f"{MAX_JPEG_SCANS} scans or {MAX_SCAN_PIXELS:,} scan-pixels allowed (encoders write about 10; "
+            "a progressive JPEG with a repeated scan?); re-encode it"
+        )
     return None
 
 
 def size_problem(width: int, height: int) -> str | None:
     """Why an image of width x height is refused (pixels, aspect ratio), or None."""
     if width * height > MAX_PIXELS:
-        return (f"is {width}x{height} pixels, more than the {MAX_PIXELS:,} allowed (a decompression bomb?); "
-                "shrink it")
+        return f"is {width}x{height} pixels, more than the {MAX_PIXELS:,} allowed (a decompression bomb?); shrink it"
     if min(width, height) == 0 or max(width, height) / min(width, height) > MAX_ASPECT:
-        return (f"is {width}x{height} pixels, an aspect ratio beyond the 1:{MAX_ASPECT} allowed (resizing its "
-                "shorter side would make a huge image); crop it")
+        return (
+            f"is {width}x{height} pixels, an aspect ratio beyond the 1:{MAX_ASPECT} allowed (resizing its "
+            "shorter side would make a huge image); crop it"
+        )
     return None
 
 
@@ -194,8 +200,7 @@ def read_image_bytes(path: str) -> tuple[np.ndarray, tuple[int, int] | None]:
     here, DALI in senet.data.dali) starts from this, so a limit added here holds for all of them."""
     problem = regular_file_problem(path)
     if problem:
-        raise bad_image(path, "cannot be read (no such file, or a broken link)" if problem == "does not exist"
-                        else problem)
+        raise bad_image(path, "cannot be read (no such file, or a broken link)" if problem.missing else str(problem))
     try:
         nbytes = os.path.getsize(path)
         if nbytes > MAX_FILE_BYTES:
@@ -222,18 +227,26 @@ def decode_image(path: str) -> np.ndarray:
     """
     buf, size = read_image_bytes(path)
     if size is None and not OPENCV_CAP_SET:
-        raise bad_image(path, "has a header whose size cannot be read before decoding, and OpenCV was loaded "
-                              "before senet could cap its decoder (import senet before cv2 and paddle)")
+        raise bad_image(
+            path,
+            "has a header whose size cannot be read before decoding, and OpenCV was loaded "
+            "before senet could cap its decoder (import senet before cv2 and paddle)",
+        )
     try:
         img = cv2.imdecode(buf, DECODE_FLAGS)
     except cv2.error as e:  # e.g. over OpenCV's own pixel cap, for a header our parsers did not read
         if "CV_IO_MAX_IMAGE_PIXELS" in str(e) or "CV_IO_MAX_IMAGE_WIDTH" in str(e) or "HEIGHT" in str(e):
-            raise bad_image(path, f"declares more than the {MAX_PIXELS:,} pixels OpenCV may decode (a "
-                                  "decompression bomb?); shrink it") from None
+            raise bad_image(
+                path,
+                f"declares more than the {MAX_PIXELS:,} pixels OpenCV may decode (a decompression bomb?); shrink it",
+            ) from None
         raise bad_image(path, f"OpenCV refused it ({str(e).strip().splitlines()[-1]})") from None
     if img is None:
-        raise bad_image(path, "is not a decodable image (corrupt, truncated, or not an image despite its "
-                              f"{os.path.splitext(path)[1] or 'missing'} extension)")
+        raise bad_image(
+            path,
+            "is not a decodable image (corrupt, truncated, or not an image despite its "
+            f"{os.path.splitext(path)[1] or 'missing'} extension)",
+        )
     problem = size_problem(img.shape[1], img.shape[0])
     if problem:
         raise bad_image(path, f"decodes to {problem.removeprefix('is ')}")

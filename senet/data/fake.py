@@ -20,16 +20,26 @@ import cv2
 import numpy as np
 
 # (extension, kind): the cycle of file formats written per class.
-FORMATS = [(".jpg", "rgb"), (".JPEG", "rgb"), (".png", "rgb"), (".jpeg", "gray"), (".jpg", "cmyk"),
-           (".PNG", "rgba"), (".png", "rgb16")]
+FORMATS = [
+    (".jpg", "rgb"),
+    (".JPEG", "rgb"),
+    (".png", "rgb"),
+    (".jpeg", "gray"),
+    (".jpg", "cmyk"),
+    (".PNG", "rgba"),
+    (".png", "rgb16"),
+]
 
 
 def fake_image(rng: np.random.Generator, label: int, num_classes: int, width: int, height: int) -> np.ndarray:
     """A smooth RGB uint8 image [H, W, 3] tinted by its class; compresses like a photo, unlike pure noise."""
     hue = int(180 * label / max(num_classes, 1))
     base = cv2.cvtColor(np.array([[[hue, 160, 200]]], dtype=np.uint8), cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32)
-    noise = cv2.resize(rng.normal(0, 40, (max(height // 16, 2), max(width // 16, 2), 3)).astype(np.float32),
-                       (width, height), interpolation=cv2.INTER_CUBIC)
+    noise = cv2.resize(
+        rng.normal(0, 40, (max(height // 16, 2), max(width // 16, 2), 3)).astype(np.float32),
+        (width, height),
+        interpolation=cv2.INTER_CUBIC,
+    )
     fine = rng.normal(0, 6, (height, width, 3)).astype(np.float32)
     return np.clip(base + noise + fine, 0, 255).astype(np.uint8)
 
@@ -66,8 +76,15 @@ def write_image(path: str, rgb: np.ndarray, kind: str) -> None:
     buf.tofile(path)
 
 
-def make_fake_imagenet(out_dir: str, classes: int = 4, train_per_class: int = 7, val_per_class: int = 3,
-                       size: tuple[int, int] = (64, 48), seed: int = 0, jpeg_only: bool = False) -> str:
+def make_fake_imagenet(
+    out_dir: str,
+    classes: int = 4,
+    train_per_class: int = 7,
+    val_per_class: int = 3,
+    size: tuple[int, int] = (64, 48),
+    seed: int = 0,
+    jpeg_only: bool = False,
+) -> str:
     """Write out_dir/{train,val}/<class>/<images>; return out_dir. size is (width, height).
 
     Formats cycle through FORMATS, or are all RGB .JPEG with jpeg_only (like ImageNet, for benchmarks).
@@ -90,8 +107,12 @@ def _cifar_batch(rng: np.random.Generator, n: int, num_classes: int, label_key: 
     rng.shuffle(labels)
     images = np.stack([fake_image(rng, y, num_classes, 32, 32) for y in labels]) if n else np.zeros((0, 32, 32, 3))
     data = images.astype(np.uint8).transpose(0, 3, 1, 2).reshape(n, 3072)  # HWC -> the official CHW planes
-    batch = {b"batch_label": name.encode(), label_key: labels, b"data": data,
-             b"filenames": [f"fake_{i:05d}.png".encode() for i in range(n)]}
+    batch = {
+        b"batch_label": name.encode(),
+        label_key: labels,
+        b"data": data,
+        b"filenames": [f"fake_{i:05d}.png".encode() for i in range(n)],
+    }
     if label_key == b"fine_labels":
         batch[b"coarse_labels"] = [y // 5 for y in labels]
     return batch
@@ -104,17 +125,28 @@ def make_fake_cifar(out_dir: str, kind: str = "cifar10", train: int = 100, test:
     if kind == "cifar10":
         folder, tar_name, k, label_key = "cifar-10-batches-py", "cifar-10-python.tar.gz", 10, b"labels"
         per = -(-train // 5)
-        members = {f"data_batch_{i + 1}": _cifar_batch(rng, min(per, max(train - i * per, 0)), k, label_key,
-                                                       f"training batch {i + 1} of 5") for i in range(5)}
+        members = {
+            f"data_batch_{i + 1}": _cifar_batch(
+                rng, min(per, max(train - i * per, 0)), k, label_key, f"training batch {i + 1} of 5"
+            )
+            for i in range(5)
+        }
         members["test_batch"] = _cifar_batch(rng, test, k, label_key, "testing batch 1 of 1")
-        members["batches.meta"] = {b"label_names": [f"class{i}".encode() for i in range(k)],
-                                   b"num_cases_per_batch": per, b"num_vis": 3072}
+        members["batches.meta"] = {
+            b"label_names": [f"class{i}".encode() for i in range(k)],
+            b"num_cases_per_batch": per,
+            b"num_vis": 3072,
+        }
     elif kind == "cifar100":
         folder, tar_name, k, label_key = "cifar-100-python", "cifar-100-python.tar.gz", 100, b"fine_labels"
-        members = {"train": _cifar_batch(rng, train, k, label_key, "training batch 1 of 1"),
-                   "test": _cifar_batch(rng, test, k, label_key, "testing batch 1 of 1"),
-                   "meta": {b"fine_label_names": [f"fine{i}".encode() for i in range(k)],
-                            b"coarse_label_names": [f"coarse{i}".encode() for i in range(20)]}}
+        members = {
+            "train": _cifar_batch(rng, train, k, label_key, "training batch 1 of 1"),
+            "test": _cifar_batch(rng, test, k, label_key, "testing batch 1 of 1"),
+            "meta": {
+                b"fine_label_names": [f"fine{i}".encode() for i in range(k)],
+                b"coarse_label_names": [f"coarse{i}".encode() for i in range(20)],
+            },
+        }
     else:
         raise ValueError(f"kind must be cifar10 or cifar100, got {kind!r}")
     path = os.path.join(out_dir, tar_name)

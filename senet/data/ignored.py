@@ -20,16 +20,27 @@ _CROPS = ("eval_resize", "rrc_scale", "rrc_ratio")  # an array source never resi
 
 # data.name -> (keys it ignores, values of them that say what it does anyway, why)
 IGNORED: dict[str, tuple[tuple[str, ...], dict, str]] = {
-    "imagenet": (("pad_crop", *_SYNTHETIC_ONLY), {},
-                 "image folders train on random-resized crops (data.rrc_*), not pad-and-crop"),
-    "cifar": (("image_size", "eval_crop", *_CROPS, *_FILES_ONLY, *_SYNTHETIC_ONLY),
-              {"image_size": ARRAY_SIZE, "eval_crop": ARRAY_SIZE, "eval_resize": ARRAY_SIZE},
-              "its images are 32x32 and train with pad-and-crop (data.pad_crop) and flips, never resized"),
-    "digits": (("root", "image_size", "eval_crop", *_CROPS, *_FILES_ONLY, *_SYNTHETIC_ONLY),
-               {"image_size": ARRAY_SIZE, "eval_crop": ARRAY_SIZE, "eval_resize": ARRAY_SIZE},
-               "scikit-learn's bundled digits, 32x32, train with pad-and-crop (data.pad_crop) and flips"),
-    "synthetic": (("root", "pad_crop", *_CROPS, *_FILES_ONLY), {"pad_crop": 0},
-                  "its images are generated at data.image_size (train) and data.eval_crop (val), flips only"),
+    "imagenet": (
+        ("pad_crop", *_SYNTHETIC_ONLY),
+        {},
+        "image folders train on random-resized crops (data.rrc_*), not pad-and-crop",
+    ),
+    "cifar": (
+        ("image_size", "eval_crop", *_CROPS, *_FILES_ONLY, *_SYNTHETIC_ONLY),
+        {"image_size": ARRAY_SIZE, "eval_crop": ARRAY_SIZE, "eval_resize": ARRAY_SIZE},
+        "its images are 32x32 and train with pad-and-crop (data.pad_crop) and flips, never resized",
+    ),
+    "digits": (
+        ("root", "image_size", "eval_crop", *_CROPS, *_FILES_ONLY, *_SYNTHETIC_ONLY),
+        {"image_size": ARRAY_SIZE, "eval_crop": ARRAY_SIZE, "eval_resize": ARRAY_SIZE},
+        "scikit-learn's bundled digits, 32x32, train with pad-and-crop (data.pad_crop) and flips",
+    ),
+    "synthetic": (
+        ("root", "pad_crop", *_CROPS, *_FILES_ONLY),
+        {"pad_crop": 0},
+        "its images are generated at data.image_size (train) and data.eval_crop (val): no crops; flips, "
+        "data.auto_augment and data.random_erasing apply",
+    ),
 }
 
 _printed: set[str] = set()

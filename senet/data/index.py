@@ -46,8 +46,12 @@ def scan_folders(root: str, split: str, classes: list[str] | None = None) -> Ind
         with os.scandir(split_dir) as it:
             flat = sum(1 for e in it if e.is_file() and _is_image(e.name))
         what = f"holds {flat} images directly but no class folders" if flat else "has no class folders"
-        fix = ("; sort a flat val folder with: .venv/bin/python scripts/prepare_imagenet.py --sort-val "
-               f"{split_dir} --val-labels LABELS" if flat and split == "val" else "")
+        fix = (
+            "; sort a flat val folder with: .venv/bin/python scripts/prepare_imagenet.py --sort-val "
+            f"{split_dir} --val-labels LABELS"
+            if flat and split == "val"
+            else ""
+        )
         raise DatasetError(f"{split_dir} {what}{fix}. Expected layout:\n{IMAGENET_LAYOUT.format(root=root)}")
     names = [d.name for d in dirs]
     if classes is None:
@@ -55,9 +59,11 @@ def scan_folders(root: str, split: str, classes: list[str] | None = None) -> Ind
     else:
         extra = [n for n in names if n not in set(classes)]
         if extra:
-            raise DatasetError(f"{split_dir} has {len(extra)} class folders that train/ does not have, e.g. "
-                               f"{extra[:5]}; labels would not match the train labels. Use the same class "
-                               "folders in train/ and val/.")
+            raise DatasetError(
+                f"{split_dir} has {len(extra)} class folders that train/ does not have, e.g. "
+                f"{extra[:5]}; labels would not match the train labels. Use the same class "
+                "folders in train/ and val/."
+            )
     label_of = {name: i for i, name in enumerate(classes)}
     paths: list[str] = []
     labels: list[int] = []
@@ -78,15 +84,19 @@ def read_list(root: str, list_path: str, num_classes: int) -> Index:
     try:
         _read_list_lines(list_path, paths, labels, num_classes)
     except UnicodeDecodeError as e:
-        raise DatasetError(f"{list_path} is not UTF-8 text ({e.reason} at byte {e.start} of a line); a list file "
-                           "holds 'relative/path.jpg label' lines") from None
+        raise DatasetError(
+            f"{list_path} is not UTF-8 text ({e.reason} at byte {e.start} of a line); a list file "
+            "holds 'relative/path.jpg label' lines"
+        ) from None
     if not paths:
         raise DatasetError(f"{list_path} lists no images")
     missing = _missing_files(root, paths)
     if missing:
         shown = "\n  ".join(os.path.join(root, p) for p in missing[:5])
-        raise DatasetError(f"{list_path} names {len(missing)} files that do not exist under {root}, e.g.:\n  {shown}\n"
-                           "Paths in a list file are relative to data.root.")
+        raise DatasetError(
+            f"{list_path} names {len(missing)} files that do not exist under {root}, e.g.:\n  {shown}\n"
+            "Paths in a list file are relative to data.root."
+        )
     return _path_array(paths), np.array(labels, dtype=np.int64), [str(i) for i in range(num_classes)]
 
 
@@ -95,18 +105,24 @@ def _read_list_lines(list_path: str, paths: list[str], labels: list[int], num_cl
         # readline with a limit: a file of one endless line must not be read into memory whole
         for lineno, line in enumerate(iter(lambda: f.readline(MAX_LIST_LINE + 1), ""), 1):
             if len(line) > MAX_LIST_LINE:
-                raise DatasetError(f"{list_path}:{lineno}: line longer than {MAX_LIST_LINE} characters; each line "
-                                   "must be 'relative/path.jpg label' (is this a list file?)")
+                raise DatasetError(
+                    f"{list_path}:{lineno}: line longer than {MAX_LIST_LINE} characters; each line "
+                    "must be 'relative/path.jpg label' (is this a list file?)"
+                )
             if not line.strip():
                 continue
             parts = line.rsplit(maxsplit=1)  # a path may contain spaces; the label is the last field
             label = parts[1] if len(parts) == 2 else ""
             if not label.lstrip("-").isdigit():
-                raise DatasetError(f"{list_path}:{lineno}: malformed line {line.strip()!r}; each line must be "
-                                   "'relative/path.jpg label' with an integer label")
+                raise DatasetError(
+                    f"{list_path}:{lineno}: malformed line {line.strip()!r}; each line must be "
+                    "'relative/path.jpg label' with an integer label"
+                )
             if not 0 <= int(label) < num_classes:
-                raise DatasetError(f"{list_path}:{lineno}: label {label} is out of range 0..{num_classes - 1} "
-                                   f"(model.num_classes = {num_classes})")
+                raise DatasetError(
+                    f"{list_path}:{lineno}: label {label} is out of range 0..{num_classes - 1} "
+                    f"(model.num_classes = {num_classes})"
+                )
             paths.append(parts[0])
             labels.append(int(label))
 
@@ -148,8 +164,9 @@ def list_key(root: str, list_path: str, num_classes: int) -> str:
     """Cache key of a list file: its path, size and modification time, the root and the class count."""
     st = os.stat(list_path)
     root = os.path.abspath(root)
-    return _key("list", os.path.abspath(list_path), st.st_size, st.st_mtime_ns, root, os.stat(root).st_mtime_ns,
-                num_classes)
+    return _key(
+        "list", os.path.abspath(list_path), st.st_size, st.st_mtime_ns, root, os.stat(root).st_mtime_ns, num_classes
+    )
 
 
 def load_cached(cache_dir: str, name: str, key: str) -> Index | None:
@@ -180,13 +197,14 @@ def imagenet_index(root: str, split: str, list_path: str | None, num_classes: in
     """The index of one ImageNet split: from the cache, a list file, or the class folders."""
     if not os.path.isdir(root):
         where = f"dataset root {os.path.abspath(root)} does not exist" if root else "data.root is not set"
-        raise DatasetError(f"{where} (data.root = {root!r}). "
-                           f"Expected layout:\n{IMAGENET_LAYOUT.format(root=root)}\n{SMOKE_HINT}")
+        raise DatasetError(
+            f"{where} (data.root = {root!r}). Expected layout:\n{IMAGENET_LAYOUT.format(root=root)}\n{SMOKE_HINT}"
+        )
     if list_path is not None:
         if not os.path.lexists(list_path) and os.path.lexists(os.path.join(root, list_path)):
             list_path = os.path.join(root, list_path)  # list paths may be given relative to the root
         problem = regular_file_problem(list_path)
-        if problem == "does not exist":
+        if problem and problem.missing:
             raise DatasetError(f"data.{split}_list file {list_path} does not exist (nor under {root})")
         if problem:  # a FIFO or device would block the reader: refused without opening it
             raise DatasetError(f"data.{split}_list file {list_path} {problem}; give a list file")
@@ -195,8 +213,10 @@ def imagenet_index(root: str, split: str, list_path: str | None, num_classes: in
     else:
         split_dir = os.path.join(root, split)
         if not os.path.isdir(split_dir):
-            raise DatasetError(f"{os.path.abspath(split_dir)} does not exist. Expected layout:\n"
-                               f"{IMAGENET_LAYOUT.format(root=root)}\n{SMOKE_HINT}")
+            raise DatasetError(
+                f"{os.path.abspath(split_dir)} does not exist. Expected layout:\n"
+                f"{IMAGENET_LAYOUT.format(root=root)}\n{SMOKE_HINT}"
+            )
         # val takes its labels from train's class list when train/ exists, so the two always agree.
         train_dir = os.path.join(root, "train")
         classes = None
@@ -219,6 +239,9 @@ def imagenet_index(root: str, split: str, list_path: str | None, num_classes: in
         counts = np.bincount(index[1], minlength=len(index[2]))
         empty = [os.path.join(root, split, index[2][i]) for i in np.flatnonzero(counts == 0)]
         if empty:
-            warnings.warn(f"{len(empty)} empty or missing class folder(s) in {split}/, e.g. {empty[:5]}: no image "
-                          f"files ({', '.join(IMAGE_EXTENSIONS)}, any case). Their labels are kept.", stacklevel=3)
+            warnings.warn(
+                f"{len(empty)} empty or missing class folder(s) in {split}/, e.g. {empty[:5]}: no image "
+                f"files ({', '.join(IMAGE_EXTENSIONS)}, any case). Their labels are kept.",
+                stacklevel=3,
+            )
     return index

@@ -2,51 +2,57 @@
 
 - Train: a permutation from (train.seed, epoch); each rank takes every world_size-th index of it, so
   shards are disjoint; the remainder that does not fill a batch on every rank is dropped, so all
-  ranks run the same number of steps.
+  ranks run the same number of steps. With data.repeated_aug k > 1, timm's repeated augmentation:
+  each index k times in a row in that order (`repeated_positions`).
 - Val: in order; rank r takes the r-th contiguous slice, so every image is seen exactly once across
   ranks with no padding (ranks may differ by one image, and by one batch: sum the counts, not
   per-batch means, across ranks).
 - Workers return uint8 NHWC batches; `normalize_batch` turns them into float on the device.
-- `build_loader` gives this loader, or with data.loader=dali NVIDIA DALI's (senet.data.dali), which
-  takes its batches of keys from the same sampler.
+- `senet.data.build.build_loader` gives this loader, or with data.loader=dali NVIDIA DALI's
+  (senet.data.dali), which takes its batches of keys from the same sampler.
 """
 
 from __future__ import annotations
 
 import ctypes
+import math
 import multiprocessing.util
 import os
 import signal
-import sys
 import tempfile
+import threading
 import traceback
 import weakref
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 import paddle
 
-from senet.data.datasets import build_dataset
 from senet.data.errors import BadImageError, DatasetError
+from senet.runtime import STOP_SIGNALS  # the workers ignore them: see there
 
-if TYPE_CHECKING:
-    from senet.data.dali import DaliLoader
-
-Key = int | tuple[int, int]
+Key = int | tuple[int, int] | tuple[int, int, int]
 
 
 class ShardedBatchSampler:
-    """Lists of sample keys for one rank; `set_epoch` picks the shuffle and where the epoch starts."""
+    """Lists of sample keys for one rank; `set_epoch` picks the shuffle and where the epoch starts.
 
-    def __init__(self, num_samples: int, batch_size: int, rank: int, world_size: int, shuffle: bool,
-                 seed: int) -> None:
+    With `repeats` k > 1 (train only: data.repeated_aug) it is timm's RepeatAugSampler (from DeiT; Hoffer
+    et al. 2020, "Augment your batch"; Berman et al. 2019, "Multigrain"): see `repeated_positions`. Each
+    copy of an image gets its own augmentation: its key carries its position in the epoch's stream.
+    """
+
+    def __init__(
+        self, num_samples: int, batch_size: int, rank: int, world_size: int, shuffle: bool, seed: int, repeats: int = 1
+    ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in 0..{world_size - 1}, got {rank}")
+        if repeats < 1 or (repeats > 1 and not shuffle):
+            raise ValueError(f"repeats must be 1, or more for a shuffled (train) sampler; got {repeats}")
         self.num_samples, self.batch_size = num_samples, batch_size
         self.rank, self.world_size = rank, world_size
-        self.shuffle, self.seed = shuffle, seed
+        self.shuffle, self.seed, self.repeats = shuffle, seed, repeats
         self.epoch, self.start_batch = 0, 0
         self.stop = False  # set by the loader to end the current epoch early
 
@@ -55,30 +61,77 @@ class ShardedBatchSampler:
             raise ValueError(f"start_batch must be in 0..{len(self)}, got {start_batch}")
         self.epoch, self.start_batch = epoch, start_batch
 
+    def _permutation(self) -> np.ndarray:
+        return np.random.default_rng([self.seed % 2**63, self.epoch]).permutation(self.num_samples)
+
     def indices(self) -> np.ndarray:
         """This rank's sample indices for the current epoch, in order."""
         n, world = self.num_samples, self.world_size
+        if self.repeats > 1:
+            positions = repeated_positions(n, self.repeats, self.rank, world)[: len(self) * self.batch_size]
+            return self._permutation()[positions % (n * self.repeats) // self.repeats]
         if self.shuffle:
             used = len(self) * self.batch_size * world
-            perm = np.random.default_rng([self.seed % 2**63, self.epoch]).permutation(n)
-            return perm[:used][self.rank::world]
+            return self._permutation()[:used][self.rank :: world]
         return np.arange(self.rank * n // world, (self.rank + 1) * n // world)
 
+    def keys(self, count: int | None = None) -> list[Key]:
+        """This rank's first `count` sample keys for the current epoch (all with None): what the dataset is
+        asked for, in order."""
+        positions = self._positions()
+        return self._keys(self.indices()[:count].tolist(), positions and positions[:count])
+
+    def _positions(self) -> list[int] | None:
+        if self.repeats == 1:
+            return None
+        return repeated_positions(self.num_samples, self.repeats, self.rank, self.world_size).tolist()
+
+    def _keys(self, indices: list[int], positions: list[int] | None) -> list[Key]:
+        if positions is not None:  # train: (index, epoch, position in the epoch's stream of repeated indices)
+            return [(j, self.epoch, p) for j, p in zip(indices, positions)]
+        # Train keys carry the epoch: it seeds each sample's augmentation in the worker.
+        return [(j, self.epoch) for j in indices] if self.shuffle else indices
+
     def __len__(self) -> int:
+        if self.repeats > 1:  # drop_last over timm's selected samples, equal on every rank
+            return (
+                len(repeated_positions(self.num_samples, self.repeats, self.rank, self.world_size)) // self.batch_size
+            )
         if self.shuffle:  # drop_last, equal on every rank
             return self.num_samples // self.world_size // self.batch_size
         share = (self.rank + 1) * self.num_samples // self.world_size - self.rank * self.num_samples // self.world_size
         return -(-share // self.batch_size)
 
     def __iter__(self) -> Iterator[list[Key]]:
-        idx = self.indices().tolist()
+        idx, positions = self.indices().tolist(), self._positions()
         b = self.batch_size
         for i in range(self.start_batch, len(self)):
             if self.stop:
                 return
-            chunk = idx[i * b:(i + 1) * b]
-            # Train keys carry the epoch: it seeds each sample's augmentation in the worker.
-            yield [(j, self.epoch) for j in chunk] if self.shuffle else chunk
+            batch = slice(i * b, (i + 1) * b)
+            yield self._keys(idx[batch], positions and positions[batch])
+
+
+# timm's RepeatAugSampler rounds the images it selects per epoch down to a multiple of this (selected_round)
+REPEAT_SELECTED_ROUND = 256
+
+
+def repeated_positions(num_samples: int, repeats: int, rank: int, world_size: int) -> np.ndarray:
+    """One rank's positions, in order, in an epoch's stream of repeated indices, as timm's RepeatAugSampler.
+
+    The stream is the epoch's permutation with each index `repeats` times in a row (position p holds
+    permutation[p // repeats], wrapping past the end to pad). Rank r takes positions r, r + world, ...,
+    so with world_size >= repeats the copies of an image go to different ranks (with one rank, they sit
+    side by side in a batch); each rank stops after timm's selected count, num_samples / world_size
+    (over all ranks rounded down to a multiple of 256 images): an epoch keeps its length in steps and
+    sees about 1/repeats of the images, each `repeats` times.
+    """
+    padded = -(-num_samples * repeats // world_size) * world_size
+    if num_samples >= REPEAT_SELECTED_ROUND:
+        selected = math.floor(num_samples // REPEAT_SELECTED_ROUND * REPEAT_SELECTED_ROUND / world_size)
+    else:
+        selected = math.ceil(num_samples / world_size)
+    return np.arange(rank, padded, world_size)[: min(selected, padded // world_size)]
 
 
 class _Guarded(paddle.io.Dataset):
@@ -189,15 +242,6 @@ class _Collate:
         return images, labels
 
 
-# The stop signals of schedulers and terminals. Slurm, systemd and Kubernetes-style tooling, and a
-# terminal's Ctrl-C, send them to every process of the job, loader workers included; a worker that
-# died of one would crash the main process ("DataLoader process ... killed by signal") before it
-# could save. Workers ignore them: the main process handles the signal (senet.train saves and
-# stops) and ends the workers itself. A worker whose main process is gone exits on its own
-# (Paddle's parent watchdog).
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP)  # SIGHUP: an ssh session dropped
-
-
 class WorkerDied(DatasetError):
     """A loader worker process died (SIGKILL: often the out-of-memory killer). Raised at a batch boundary."""
 
@@ -223,9 +267,11 @@ def _raise_if_a_worker_died() -> None:
     _worker_deaths.clear()
     pid = message.split("(pid ", 1)[-1].split(")", 1)[0]
     removed = _remove_shared_memory(pid) if pid.isdigit() else 0
-    raise WorkerDied(f"a data-loader worker died: {message.removeprefix('(Fatal) ')} (killed by the "
-                     f"out-of-memory killer? Lower data.num_workers or data.batch_size); removed the "
-                     f"{removed} shared-memory block(s) it left")
+    raise WorkerDied(
+        f"a data-loader worker died: {message.removeprefix('(Fatal) ')} (killed by the "
+        f"out-of-memory killer? Lower data.num_workers or data.batch_size); removed the "
+        f"{removed} shared-memory block(s) it left"
+    )
 
 
 def _remove_shared_memory(pid: str) -> int:
@@ -245,8 +291,6 @@ def _remove_shared_memory(pid: str) -> int:
 
 
 def _in_main_thread() -> bool:
-    import threading
-
     return threading.current_thread() is threading.main_thread()
 
 
@@ -340,8 +384,9 @@ class Loader:
     them (a batch can then be smaller) and `pop_skipped()` lists them.
     """
 
-    def __init__(self, dataset: paddle.io.Dataset, sampler: ShardedBatchSampler, num_workers: int,
-                 on_bad_image: str = "error") -> None:
+    def __init__(
+        self, dataset: paddle.io.Dataset, sampler: ShardedBatchSampler, num_workers: int, on_bad_image: str = "error"
+    ) -> None:
         self.dataset, self.sampler, self.num_workers = dataset, sampler, num_workers
         self._skip_log, self._skip_read = None, 0
         if on_bad_image == "skip":
@@ -356,10 +401,17 @@ class Loader:
             os.environ["FLAGS_use_shm_cache"] = "1"
             paddle.set_flags({"FLAGS_use_shm_cache": True})
         self._loader = paddle.io.DataLoader(
-            _Guarded(dataset, self._skip_log, num_workers), batch_sampler=sampler, collate_fn=_Collate(),
-            num_workers=num_workers, use_shared_memory=True, persistent_workers=num_workers > 0,
-            prefetch_factor=2, worker_init_fn=_worker_init, return_list=True,
-            **reader_args(num_workers, on_cpu=paddle.get_device() == "cpu"))
+            _Guarded(dataset, self._skip_log, num_workers),
+            batch_sampler=sampler,
+            collate_fn=_Collate(),
+            num_workers=num_workers,
+            use_shared_memory=True,
+            persistent_workers=num_workers > 0,
+            prefetch_factor=2,
+            worker_init_fn=_worker_init,
+            return_list=True,
+            **reader_args(num_workers, on_cpu=paddle.get_device() == "cpu"),
+        )
         if num_workers > 0:
             # Workers ignore SIGTERM (see STOP_SIGNALS), so the SIGTERM by which multiprocessing ends
             # daemon processes at exit would leave it waiting for them forever: end them first.
@@ -420,49 +472,12 @@ class Loader:
         return sorted(os.fsdecode(line) for line in data.splitlines())
 
 
-_NOTICES_PRINTED: set[str] = set()
-
-
-def build_loader(cfg: dict, split: str, rank: int = 0, world_size: int = 1) -> Loader | DaliLoader:
-    """The loader of `split` for one rank: train shuffled and drop_last, val in order and complete.
-
-    data.loader picks ours (`Loader`) or NVIDIA DALI's (`senet.data.dali.DaliLoader`, image folders only:
-    the in-memory sources fall back to ours with a one-line notice). Both have the same interface.
-    """
-    d, train = cfg["data"], split == "train"
-    dali = d["loader"] == "dali" and d["name"] == "imagenet"
-    if dali:
-        from senet.data.dali import require_dali
-
-        require_dali()  # before the index scan: a missing install is the first thing to hear about
-    elif d["loader"] == "dali":
-        _notice(f"notice: data.loader=dali reads image files; data.name={d['name']} is held in memory, so "
-                "the paddle loader serves it")
-    dataset = build_dataset(cfg, split)
-    sampler = ShardedBatchSampler(len(dataset), d["batch_size"], rank, world_size, shuffle=train,
-                                  seed=cfg["train"]["seed"])
-    if train and len(sampler) == 0:
-        raise DatasetError(f"the train split has {len(dataset)} images, fewer than one batch of data.batch_size "
-                           f"{d['batch_size']} on each of {world_size} device(s); lower data.batch_size")
-    if dali:
-        from senet.data.dali import DaliLoader
-
-        return DaliLoader(dataset, sampler, d["num_workers"], d["on_bad_image"], d)
-    return Loader(dataset, sampler, d["num_workers"], d["on_bad_image"])
-
-
-def _notice(message: str) -> None:
-    """Print a notice to stderr once per process, on rank 0 only."""
-    if message not in _NOTICES_PRINTED and os.environ.get("PADDLE_TRAINER_ID", "0") == "0":
-        _NOTICES_PRINTED.add(message)
-        print(message, file=sys.stderr, flush=True)
-
-
 _AFFINE: dict[tuple, tuple[paddle.Tensor, paddle.Tensor]] = {}
 
 
-def normalize_batch(images: paddle.Tensor, mean: list[float], std: list[float],
-                    data_format: str = "NCHW") -> paddle.Tensor:
+def normalize_batch(
+    images: paddle.Tensor, mean: list[float], std: list[float], data_format: str = "NCHW"
+) -> paddle.Tensor:
     """uint8 NHWC batch -> float32 (x/255 - mean)/std, transposed to NCHW when data_format is "NCHW".
 
     This runs once per batch, on the device, on purpose: workers and the host-to-device copy move

@@ -21,11 +21,18 @@ Ground truth, in any of these forms:
 from __future__ import annotations
 
 import io
+import multiprocessing
 import os
 import re
 import shutil
 
+import cv2
+
 from senet.data.archive import open_tar
+from senet.data.decode import BAD_IMAGE_HINT, decode_image
+from senet.data.errors import BadImageError
+from senet.data.index import _is_image
+from senet.limits import regular_file_problem
 
 EXPECTED = {"train": 1_281_167, "val": 50_000, "classes": 1000}
 _WNID = re.compile(r"^n\d{8}$")
@@ -42,8 +49,10 @@ def parse_val_labels(text: str) -> dict[str, str]:
         rows = rows[1:]  # a CSV header
     if all(len(r) == 1 for r in rows):
         if not all(_WNID.match(r[0]) for r in rows):
-            raise ValueError("a one-column ground-truth file must hold one wnid (n01440764) per line; the devkit's "
-                             "numeric ILSVRC2012_validation_ground_truth.txt needs --devkit instead")
+            raise ValueError(
+                "a one-column ground-truth file must hold one wnid (n01440764) per line; the devkit's "
+                "numeric ILSVRC2012_validation_ground_truth.txt needs --devkit instead"
+            )
         return {f"ILSVRC2012_val_{i:08d}": r[0] for i, r in enumerate(rows, 1)}
     labels = {}
     for lineno, r in enumerate(rows, 1):
@@ -150,13 +159,19 @@ def _count(split_dir: str) -> dict[str, int]:
 def verify(out_dir: str, expect: dict[str, int] = EXPECTED) -> tuple[dict[str, int], list[str]]:
     """Counts of train/val images and classes under out_dir, and a list of every way they differ from `expect`."""
     train, val = _count(os.path.join(out_dir, "train")), _count(os.path.join(out_dir, "val"))
-    counts = {"train": sum(train.values()), "val": sum(val.values()), "train_classes": len(train),
-              "val_classes": len(val)}
+    counts = {
+        "train": sum(train.values()),
+        "val": sum(val.values()),
+        "train_classes": len(train),
+        "val_classes": len(val),
+    }
     problems = []
     for split, found in (("train", counts["train"]), ("val", counts["val"])):
         if found != expect[split]:
-            problems.append(f"{split}: {found:,} images, expected {expect[split]:,} "
-                            f"({expect[split] - found:+,} {'missing' if found < expect[split] else 'extra'})")
+            problems.append(
+                f"{split}: {found:,} images, expected {expect[split]:,} "
+                f"({expect[split] - found:+,} {'missing' if found < expect[split] else 'extra'})"
+            )
     for split, classes in (("train", train), ("val", val)):
         if len(classes) != expect["classes"]:
             problems.append(f"{split}: {len(classes)} class folders, expected {expect['classes']}")
@@ -178,14 +193,15 @@ RESIZE_QUALITY = 90
 def _resized_jobs(src_root: str, out_root: str) -> list[tuple[str, str]]:
     """(source, destination) for every image file under src_root (any depth, hidden folders left out),
     at the same relative path under out_root, so class folders and list files stay valid."""
-    from senet.data.index import _is_image
-
     jobs = []
     for folder, dirs, files in os.walk(src_root):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         rel = os.path.relpath(folder, src_root)
-        jobs += [(os.path.join(folder, f), os.path.normpath(os.path.join(out_root, rel, f)))
-                 for f in sorted(files) if _is_image(f)]
+        jobs += [
+            (os.path.join(folder, f), os.path.normpath(os.path.join(out_root, rel, f)))
+            for f in sorted(files)
+            if _is_image(f)
+        ]
     return jobs
 
 
@@ -198,12 +214,6 @@ def resize_file(src: str, dst: str, short_side: int, quality: int = RESIZE_QUALI
     The image is decoded as the loader decodes it (RGB, EXIF orientation ignored) and written in the format
     of its extension (JPEG and WebP at `quality`), so the copy's pixels are what the loader saw, resized.
     """
-    import cv2
-
-    from senet.data.decode import BAD_IMAGE_HINT, decode_image
-    from senet.data.errors import BadImageError
-    from senet.limits import regular_file_problem
-
     if os.path.exists(dst):
         return "exists"
     os.makedirs(os.path.dirname(dst), exist_ok=True)
@@ -226,8 +236,13 @@ def resize_file(src: str, dst: str, short_side: int, quality: int = RESIZE_QUALI
     size = (short_side, round(h * scale)) if w <= h else (round(w * scale), short_side)  # (width, height)
     small = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
     ext = os.path.splitext(dst)[1].lower()
-    params = [cv2.IMWRITE_JPEG_QUALITY, quality] if ext in (".jpg", ".jpeg") else \
-        [cv2.IMWRITE_WEBP_QUALITY, quality] if ext == ".webp" else []
+    params = (
+        [cv2.IMWRITE_JPEG_QUALITY, quality]
+        if ext in (".jpg", ".jpeg")
+        else [cv2.IMWRITE_WEBP_QUALITY, quality]
+        if ext == ".webp"
+        else []
+    )
     ok, buf = cv2.imencode(ext, cv2.cvtColor(small, cv2.COLOR_RGB2BGR), params)
     if not ok:
         raise OSError(f"OpenCV could not encode {dst}")
@@ -241,15 +256,12 @@ def _resize_job(job: tuple[str, str, int, int]) -> tuple[str, str]:
     return src, resize_file(src, dst, short_side, quality)
 
 
-def resize_copy(src_root: str, out_root: str, short_side: int, quality: int = RESIZE_QUALITY,
-                workers: int = 1) -> dict[str, list[str] | int]:
+def resize_copy(
+    src_root: str, out_root: str, short_side: int, quality: int = RESIZE_QUALITY, workers: int = 1
+) -> dict[str, list[str] | int]:
     """Copy every image under src_root to out_root with its shorter side at most short_side, in `workers`
     processes. Returns the counts of "resized", "copied" and "exists", and the "bad" files ("path: reason;
     copied unchanged", or "not copied" for what is not a regular file)."""
-    import multiprocessing
-
-    import senet.data.decode  # noqa: F401  (before the fork: workers inherit it, OpenCV at one thread)
-
     if os.path.realpath(src_root) == os.path.realpath(out_root):
         raise ValueError(f"the resized copy must go to another folder than {src_root}")
     jobs = [(s, d, short_side, quality) for s, d in _resized_jobs(src_root, out_root)]

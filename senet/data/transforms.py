@@ -32,8 +32,9 @@ def resize(img: np.ndarray, width: int, height: int) -> np.ndarray:
     return cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
 
 
-def random_resized_crop(img: np.ndarray, size: int, scale: tuple[float, float], ratio: tuple[float, float],
-                        rng: random.Random) -> np.ndarray:
+def random_resized_crop(
+    img: np.ndarray, size: int, scale: tuple[float, float], ratio: tuple[float, float], rng: random.Random
+) -> np.ndarray:
     """Crop a random area fraction in `scale` with aspect ratio in `ratio` (log-uniform), resize to size x size."""
     h, w = img.shape[:2]
     log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
@@ -52,7 +53,7 @@ def random_resized_crop(img: np.ndarray, size: int, scale: tuple[float, float], 
         else:
             cw, ch = w, h
         y, x = (h - ch) // 2, (w - cw) // 2
-    return resize(img[y:y + ch, x:x + cw], size, size)
+    return resize(img[y : y + ch, x : x + cw], size, size)
 
 
 def resize_center_crop(img: np.ndarray, resize_to: int, crop: int) -> np.ndarray:
@@ -66,7 +67,7 @@ def resize_center_crop(img: np.ndarray, resize_to: int, crop: int) -> np.ndarray
     if crop > min(nh, nw):
         raise ValueError(f"eval_crop {crop} is larger than eval_resize {resize_to}")
     y, x = round((nh - crop) / 2), round((nw - crop) / 2)
-    return img[y:y + crop, x:x + crop]
+    return img[y : y + crop, x : x + crop]
 
 
 def pad_crop(img: np.ndarray, pad: int, rng: random.Random) -> np.ndarray:
@@ -77,7 +78,7 @@ def pad_crop(img: np.ndarray, pad: int, rng: random.Random) -> np.ndarray:
     dy, dx = rng.randint(-pad, pad), rng.randint(-pad, pad)  # crop origin relative to the image
     out = np.zeros_like(img)
     y0, y1, x0, x1 = max(dy, 0), min(dy + h, h), max(dx, 0), min(dx + w, w)
-    out[y0 - dy:y1 - dy, x0 - dx:x1 - dx] = img[y0:y1, x0:x1]
+    out[y0 - dy : y1 - dy, x0 - dx : x1 - dx] = img[y0:y1, x0:x1]
     return out
 
 

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 from senet.doctor import deploy_checks as deploy
 from senet.doctor import train_checks as train
 from senet.doctor.context import Context, Outcome, failed
+from senet.doctor.machine import describe, lines
 from senet.doctor.plan import Planned, on_gpu, plan, sizes
 
 STATUSES = ("PASS", "FAIL", "SKIP")
@@ -90,8 +91,12 @@ def line(result: Result) -> str:
     return f"{result.status}  {result.name:<24} {result.seconds:6.1f} s  {result.reason}{fix}"
 
 
-def run_checks(planned: list[Planned], ctx: Context, checks: dict[str, Callable] = CHECKS,
-               on_result: Callable[[Result], None] = lambda r: None) -> list[Result]:
+def run_checks(
+    planned: list[Planned],
+    ctx: Context,
+    checks: dict[str, Callable] = CHECKS,
+    on_result: Callable[[Result], None] = lambda r: None,
+) -> list[Result]:
     """Every planned check in order, each reported to `on_result` as it finishes."""
     results = []
     for p in planned:
@@ -126,16 +131,20 @@ def check_names(names: list[str]) -> None:
         raise ValueError(f"unknown check(s) {', '.join(unknown)}; known: {', '.join(CHECKS)}")
 
 
-def doctor(out_dir: str, keep: bool = False, only: list[str] | None = None, quick: bool = False,
-           print_line: Callable[[str], None] = print,
-           checks: dict[str, Callable] = CHECKS) -> int:
+def doctor(
+    out_dir: str,
+    keep: bool = False,
+    only: list[str] | None = None,
+    quick: bool = False,
+    print_line: Callable[[str], None] = print,
+    checks: dict[str, Callable] = CHECKS,
+) -> int:
     """Describe the machine, run the checks, write <out_dir>/doctor.json; return the exit code (0 or 1).
 
     The checks' files (checkpoints, exported models, logs) go to <out_dir>/work, removed at the end
     unless `keep`. `checks` maps each check's name to its function (tests inject a failing one).
     """
     from senet.checkpoint import atomic_write
-    from senet.doctor.machine import describe, lines
 
     check_names(only or [])  # before the machine is described (seconds): a typo is answered at once
     started = time.time()
@@ -145,8 +154,13 @@ def doctor(out_dir: str, keep: bool = False, only: list[str] | None = None, quic
         print_line(f"  {text}")
     planned = select(plan(machine), only)
     size = sizes(machine, quick)
-    why = ("--quick: a small network, for tests" if quick else "the sizes a user trains at" if on_gpu(machine)
-           else "CPU sizes, for a run of about a minute")
+    why = (
+        "--quick: a small network, for tests"
+        if quick
+        else "the sizes a user trains at"
+        if on_gpu(machine)
+        else "CPU sizes, for a run of about a minute"
+    )
     print_line(f"checks on the {'GPU' if on_gpu(machine) else 'CPU'}: {size} ({why})")
     workdir = os.path.join(out_dir, "work")
     shutil.rmtree(workdir, ignore_errors=True)  # a run before this one, kept with --keep
@@ -159,14 +173,23 @@ def doctor(out_dir: str, keep: bool = False, only: list[str] | None = None, quic
             shutil.rmtree(workdir, ignore_errors=True)
     code = exit_code(results)
     counts = summary(results)
-    report = {"doctor_version": 1, "command": sys.argv, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z",
-                                                                                 time.localtime(started)),
-              "seconds": round(time.time() - started, 1), "exit_code": code, "summary": counts,
-              "sizes": {**asdict(size), "device": "gpu" if on_gpu(machine) else "cpu", "quick": quick},
-              "machine": machine, "checks": [asdict(r) for r in results]}
+    report = {
+        "doctor_version": 1,
+        "command": sys.argv,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "seconds": round(time.time() - started, 1),
+        "exit_code": code,
+        "summary": counts,
+        "sizes": {**asdict(size), "device": "gpu" if on_gpu(machine) else "cpu", "quick": quick},
+        "machine": machine,
+        "checks": [asdict(r) for r in results],
+    }
     path = os.path.join(out_dir, "doctor.json")
     atomic_write(path, (json.dumps(report, indent=1, default=str) + "\n").encode())
-    print_line(f"{counts['PASS']} passed, {counts['FAIL']} failed, {counts['SKIP']} skipped in "
-               f"{report['seconds']:.0f} s; wrote {path}" + (f", kept {workdir}" if keep else "")
-               + (": attach it to a bug report" if code else ""))
+    print_line(
+        f"{counts['PASS']} passed, {counts['FAIL']} failed, {counts['SKIP']} skipped in "
+        f"{report['seconds']:.0f} s; wrote {path}"
+        + (f", kept {workdir}" if keep else "")
+        + (": attach it to a bug report" if code else "")
+    )
     return code

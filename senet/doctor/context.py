@@ -33,7 +33,9 @@ from typing import Any
 
 import numpy as np
 
+from senet.config import load_config
 from senet.doctor.plan import Sizes, o2_dtype, on_gpu
+from senet.numerics import top1_disagreements, within_noise
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Images in each comparison of logits. Each comparison runs se_resnet50 in float64 on the CPU: 8 images at a
@@ -84,31 +86,50 @@ class Context:
         """AMP O2 (bf16 where the GPU has it, else fp16) on a GPU; fp32 on a CPU, where AMP does nothing."""
         return {"enabled": True, "level": "O2", "dtype": o2_dtype(self.machine)} if self.gpu else {"enabled": False}
 
-    def config(self, folder: str, amp: dict | None = None, data_format: str = "NCHW", ema: bool = False,
-               epochs: int = 1, extra: tuple[str, ...] = ()) -> dict:
+    def config(
+        self,
+        folder: str,
+        amp: dict | None = None,
+        data_format: str = "NCHW",
+        ema: bool = False,
+        epochs: int = 1,
+        extra: tuple[str, ...] = (),
+    ) -> dict:
         """The sizes' config (configs/se_resnet50.yaml) on synthetic data at the doctor's sizes: two training steps
         an epoch and one val batch; the run folder under the work folder; no loader workers (the data is in
         memory). The config's own num_classes (1000 for ImageNet) and recipe stay as they are; the EMA decays at
         0.9, so that it moves in a few steps (at ImageNet's 0.9999 it would stay at the initial weights)."""
-        from senet.config import load_config
-
         s = self.sizes
         amp = amp or {"enabled": False}
-        overrides = [f"output_dir={os.path.join(self.workdir, folder)}", "name=doctor", "data.name=synthetic",
-                     f"data.image_size={s.image_size}", f"data.eval_crop={s.image_size}", f"data.batch_size={s.batch}",
-                     f"data.synthetic_train_size={2 * s.batch}", f"data.synthetic_val_size={s.batch}",
-                     "data.num_workers=0", f"train.epochs={epochs}", "train.log_every=1", "train.save_every=0",
-                     f"train.data_format={data_format}", f"train.ema.enabled={str(ema).lower()}", "train.ema.decay=0.9",
-                     *(f"train.amp.{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in amp.items()),
-                     *extra]
+        overrides = [
+            f"output_dir={os.path.join(self.workdir, folder)}",
+            "name=doctor",
+            "data.name=synthetic",
+            f"data.image_size={s.image_size}",
+            f"data.eval_crop={s.image_size}",
+            f"data.batch_size={s.batch}",
+            f"data.synthetic_train_size={2 * s.batch}",
+            f"data.synthetic_val_size={s.batch}",
+            "data.num_workers=0",
+            f"train.epochs={epochs}",
+            "train.log_every=1",
+            "train.save_every=0",
+            f"train.data_format={data_format}",
+            f"train.ema.enabled={str(ema).lower()}",
+            "train.ema.decay=0.9",
+            *(f"train.amp.{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in amp.items()),
+            *extra,
+        ]
         return load_config(os.path.join(ROOT, s.config), overrides)
 
     def batch(self) -> tuple[np.ndarray, np.ndarray]:
         """The fixed synthetic batch: uint8 NHWC images and int64 labels of the config's classes."""
         rng = np.random.default_rng(0)
         s, classes = self.sizes, self.config("batch")["model"]["num_classes"]
-        return (rng.integers(0, 256, (s.batch, s.image_size, s.image_size, 3), dtype=np.uint8),
-                rng.integers(0, classes, s.batch).astype(np.int64))
+        return (
+            rng.integers(0, 256, (s.batch, s.image_size, s.image_size, 3), dtype=np.uint8),
+            rng.integers(0, classes, s.batch).astype(np.int64),
+        )
 
     def compared_images(self) -> np.ndarray:
         """The images whose logits are compared across paths (layouts, engines): the first COMPARED of the batch,
@@ -166,8 +187,9 @@ def tensors(batch: tuple[np.ndarray, np.ndarray]) -> tuple[Any, Any]:
     return paddle.to_tensor(batch[0]), paddle.to_tensor(batch[1])
 
 
-def float64_logits(model: Any, images: np.ndarray, mean: list[float], std: list[float],
-                   data_format: str = "NCHW") -> np.ndarray:
+def float64_logits(
+    model: Any, images: np.ndarray, mean: list[float], std: list[float], data_format: str = "NCHW"
+) -> np.ndarray:
     """The same network in float64 on the same uint8 NHWC images (normalised in float64), in the model's
     layout: the reference that measures a float32 forward pass's noise (senet/numerics.py).
 
@@ -192,8 +214,6 @@ def float64_logits(model: Any, images: np.ndarray, mean: list[float], std: list[
 
 def agreement_outcome(what: str, got: np.ndarray, ref: np.ndarray, noise: float) -> Outcome:
     """`got` against the float32 reference `ref`: within SAFETY x noise, and the same top-1 where that is clear."""
-    from senet.numerics import top1_disagreements, within_noise
-
     agreement = within_noise(got, ref, noise)
     if not agreement.ok:
         return failed(f"{what}: {agreement}")

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from senet.data.fake import make_fake_imagenet
 from senet.doctor.context import (
     REPORT_FIX,
     ROOT,
@@ -32,6 +33,8 @@ from senet.doctor.context import (
     skipped,
 )
 from senet.doctor.plan import QUICK_SIZES
+from senet.inference import Predictor
+from senet.numerics import float32_noise
 
 
 def exported(ctx: Context, log: io.StringIO) -> tuple[str, dict]:
@@ -52,7 +55,6 @@ def dygraph_reference(ctx: Context, cfg: dict, images: np.ndarray) -> tuple[np.n
     """Dygraph's float32 logits of the exported weights (senet.export.load_model, dygraph_logits) and their
     float32 noise against the float64 twin; computed once, for every engine."""
     from senet.export import dygraph_logits, load_model
-    from senet.numerics import float32_noise
 
     if "reference" not in ctx.cache:
         with fresh_names():
@@ -77,8 +79,10 @@ def engine_outcome(ctx: Context, log: io.StringIO, make: Callable[[str], Any], n
         predictor = make(folder)
         if needs_tensorrt and "TensorRT" not in predictor.backend:
             # Paddle 3.3 builds TensorRT engines for .pdmodel graphs only; senet.export writes PIR graphs.
-            return skipped(f"TensorRT is installed, but {predictor.backend} runs the exported model: "
-                           f"{'; '.join(notices(log)) or 'no TensorRT engine was built'}")
+            return skipped(
+                f"TensorRT is installed, but {predictor.backend} runs the exported model: "
+                f"{'; '.join(notices(log)) or 'no TensorRT engine was built'}"
+            )
         logits = predictor.predict(images)
         ref, noise = dygraph_reference(ctx, cfg, images)
     outcome = agreement_outcome(f"{predictor.backend} against dygraph", logits, ref, noise)
@@ -87,22 +91,17 @@ def engine_outcome(ctx: Context, log: io.StringIO, make: Callable[[str], Any], n
 
 
 def check_export_paddle_inference(ctx: Context, log: io.StringIO) -> Outcome:
-    from senet.inference import Predictor
-
     device = "gpu" if ctx.gpu else "cpu"  # "gpu": this process's GPU, GPU 0 here
     return engine_outcome(ctx, log, lambda folder: Predictor(folder, engine="paddle", device=device))
 
 
 def check_export_tensorrt(ctx: Context, log: io.StringIO) -> Outcome:
-    from senet.inference import Predictor
-
-    return engine_outcome(ctx, log, lambda folder: Predictor(folder, engine="paddle", device="gpu"),
-                          needs_tensorrt=True)
+    return engine_outcome(
+        ctx, log, lambda folder: Predictor(folder, engine="paddle", device="gpu"), needs_tensorrt=True
+    )
 
 
 def check_export_onnxruntime(ctx: Context, log: io.StringIO) -> Outcome:
-    from senet.inference import Predictor
-
     providers = ctx.machine["packages"].get("ONNX Runtime providers") or []
     device = "gpu" if ctx.gpu and "CUDAExecutionProvider" in providers else "cpu"
     return engine_outcome(ctx, log, lambda folder: Predictor(folder, engine="onnxruntime", device=device))
@@ -121,14 +120,26 @@ def check_dali_pipeline(ctx: Context, log: io.StringIO) -> Outcome:
     """
     from senet.data import build_loader
     from senet.data.dali import VAL_MAX_DIFF, VAL_MEAN_DIFF
-    from senet.data.fake import make_fake_imagenet
 
     classes, per_class = 4, {"train": 4, "val": 2}
-    root = make_fake_imagenet(os.path.join(ctx.workdir, "images"), classes=classes, train_per_class=per_class["train"],
-                              val_per_class=per_class["val"], size=(80, 60), jpeg_only=True)
+    root = make_fake_imagenet(
+        os.path.join(ctx.workdir, "images"),
+        classes=classes,
+        train_per_class=per_class["train"],
+        val_per_class=per_class["val"],
+        size=(80, 60),
+        jpeg_only=True,
+    )
     size = 32
-    common = ("data.name=imagenet", f"data.root={root}", f"model.num_classes={classes}", f"data.image_size={size}",
-              f"data.eval_resize={size + size // 7}", f"data.eval_crop={size}", "data.batch_size=4")
+    common = (
+        "data.name=imagenet",
+        f"data.root={root}",
+        f"model.num_classes={classes}",
+        f"data.image_size={size}",
+        f"data.eval_resize={size + size // 7}",
+        f"data.eval_crop={size}",
+        "data.batch_size=4",
+    )
     batches: dict[tuple[str, str], list] = {}
     with captured(log):
         for loader_name in ("dali", "paddle"):
@@ -152,10 +163,13 @@ def check_dali_pipeline(ctx: Context, log: io.StringIO) -> Outcome:
     pixels = f"val images {worst} levels from our loader's at most, {mean:.2f} on average per image at most"
     if not ctx.gpu and (worst > VAL_MAX_DIFF or mean > VAL_MEAN_DIFF):
         return failed(f"{pixels}: beyond the {VAL_MAX_DIFF} and {VAL_MEAN_DIFF} measured for the cpu decoder")
-    decoder = ("mixed decoder (nvJPEG), not judged" if ctx.gpu
-               else f"cpu decoder, bounds {VAL_MAX_DIFF} and {VAL_MEAN_DIFF}")
-    return passed(f"one epoch each, every image once ({per_class['train'] * classes} train, "
-                  f"{per_class['val'] * classes} val), uint8 NHWC {size}x{size}; {pixels} ({decoder})")
+    decoder = (
+        "mixed decoder (nvJPEG), not judged" if ctx.gpu else f"cpu decoder, bounds {VAL_MAX_DIFF} and {VAL_MEAN_DIFF}"
+    )
+    return passed(
+        f"one epoch each, every image once ({per_class['train'] * classes} train, "
+        f"{per_class['val'] * classes} val), uint8 NHWC {size}x{size}; {pixels} ({decoder})"
+    )
 
 
 # --------------------------------------------------------------------------- two processes
@@ -170,15 +184,36 @@ def check_launch_two_processes(ctx: Context, log: io.StringIO) -> Outcome:
     # the launch itself is checked (gloo, gradients averaged, ranks in step) on the demo's small network: two
     # ranks share the cores, and se_resnet50's checkpoints, written by rank 0, would double this check's time.
     config, size = (s.config, s.image_size) if ctx.gpu else (QUICK_SIZES.config, QUICK_SIZES.image_size)
-    overrides = [f"output_dir={folder}/run", "data.name=synthetic", f"data.image_size={size}", f"data.eval_crop={size}",
-                 f"data.batch_size={s.batch}", f"data.synthetic_train_size={4 * s.batch}",
-                 f"data.synthetic_val_size={2 * s.batch}", "data.num_workers=0", "train.epochs=1", "train.log_every=1",
-                 "train.save_every=0", *(f"train.amp.{k}={str(v).lower() if isinstance(v, bool) else v}"
-                                         for k, v in amp.items())]
+    overrides = [
+        f"output_dir={folder}/run",
+        "data.name=synthetic",
+        f"data.image_size={size}",
+        f"data.eval_crop={size}",
+        f"data.batch_size={s.batch}",
+        f"data.synthetic_train_size={4 * s.batch}",
+        f"data.synthetic_val_size={2 * s.batch}",
+        "data.num_workers=0",
+        "train.epochs=1",
+        "train.log_every=1",
+        "train.save_every=0",
+        *(f"train.amp.{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in amp.items()),
+    ]
     devices = ["--devices", "0,1"] if ctx.gpu else []
-    cmd = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2", *devices,
-           "--log_dir", os.path.join(folder, "logs"), os.path.join(ROOT, "tools", "train.py"),
-           "-c", os.path.join(ROOT, config), "-o", *overrides]
+    cmd = [
+        sys.executable,
+        "-m",
+        "paddle.distributed.launch",
+        "--nproc_per_node",
+        "2",
+        *devices,
+        "--log_dir",
+        os.path.join(folder, "logs"),
+        os.path.join(ROOT, "tools", "train.py"),
+        "-c",
+        os.path.join(ROOT, config),
+        "-o",
+        *overrides,
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     log.write(proc.stdout + proc.stderr)
     errors = []
@@ -196,9 +231,13 @@ def check_launch_two_processes(ctx: Context, log: io.StringIO) -> Outcome:
             text = f.read()
     if proc.returncode != 0:
         said = f": {'; '.join(errors)[:600]}" if errors else ""
-        return failed(f"the launch exited {proc.returncode}{said}", f"read {folder}/logs/workerlog.0 and .1 (run "
-                      f"with --keep to keep them), or {REPORT_FIX}")
+        return failed(
+            f"the launch exited {proc.returncode}{said}",
+            f"read {folder}/logs/workerlog.0 and .1 (run with --keep to keep them), or {REPORT_FIX}",
+        )
     if "weights identical on all 2 ranks" not in text:
         return failed("train.log does not say the two ranks' weights are identical after the epoch")
-    return passed(f"2 ranks ({'NCCL' if ctx.gpu else 'gloo'}), {config}, 2 steps of a global batch of "
-                  f"{2 * s.batch} at {size}x{size} px: weights identical on both ranks after the epoch")
+    return passed(
+        f"2 ranks ({'NCCL' if ctx.gpu else 'gloo'}), {config}, 2 steps of a global batch of "
+        f"{2 * s.batch} at {size}x{size} px: weights identical on both ranks after the epoch"
+    )

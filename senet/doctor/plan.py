@@ -26,8 +26,10 @@ class Sizes:
     steps: int
 
     def __str__(self) -> str:
-        return (f"{self.arch} from {self.config}, batch {self.batch}, {self.image_size}x{self.image_size} px, "
-                f"{self.steps} steps per training check")
+        return (
+            f"{self.arch} from {self.config}, batch {self.batch}, {self.image_size}x{self.image_size} px, "
+            f"{self.steps} steps per training check"
+        )
 
 
 # On a GPU, the sizes a user trains at: the paper's per-GPU batch of 32 at 224 px.
@@ -101,37 +103,73 @@ def plan(machine: dict[str, Any]) -> list[Planned]:
     checks = [
         Planned("paddle_device", "Paddle's build matches the machine (CUDA build where nvidia-smi lists a GPU)"),
         Planned("train_fp32", f"training steps on one fixed batch, fp32 NCHW, {where}: loss finite and falling"),
-        Planned("train_amp_o1_fp16", "training steps, AMP O1 fp16 with dynamic loss scaling: loss finite and falling",
-                None if gpu else no_amp),
-        Planned("train_amp_o2_bf16", "training steps, AMP O2 bf16 (bf16 weights, fp32 master weights): loss finite "
-                "and falling",
-                None if bf16_ok(machine) else no_amp if not gpu else
-                f"GPU 0 ({g0['name']}) has compute capability {g0['capability']}; bf16 needs 8.0 or newer "
-                f"(the O2 checks below use fp16)"),
-        Planned("train_nhwc", "training steps, NHWC with AMP O1 fp16 (tensor-core layout): loss finite and falling",
-                None if gpu else f"{no_gpu}: the trainer trains NHWC configs in NCHW on a CPU"),
-        Planned("eval_nchw_nhwc", f"eval logits of the same weights in NCHW and NHWC agree within float32 noise, "
-                f"{where}"),
-        Planned("checkpoint_resume", f"{pipeline}: a checkpoint saved and loaded on the {where} holds the same "
-                "weights, EMA and optimizer state, and the next step matches the uninterrupted one"),
-        Planned("fit", f"{pipeline}: the trainer's fit, one epoch: end-of-epoch eval of the model and its EMA, "
-                "checkpoints and model.safetensors saved in float32"),
+        Planned(
+            "train_amp_o1_fp16",
+            "training steps, AMP O1 fp16 with dynamic loss scaling: loss finite and falling",
+            None if gpu else no_amp,
+        ),
+        Planned(
+            "train_amp_o2_bf16",
+            "training steps, AMP O2 bf16 (bf16 weights, fp32 master weights): loss finite and falling",
+            None
+            if bf16_ok(machine)
+            else no_amp
+            if not gpu
+            else f"GPU 0 ({g0['name']}) has compute capability {g0['capability']}; bf16 needs 8.0 or newer "
+            f"(the O2 checks below use fp16)",
+        ),
+        Planned(
+            "train_nhwc",
+            "training steps, NHWC with AMP O1 fp16 (tensor-core layout): loss finite and falling",
+            None if gpu else f"{no_gpu}: the trainer trains NHWC configs in NCHW on a CPU",
+        ),
+        Planned(
+            "eval_nchw_nhwc", f"eval logits of the same weights in NCHW and NHWC agree within float32 noise, {where}"
+        ),
+        Planned(
+            "checkpoint_resume",
+            f"{pipeline}: a checkpoint saved and loaded on the {where} holds the same "
+            "weights, EMA and optimizer state, and the next step matches the uninterrupted one",
+        ),
+        Planned(
+            "fit",
+            f"{pipeline}: the trainer's fit, one epoch: end-of-epoch eval of the model and its EMA, "
+            "checkpoints and model.safetensors saved in float32",
+        ),
         Planned("fit_resume", f"{pipeline}: fit --resume auto continues into a second epoch"),
-        Planned("eval_weights", "the trained weights (model.safetensors) and the checkpoint's EMA weights load and "
-                "evaluate as tools/eval.py does"),
-        Planned("export_paddle_inference", f"the trained weights exported; Paddle Inference on the {where} "
-                f"{'(CUDA)' if gpu else '(oneDNN)'} matches dygraph within float32 noise"),
-        Planned("export_tensorrt", "the exported model under Paddle Inference with TensorRT matches dygraph",
-                None if gpu and trt else no_gpu if not gpu else
-                "this Paddle build has no usable TensorRT (Paddle Inference reports TensorRT version 0)"),
+        Planned(
+            "eval_weights",
+            "the trained weights (model.safetensors) and the checkpoint's EMA weights load and "
+            "evaluate as tools/eval.py does",
+        ),
+        Planned(
+            "export_paddle_inference",
+            f"the trained weights exported; Paddle Inference on the {where} "
+            f"{'(CUDA)' if gpu else '(oneDNN)'} matches dygraph within float32 noise",
+        ),
+        Planned(
+            "export_tensorrt",
+            "the exported model under Paddle Inference with TensorRT matches dygraph",
+            None
+            if gpu and trt
+            else no_gpu
+            if not gpu
+            else "this Paddle build has no usable TensorRT (Paddle Inference reports TensorRT version 0)",
+        ),
         Planned("export_onnxruntime", f"the exported ONNX model under ONNX Runtime ({ort_device}) matches dygraph"),
-        Planned("dali_pipeline", f"the DALI loader (data.loader=dali) on a small image folder, "
-                f"{'GPU decoder' if gpu else 'CPU pipeline'}: shapes, labels, every image once",
-                None if dali else "DALI is not installed (make install DALI=1 installs it)"),
-        Planned("launch_two_processes", "a two-process paddle.distributed.launch of tools/train.py " +
-                (f"on GPUs 0 and 1 ({pipeline}, NCCL)" if gpu else "on the CPU (gloo), the demo's se_resnet20") +
-                ": ranks keep identical weights",
-                None if not gpu or n_gpus >= 2 else "one GPU: a two-process launch needs two"),
+        Planned(
+            "dali_pipeline",
+            f"the DALI loader (data.loader=dali) on a small image folder, "
+            f"{'GPU decoder' if gpu else 'CPU pipeline'}: shapes, labels, every image once",
+            None if dali else "DALI is not installed (make install DALI=1 installs it)",
+        ),
+        Planned(
+            "launch_two_processes",
+            "a two-process paddle.distributed.launch of tools/train.py "
+            + (f"on GPUs 0 and 1 ({pipeline}, NCCL)" if gpu else "on the CPU (gloo), the demo's se_resnet20")
+            + ": ranks keep identical weights",
+            None if not gpu or n_gpus >= 2 else "one GPU: a two-process launch needs two",
+        ),
     ]
     if not paddle_ok(machine):  # nothing runs without Paddle: say so on every line but the first
         why = "Paddle does not import (see paddle_device)"

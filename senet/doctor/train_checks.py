@@ -31,26 +31,36 @@ from senet.doctor.context import (
     passed,
     tensors,
 )
+from senet.numerics import float32_noise
 
 
 def check_paddle_device(ctx: Context, log: io.StringIO) -> Outcome:
     p, smi = ctx.machine["paddle"], ctx.machine["nvidia_smi"]
-    reinstall = ("rm -rf .venv && make install (it installs the paddlepaddle-gpu build that matches the driver; "
-                 "PADDLE= and PADDLE_INDEX= override it)")
+    reinstall = (
+        "rm -rf .venv && make install (it installs the paddlepaddle-gpu build that matches the driver; "
+        "PADDLE= and PADDLE_INDEX= override it)"
+    )
     if "error" in p:
         return failed(p["error"], reinstall)
     if smi["gpus"] and not p["cuda_build"]:
-        return failed(f"nvidia-smi lists {smi['gpus']} GPU(s) but Paddle {p['version']} is the CPU build: "
-                      f"nothing would run on them", reinstall)
+        return failed(
+            f"nvidia-smi lists {smi['gpus']} GPU(s) but Paddle {p['version']} is the CPU build: "
+            f"nothing would run on them",
+            reinstall,
+        )
     if p["cuda_build"] and not ctx.gpu:
         listed = f"nvidia-smi lists {smi['gpus']} GPU(s)" if smi["found"] else "nvidia-smi is not found"
-        return failed(f"Paddle is built with CUDA {p['cuda']} but sees no GPU ({listed}; CUDA_VISIBLE_DEVICES="
-                      f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})",
-                      f"install or repair the NVIDIA driver (nvidia-smi must list the GPU) and check "
-                      f"CUDA_VISIBLE_DEVICES; the driver must support CUDA {p['cuda']}")
+        return failed(
+            f"Paddle is built with CUDA {p['cuda']} but sees no GPU ({listed}; CUDA_VISIBLE_DEVICES="
+            f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})",
+            f"install or repair the NVIDIA driver (nvidia-smi must list the GPU) and check "
+            f"CUDA_VISIBLE_DEVICES; the driver must support CUDA {p['cuda']}",
+        )
     if ctx.gpu and smi.get("cuda") and p["cuda"] and _version(smi["cuda"]) < _version(p["cuda"]):
-        return failed(f"the driver supports CUDA {smi['cuda']}, older than this Paddle build's CUDA {p['cuda']}",
-                      f"update the NVIDIA driver, or {reinstall}")
+        return failed(
+            f"the driver supports CUDA {smi['cuda']}, older than this Paddle build's CUDA {p['cuda']}",
+            f"update the NVIDIA driver, or {reinstall}",
+        )
     import paddle
 
     x = paddle.to_tensor([1.5, 2.5]) * 2  # one kernel on the device the trainer will use
@@ -80,8 +90,10 @@ def train_steps(ctx: Context, log: io.StringIO, amp: dict, data_format: str = "N
         got = env["amp"]["dtype"] if env["amp"]["enabled"] else "fp32"
         level_lost = amp["enabled"] and env["amp"]["level"] != amp["level"]
         if got != wanted or level_lost or env["data_format"] != data_format:
-            return failed(f"asked for {wanted} {amp.get('level', '')} {data_format}, the trainer resolved {got} "
-                          f"{env['data_format']}: {' '.join(env['notices']) or 'no notice given'}")
+            return failed(
+                f"asked for {wanted} {amp.get('level', '')} {data_format}, the trainer resolved {got} "
+                f"{env['data_format']}: {' '.join(env['notices']) or 'no notice given'}"
+            )
         if amp["enabled"] and amp["level"] == "O2":
             dtypes = {str(p.dtype).removeprefix("paddle.") for p in state.model.parameters()}
             if amp["dtype"] not in dtypes:
@@ -95,12 +107,16 @@ def train_steps(ctx: Context, log: io.StringIO, amp: dict, data_format: str = "N
     if not all(math.isfinite(v) for v in losses):
         return failed(f"non-finite loss: {shown}")
     if overflowed == len(losses):
-        return failed(f"every step's gradients overflowed under loss scaling (scale now "
-                      f"{float(state.scaler._scale):g})")
+        return failed(
+            f"every step's gradients overflowed under loss scaling (scale now {float(state.scaler._scale):g})"
+        )
     if not losses[-1] < losses[0]:
         return failed(f"the loss did not fall on one repeated batch: {shown}")
-    scaling = (f"; {overflowed} overflowed step(s) skipped, loss scale {float(state.scaler._scale):g}"
-               if state.scaler is not None else "")
+    scaling = (
+        f"; {overflowed} overflowed step(s) skipped, loss scale {float(state.scaler._scale):g}"
+        if state.scaler is not None
+        else ""
+    )
     return passed(f"loss {losses[0]:.4f} -> {losses[-1]:.4f} in {len(losses)} steps{scaling}")
 
 
@@ -132,7 +148,6 @@ def check_eval_nchw_nhwc(ctx: Context, log: io.StringIO) -> Outcome:
     """
     import paddle
 
-    from senet.numerics import float32_noise
     from senet.resnet import build_model
     from senet.step import StepParts, forward_loss
 
@@ -251,8 +266,11 @@ def check_checkpoint_resume(ctx: Context, log: io.StringIO) -> Outcome:
         return failed("two training steps left every weight unchanged")
     # What the file held and what came back, bitwise: the weights and the EMA, and the optimizer state that
     # the restored optimizer shows before its first step (Paddle makes its accumulators at that step).
-    lost = {k: d for k, d in largest_differences(saved, loaded).items()
-            if d != 0 and (k in loaded or not k.startswith("optimizer/"))}
+    lost = {
+        k: d
+        for k, d in largest_differences(saved, loaded).items()
+        if d != 0 and (k in loaded or not k.startswith("optimizer/"))
+    }
     if lost:
         name = max(lost, key=lost.get)
         return failed(f"{len(lost)} tensor(s) differ after save and load, e.g. {name} by {lost[name]:.3g}")
@@ -261,12 +279,16 @@ def check_checkpoint_resume(ctx: Context, log: io.StringIO) -> Outcome:
     off = {k: (gap[k], spread[k]) for k in gap if gap[k] > 4 * spread.get(k, 0.0)}
     if off:
         name = max(off, key=lambda k: off[k][0])
-        return failed(f"the step after the resume differs from the uninterrupted one in {len(off)} tensor(s), e.g. "
-                      f"{name} by {off[name][0]:.3g} (two resumed runs differ by {off[name][1]:.3g})")
+        return failed(
+            f"the step after the resume differs from the uninterrupted one in {len(off)} tensor(s), e.g. "
+            f"{name} by {off[name][0]:.3g} (two resumed runs differ by {off[name][1]:.3g})"
+        )
     exact = all(v == 0 for v in gap.values())
     how = "bitwise" if exact else "within the spread of two resumes"
-    return passed(f"{len(saved)} tensors (weights, EMA, optimizer) saved and loaded on the {ctx.device} bitwise; the "
-                  f"next step equals the uninterrupted one {how}")
+    return passed(
+        f"{len(saved)} tensors (weights, EMA, optimizer) saved and loaded on the {ctx.device} bitwise; the "
+        f"next step equals the uninterrupted one {how}"
+    )
 
 
 # --------------------------------------------------------------------------- the trainer's fit, resume, eval
@@ -313,9 +335,11 @@ def check_fit(ctx: Context, log: io.StringIO) -> Outcome:
         return bad
     wait = record.get("data_wait_pct")  # the trainer's measure of the loader (the in-memory data here)
     waited = f", data wait {wait:.1f}% of step time" if isinstance(wait, (int, float)) else ""
-    return passed(f"{metrics['global_step']} steps in {metrics.get('precision', 'the config precision')}{waited}: "
-                  f"train loss {values[0]:.4f}, val loss {values[1]:.4f}, EMA val loss {values[2]:.4f}; checkpoints "
-                  f"and model.safetensors float32")
+    return passed(
+        f"{metrics['global_step']} steps in {metrics.get('precision', 'the config precision')}{waited}: "
+        f"train loss {values[0]:.4f}, val loss {values[1]:.4f}, EMA val loss {values[2]:.4f}; checkpoints "
+        f"and model.safetensors float32"
+    )
 
 
 def check_fit_resume(ctx: Context, log: io.StringIO) -> Outcome:
@@ -333,16 +357,20 @@ def check_fit_resume(ctx: Context, log: io.StringIO) -> Outcome:
     if not resumed:
         return failed("train.log has no 'resumed from' line: the run started again instead of resuming")
     if not metrics["finished"] or metrics["epochs_done"] != 2 or metrics["global_step"] != 2 * steps_per_epoch:
-        return failed(f"after resuming: finished={metrics['finished']}, epochs_done={metrics['epochs_done']}, "
-                      f"global_step={metrics['global_step']} (expected 2 epochs, {2 * steps_per_epoch} steps)")
+        return failed(
+            f"after resuming: finished={metrics['finished']}, epochs_done={metrics['epochs_done']}, "
+            f"global_step={metrics['global_step']} (expected 2 epochs, {2 * steps_per_epoch} steps)"
+        )
     losses = [metrics["history"][-1].get(k) for k in ("train_loss", "eval_loss", "ema_eval_loss")]
     if None in losses or not all(math.isfinite(v) for v in losses):
         return failed(f"epoch 2 after the resume: train, val and EMA val losses {losses}")
     bad = float32_files(cfg["output_dir"])
     if bad:
         return bad
-    return passed(f"resumed at step {steps_per_epoch}, epoch 2 trained and evaluated: train loss {losses[0]:.4f}, "
-                  f"val loss {losses[1]:.4f}, EMA val loss {losses[2]:.4f}")
+    return passed(
+        f"resumed at step {steps_per_epoch}, epoch 2 trained and evaluated: train loss {losses[0]:.4f}, "
+        f"val loss {losses[1]:.4f}, EMA val loss {losses[2]:.4f}"
+    )
 
 
 def check_eval_weights(ctx: Context, log: io.StringIO) -> Outcome:
@@ -350,8 +378,8 @@ def check_eval_weights(ctx: Context, log: io.StringIO) -> Outcome:
     from senet.checkpoint import load_weights
     from senet.data import build_loader
     from senet.device import device_notices
+    from senet.engine import evaluate
     from senet.resnet import build_model
-    from senet.train import evaluate
 
     missing = ctx.needs("fit")
     if missing:
@@ -363,9 +391,10 @@ def check_eval_weights(ctx: Context, log: io.StringIO) -> Outcome:
         env = device_notices(cfg)
         cfg["train"]["data_format"] = env["data_format"]
         loader = build_loader(cfg, "val")
-        for label, path, ema in (("model.safetensors", os.path.join(run, "model.safetensors"), False),
-                                 ("EMA of checkpoints/last.pdparams", os.path.join(run, "checkpoints", "last.pdparams"),
-                                  True)):
+        for label, path, ema in (
+            ("model.safetensors", os.path.join(run, "model.safetensors"), False),
+            ("EMA of checkpoints/last.pdparams", os.path.join(run, "checkpoints", "last.pdparams"), True),
+        ):
             model = build_model(cfg)
             load_weights(model, path, prefer_ema=ema, expected_arch=cfg["model"]["arch"])
             results[label] = evaluate(model, loader, cfg, env["data_format"], env["amp"])

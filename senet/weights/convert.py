@@ -22,28 +22,37 @@ own: the legacy layout with basic blocks (legacy_seresnet18/34) sets model.branc
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
 import re
-import shutil
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import yaml
+from safetensors.numpy import save
 
-from senet.checkpoint import CheckpointError, read_safetensors, unpickle_restricted
+from senet.config import ConfigError, config_changes, validate
+from senet.folders import swap_into_place, temp_folder_for
+from senet.formats import CheckpointError, read_safetensors, unpickle_restricted
 from senet.limits import regular_file_problem, shared_arrays
+from senet.weights.torchfile import read_torch_state_dict
 
-SOURCES = {"timm": ("timm_resnet", "timm_legacy"), "torchvision": ("timm_resnet",),
-           "paddleclas": ("paddleclas_resnet", "paddleclas_resnext")}
+SOURCES = {
+    "timm": ("timm_resnet", "timm_legacy"),
+    "torchvision": ("timm_resnet",),
+    "paddleclas": ("paddleclas_resnet", "paddleclas_resnext"),
+}
 BN_TORCH_TO_PADDLE = {"weight": "weight", "bias": "bias", "running_mean": "_mean", "running_var": "_variance"}
 BN_PADDLE_TO_TORCH = {v: k for k, v in BN_TORCH_TO_PADDLE.items()}
 NOT_SUPPORTED = (
     "Not supported: Caffe .caffemodel files (timm's legacy_se* weights are their exact conversion: use those); "
     "torch files in the legacy pre-1.6 format; deep-stem and avg-pool-shortcut variants (timm resnet*c/d/s/t, "
     "PaddleClas *_vd, senet154); ECA and CBAM weights (only plain and SE networks convert); widths without "
-    "an architecture here (wide_resnet*, resnext*_32x8d, *_64x4d)")
+    "an architecture here (wide_resnet*, resnext*_32x8d, *_64x4d)"
+)
 
 
 class ConversionError(ValueError):
@@ -55,8 +64,16 @@ class ConversionError(ValueError):
 # {k} conv number, {w} weight|bias, {bn} a BatchNorm tensor (torch or Paddle names, per side);
 # {s0} / {k0} are zero-based on the source side (PaddleClas counts from 0, we count from 1).
 
-_FIELD_RE = {"s": r"\d+", "b": r"\d+", "k": r"\d+", "s0": r"\d+", "k0": r"\d+", "w": r"weight|bias",
-             "bn_torch": r"weight|bias|running_mean|running_var", "bn_paddle": r"weight|bias|_mean|_variance"}
+_FIELD_RE = {
+    "s": r"\d+",
+    "b": r"\d+",
+    "k": r"\d+",
+    "s0": r"\d+",
+    "k0": r"\d+",
+    "w": r"weight|bias",
+    "bn_torch": r"weight|bias|running_mean|running_var",
+    "bn_paddle": r"weight|bias|_mean|_variance",
+}
 
 
 @dataclass(frozen=True)
@@ -113,39 +130,65 @@ _BLOCK_RULES = lambda pre, bn, down, se: (  # noqa: E731  (the per-block part sh
 
 LAYOUTS = {
     "timm_resnet": Layout(
-        "timm_resnet", "timm ResNet family / torchvision (conv1, layerN, fc)", True,
-        (("conv1.weight", "stem.0.0.weight", None), ("bn1.{bn}", "stem.0.1.{bn}", None),
-         *_BLOCK_RULES("layer{s}.{b}", "bn", "downsample", "se"),
-         ("fc.weight", "fc.weight", "transpose"), ("fc.bias", "fc.bias", None)),
-        stem_pool="pytorch"),
+        "timm_resnet",
+        "timm ResNet family / torchvision (conv1, layerN, fc)",
+        True,
+        (
+            ("conv1.weight", "stem.0.0.weight", None),
+            ("bn1.{bn}", "stem.0.1.{bn}", None),
+            *_BLOCK_RULES("layer{s}.{b}", "bn", "downsample", "se"),
+            ("fc.weight", "fc.weight", "transpose"),
+            ("fc.bias", "fc.bias", None),
+        ),
+        stem_pool="pytorch",
+    ),
     "timm_legacy": Layout(
-        "timm_legacy", "timm legacy_se* (the SENet authors' Caffe release: layer0, se_module, last_linear)", True,
-        (("layer0.conv1.weight", "stem.0.0.weight", None), ("layer0.bn1.{bn}", "stem.0.1.{bn}", None),
-         *_BLOCK_RULES("layer{s}.{b}", "bn", "downsample", "se_module"),
-         ("last_linear.weight", "fc.weight", "transpose"), ("last_linear.bias", "fc.bias", None)),
-        stem_pool="caffe"),
+        "timm_legacy",
+        "timm legacy_se* (the SENet authors' Caffe release: layer0, se_module, last_linear)",
+        True,
+        (
+            ("layer0.conv1.weight", "stem.0.0.weight", None),
+            ("layer0.bn1.{bn}", "stem.0.1.{bn}", None),
+            *_BLOCK_RULES("layer{s}.{b}", "bn", "downsample", "se_module"),
+            ("last_linear.weight", "fc.weight", "transpose"),
+            ("last_linear.bias", "fc.bias", None),
+        ),
+        stem_pool="caffe",
+    ),
     "paddleclas_resnet": Layout(
-        "paddleclas_resnet", "PaddleClas ResNet (legendary_models: stem, blocks, fc)", False,
-        (("stem.0.conv.weight", "stem.0.0.weight", None), ("stem.0.bn.{bn}", "stem.0.1.{bn}", None),
-         ("blocks.{s}.{b}.conv{k0}.conv.weight", "layer{s}.{b}.conv{k}.0.weight", None),
-         ("blocks.{s}.{b}.conv{k0}.bn.{bn}", "layer{s}.{b}.conv{k}.1.{bn}", None),
-         ("blocks.{s}.{b}.short.conv.weight", "layer{s}.{b}.shortcut.0.weight", None),
-         ("blocks.{s}.{b}.short.bn.{bn}", "layer{s}.{b}.shortcut.1.{bn}", None),
-         ("fc.{w}", "fc.{w}", None)),
-        stem_pool="pytorch"),
+        "paddleclas_resnet",
+        "PaddleClas ResNet (legendary_models: stem, blocks, fc)",
+        False,
+        (
+            ("stem.0.conv.weight", "stem.0.0.weight", None),
+            ("stem.0.bn.{bn}", "stem.0.1.{bn}", None),
+            ("blocks.{s}.{b}.conv{k0}.conv.weight", "layer{s}.{b}.conv{k}.0.weight", None),
+            ("blocks.{s}.{b}.conv{k0}.bn.{bn}", "layer{s}.{b}.conv{k}.1.{bn}", None),
+            ("blocks.{s}.{b}.short.conv.weight", "layer{s}.{b}.shortcut.0.weight", None),
+            ("blocks.{s}.{b}.short.bn.{bn}", "layer{s}.{b}.shortcut.1.{bn}", None),
+            ("fc.{w}", "fc.{w}", None),
+        ),
+        stem_pool="pytorch",
+    ),
     "paddleclas_resnext": Layout(
-        "paddleclas_resnext", "PaddleClas ResNeXt / SE_ResNeXt (model_zoo: conv, bb_S_B, out)", False,
-        (("conv._conv.weight", "stem.0.0.weight", None), ("conv._batch_norm.{bn}", "stem.0.1.{bn}", None),
-         ("bb_{s0}_{b}.conv{k0}._conv.weight", "layer{s}.{b}.conv{k}.0.weight", None),
-         ("bb_{s0}_{b}.conv{k0}._batch_norm.{bn}", "layer{s}.{b}.conv{k}.1.{bn}", None),
-         ("bb_{s0}_{b}.short._conv.weight", "layer{s}.{b}.shortcut.0.weight", None),
-         ("bb_{s0}_{b}.short._batch_norm.{bn}", "layer{s}.{b}.shortcut.1.{bn}", None),
-         ("bb_{s0}_{b}.scale.squeeze.weight", "layer{s}.{b}.se.fc1.weight", "linear_to_conv"),
-         ("bb_{s0}_{b}.scale.squeeze.bias", "layer{s}.{b}.se.fc1.bias", None),
-         ("bb_{s0}_{b}.scale.excitation.weight", "layer{s}.{b}.se.fc2.weight", "linear_to_conv"),
-         ("bb_{s0}_{b}.scale.excitation.bias", "layer{s}.{b}.se.fc2.bias", None),
-         ("out.{w}", "fc.{w}", None)),
-        stem_pool="pytorch"),
+        "paddleclas_resnext",
+        "PaddleClas ResNeXt / SE_ResNeXt (model_zoo: conv, bb_S_B, out)",
+        False,
+        (
+            ("conv._conv.weight", "stem.0.0.weight", None),
+            ("conv._batch_norm.{bn}", "stem.0.1.{bn}", None),
+            ("bb_{s0}_{b}.conv{k0}._conv.weight", "layer{s}.{b}.conv{k}.0.weight", None),
+            ("bb_{s0}_{b}.conv{k0}._batch_norm.{bn}", "layer{s}.{b}.conv{k}.1.{bn}", None),
+            ("bb_{s0}_{b}.short._conv.weight", "layer{s}.{b}.shortcut.0.weight", None),
+            ("bb_{s0}_{b}.short._batch_norm.{bn}", "layer{s}.{b}.shortcut.1.{bn}", None),
+            ("bb_{s0}_{b}.scale.squeeze.weight", "layer{s}.{b}.se.fc1.weight", "linear_to_conv"),
+            ("bb_{s0}_{b}.scale.squeeze.bias", "layer{s}.{b}.se.fc1.bias", None),
+            ("bb_{s0}_{b}.scale.excitation.weight", "layer{s}.{b}.se.fc2.weight", "linear_to_conv"),
+            ("bb_{s0}_{b}.scale.excitation.bias", "layer{s}.{b}.se.fc2.bias", None),
+            ("out.{w}", "fc.{w}", None),
+        ),
+        stem_pool="pytorch",
+    ),
 }
 
 
@@ -159,17 +202,21 @@ def _transform(value: np.ndarray, transform: str | None) -> np.ndarray:
 
 # Variants whose tensors would partly fit but whose network differs from every one here: named, with why.
 _VARIANTS = (
-    (r"conv1\.0\.weight$|stem\.1\.conv\.weight$|conv1_1\._conv\.weight$|layer0\.conv2\.weight$",
-     "a deep (three-conv) stem: timm resnet*c/d/s/t, PaddleClas *_vd or senet154. This project has only the "
-     "original 7x7 stem"),
-    (r"downsample\.2\.",
-     "an average-pool shortcut (the 'd' variants); the shortcuts here are a strided 1x1 conv"),
+    (
+        r"conv1\.0\.weight$|stem\.1\.conv\.weight$|conv1_1\._conv\.weight$|layer0\.conv2\.weight$",
+        "a deep (three-conv) stem: timm resnet*c/d/s/t, PaddleClas *_vd or senet154. This project has only the "
+        "original 7x7 stem",
+    ),
+    (r"downsample\.2\.", "an average-pool shortcut (the 'd' variants); the shortcuts here are a strided 1x1 conv"),
     # timm's EcaModule is `se.conv` ([1, 1, k], as our ECA block's). Conversion reads plain and SE networks
     # only, and every timm ecaresnet* (26t, 50d, 50t, light, 101d, 200d, 269d, the pruned 50d/101d) has
     # avg_down shortcuts, all but ecaresnetlight a deep stem too: the rules above refuse those first.
-    (r"\.se\.conv\.weight$", "ECA attention (timm ecaresnet*): conversion reads plain and SE networks only, and "
-     "timm's ecaresnet* also have a deep stem or an average-pool shortcut, which this project does not build; "
-     "train an eca_ model here instead"),
+    (
+        r"\.se\.conv\.weight$",
+        "ECA attention (timm ecaresnet*): conversion reads plain and SE networks only, and "
+        "timm's ecaresnet* also have a deep stem or an average-pool shortcut, which this project does not build; "
+        "train an eca_ model here instead",
+    ),
 )
 
 
@@ -196,9 +243,12 @@ def detect_layout(raw: dict[str, np.ndarray], path: str) -> str:
     if {"conv._conv.weight", "bb_0_0.conv0._conv.weight", "out.weight"} <= keys:
         return "paddleclas_resnext"
     sample = ", ".join(sorted(keys)[:4])
-    raise ConversionError(f"{path}: unknown weight layout (keys like {sample}). Known: "
-                          + "; ".join(f"{n}: {lay.description}" for n, lay in LAYOUTS.items())
-                          + ". " + NOT_SUPPORTED)
+    raise ConversionError(
+        f"{path}: unknown weight layout (keys like {sample}). Known: "
+        + "; ".join(f"{n}: {lay.description}" for n, lay in LAYOUTS.items())
+        + ". "
+        + NOT_SUPPORTED
+    )
 
 
 def _paddleclas_blocks(raw: dict[str, np.ndarray], path: str) -> dict[str, np.ndarray]:
@@ -248,13 +298,17 @@ def rename(raw: dict[str, np.ndarray], layout_name: str, path: str) -> tuple[dic
             unplaced.append(name)
             continue
         if value.dtype.kind != "f":
-            raise ConversionError(f"{path}: tensor {name!r} is {value.dtype}, not floating point; is this a "
-                                  f"quantised model? Only float weights convert")
+            raise ConversionError(
+                f"{path}: tensor {name!r} is {value.dtype}, not floating point; is this a "
+                f"quantised model? Only float weights convert"
+            )
         ours, transform = hit
         out[ours] = _transform(np.asarray(value, dtype=np.float32), transform)
     if unplaced:
-        raise ConversionError(f"{path}: {len(unplaced)} source tensors have no destination in a "
-                              f"{layout.description} model: {_first(unplaced)}")
+        raise ConversionError(
+            f"{path}: {len(unplaced)} source tensors have no destination in a "
+            f"{layout.description} model: {_first(unplaced)}"
+        )
     return out, dropped
 
 
@@ -267,8 +321,13 @@ def infer_model(weights: dict[str, np.ndarray], layout_name: str, path: str) -> 
             raise ConversionError(f"{path}: no tensor for {name!r}; the file is incomplete or of another model")
         return tuple(weights[name].shape)
 
-    blocks = sorted({(int(m.group(1)), int(m.group(2))) for k in weights
-                     if (m := re.match(r"layer(\d+)\.(\d+)\.conv1\.0\.weight$", k))})
+    blocks = sorted(
+        {
+            (int(m.group(1)), int(m.group(2)))
+            for k in weights
+            if (m := re.match(r"layer(\d+)\.(\d+)\.conv1\.0\.weight$", k))
+        }
+    )
     stages = sorted({s for s, _ in blocks})
     if stages != [1, 2, 3, 4]:
         raise ConversionError(f"{path}: stages {stages} found; the ImageNet ResNets here have stages 1-4")
@@ -277,9 +336,18 @@ def infer_model(weights: dict[str, np.ndarray], layout_name: str, path: str) -> 
     width = shape("layer1.0.conv1.0.weight")[0]
     groups = width // shape("layer1.0.conv2.0.weight")[1] if bottleneck else 1
     per_group = width // groups if bottleneck else 64
-    arch = next((n for n, a in MODELS.items() if a.stem == "imagenet" and a.layers == layers
-                 and (a.block is Bottleneck) == bottleneck and a.groups == groups
-                 and (not bottleneck or a.width_per_group == per_group)), None)
+    arch = next(
+        (
+            n
+            for n, a in MODELS.items()
+            if a.stem == "imagenet"
+            and a.layers == layers
+            and (a.block is Bottleneck) == bottleneck
+            and a.groups == groups
+            and (not bottleneck or a.width_per_group == per_group)
+        ),
+        None,
+    )
     if arch is None:
         kind = f"{'bottleneck' if bottleneck else 'basic'} blocks {list(layers)}, {groups} groups of width {per_group}"
         names = [n for n, a in MODELS.items() if a.stem == "imagenet"]
@@ -291,8 +359,9 @@ def infer_model(weights: dict[str, np.ndarray], layout_name: str, path: str) -> 
         se_stages = sorted({s for s, _ in se_blocks})
         partial = [s for s in se_stages if sum(1 for x in se_blocks if x[0] == s) != layers[s - 1]]
         if partial:
-            raise ConversionError(f"{path}: SE blocks in only some blocks of stage(s) {partial}; here SE is "
-                                  f"per stage (model.se.stages)")
+            raise ConversionError(
+                f"{path}: SE blocks in only some blocks of stage(s) {partial}; here SE is per stage (model.se.stages)"
+            )
         se["stages"] = None if se_stages == stages else se_stages
         pairs = {shape(f"layer{s}.{b}.se.fc1.weight")[1::-1] for s, b in se_blocks}  # (C, hidden)
         se["reduction"], se["divisor"] = _se_widths(pairs, path)
@@ -310,9 +379,15 @@ def infer_model(weights: dict[str, np.ndarray], layout_name: str, path: str) -> 
     # A shortcut on stage 1's first block where the shapes match: PaddleClas's ResNet18/34
     # (use_first_short_conv); bottleneck nets have one there anyway.
     first_block_projection = not bottleneck and "layer1.0.shortcut.0.weight" in weights
-    return {"arch": arch, "num_classes": num_classes, "stride_in_1x1": stride_in_1x1,
-            "stem_pool": layout.stem_pool, "branch_relu": branch_relu,
-            "first_block_projection": first_block_projection, "se": se}
+    return {
+        "arch": arch,
+        "num_classes": num_classes,
+        "stride_in_1x1": stride_in_1x1,
+        "stem_pool": layout.stem_pool,
+        "branch_relu": branch_relu,
+        "first_block_projection": first_block_projection,
+        "se": se,
+    }
 
 
 def _se_widths(pairs: set[tuple[int, int]], path: str) -> tuple[int, int]:
@@ -321,13 +396,16 @@ def _se_widths(pairs: set[tuple[int, int]], path: str) -> tuple[int, int]:
     from senet.attention import se_hidden
 
     for divisor in (1, 8):
-        fits = [r for r in range(1, max(c for c, _ in pairs) + 1)
-                if all(se_hidden(c, r, divisor) == h for c, h in pairs)]
+        fits = [
+            r for r in range(1, max(c for c, _ in pairs) + 1) if all(se_hidden(c, r, divisor) == h for c, h in pairs)
+        ]
         if fits:
             return (16 if 16 in fits else fits[-1]), divisor
     widths = ", ".join(f"{c}->{h}" for c, h in sorted(pairs))
-    raise ConversionError(f"{path}: the SE widths ({widths}) are neither C // r for one reduction r nor C / r "
-                          f"rounded to multiples of 8 (timm's seresnet*)")
+    raise ConversionError(
+        f"{path}: the SE widths ({widths}) are neither C // r for one reduction r nor C / r "
+        f"rounded to multiples of 8 (timm's seresnet*)"
+    )
 
 
 def plain_or_se(arch: str) -> None:
@@ -337,8 +415,10 @@ def plain_or_se(arch: str) -> None:
 
     entry, base = split_arch(arch)
     if entry is not None and entry.name != "se":
-        raise ConversionError(f"{arch}: weight conversion covers plain and SE networks only; none of the timm, "
-                              f"torchvision or PaddleClas layouts it reads holds {entry.title} blocks on {base}")
+        raise ConversionError(
+            f"{arch}: weight conversion covers plain and SE networks only; none of the timm, "
+            f"torchvision or PaddleClas layouts it reads holds {entry.title} blocks on {base}"
+        )
 
 
 def build_from_section(model_cfg: dict) -> Any:
@@ -349,10 +429,15 @@ def build_from_section(model_cfg: dict) -> Any:
     se = dict(model_cfg["se"])
     se["stages"] = tuple(se["stages"]) if se.get("stages") else None
     options = SEOptions(**se) if model_cfg["arch"].startswith("se_") else None  # a plain arch takes none
-    return create_model(model_cfg["arch"], num_classes=model_cfg["num_classes"], attention=options,
-                        stride_in_1x1=model_cfg["stride_in_1x1"], stem_pool=model_cfg["stem_pool"],
-                        branch_relu=model_cfg.get("branch_relu", False),
-                        first_block_projection=model_cfg.get("first_block_projection", False))
+    return create_model(
+        model_cfg["arch"],
+        num_classes=model_cfg["num_classes"],
+        attention=options,
+        stride_in_1x1=model_cfg["stride_in_1x1"],
+        stem_pool=model_cfg["stem_pool"],
+        branch_relu=model_cfg.get("branch_relu", False),
+        first_block_projection=model_cfg.get("first_block_projection", False),
+    )
 
 
 def fit_model(weights: dict[str, np.ndarray], model_cfg: dict, path: str) -> Any:
@@ -363,11 +448,21 @@ def fit_model(weights: dict[str, np.ndarray], model_cfg: dict, path: str) -> Any
     own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     missing = [k for k in own if k not in weights]
     extra = [k for k in weights if k not in own]
-    shapes = [f"{k} {tuple(weights[k].shape)} (needs {own[k]})" for k in own if k in weights
-              and tuple(weights[k].shape) != own[k]]
+    shapes = [
+        f"{k} {tuple(weights[k].shape)} (needs {own[k]})"
+        for k in own
+        if k in weights and tuple(weights[k].shape) != own[k]
+    ]
     if missing or extra or shapes:
-        parts = [f"{len(v)} {label}: {_first(v)}" for label, v in
-                 (("with no source", missing), ("with no destination", extra), ("of the wrong shape", shapes)) if v]
+        parts = [
+            f"{len(v)} {label}: {_first(v)}"
+            for label, v in (
+                ("with no source", missing),
+                ("with no destination", extra),
+                ("of the wrong shape", shapes),
+            )
+            if v
+        ]
         raise ConversionError(f"{path} does not fit {model_cfg['arch']}: " + "; ".join(parts))
     model.set_state_dict({k: paddle.to_tensor(v) for k, v in weights.items()})
     return model
@@ -375,6 +470,7 @@ def fit_model(weights: dict[str, np.ndarray], model_cfg: dict, path: str) -> Any
 
 # ---------------------------------------------------------------------------------------------------
 # Reading files.
+
 
 def file_format(path: str) -> str:
     """'safetensors', 'torch' (zip) or 'pickle' (Paddle .pdparams), from the first bytes."""
@@ -404,8 +500,10 @@ def _pickled_state(path: str) -> dict[str, np.ndarray]:
     if not isinstance(state, dict):
         raise ConversionError(f"{path} holds a pickled {type(state).__name__}, not a state dict")
     if shared := shared_arrays(state):  # each would be copied and converted on its own (issue 23)
-        raise ConversionError(f"{path} is refused: {shared[0]!r} and {shared[1]!r} are one array stored under two "
-                              f"names (a state dict stores each tensor once)")
+        raise ConversionError(
+            f"{path} is refused: {shared[0]!r} and {shared[1]!r} are one array stored under two "
+            f"names (a state dict stores each tensor once)"
+        )
     out = {}
     for name, value in state.items():
         if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], np.ndarray):
@@ -425,8 +523,6 @@ def read_source(path: str) -> tuple[dict[str, np.ndarray], str]:
         if fmt == "safetensors":
             tensors = read_safetensors(path, integer_ok=lambda n: n.endswith("num_batches_tracked"))[0]
         elif fmt == "torch":
-            from senet.weights.torchfile import read_torch_state_dict
-
             tensors = read_torch_state_dict(path)
         else:
             tensors = _pickled_state(path)
@@ -443,24 +539,27 @@ def read_source(path: str) -> tuple[dict[str, np.ndarray], str]:
 _FORMATS = {"timm": ("safetensors", "torch"), "torchvision": ("torch",), "paddleclas": ("pickle",)}
 
 
-def convert_file(path: str, source: str = "auto", arch: str | None = None,
-                 num_classes: int | None = None) -> Converted:
+def convert_file(path: str, source: str = "auto", arch: str | None = None, num_classes: int | None = None) -> Converted:
     """Read, recognise, rename, infer and fit. `arch` / `num_classes`, if given, must be what the file holds."""
     if arch is not None:
         plain_or_se(arch)
     tensors, fmt = read_source(path)
     if source != "auto" and fmt not in _FORMATS[source]:
-        raise ConversionError(f"{path} is a {fmt} file; {source} weights come as "
-                              f"{' or '.join(_FORMATS[source])} files. Use --from auto to detect the source")
+        raise ConversionError(
+            f"{path} is a {fmt} file; {source} weights come as "
+            f"{' or '.join(_FORMATS[source])} files. Use --from auto to detect the source"
+        )
     layout = detect_layout(tensors, path)
     if source != "auto" and layout not in SOURCES[source]:
-        raise ConversionError(f"{path} has the {LAYOUTS[layout].description} layout, not {source}'s; "
-                              f"use --from auto or the right --from")
+        raise ConversionError(
+            f"{path} has the {LAYOUTS[layout].description} layout, not {source}'s; use --from auto or the right --from"
+        )
     weights, dropped = rename(tensors, layout, path)
     model_cfg = infer_model(weights, layout, path)
     if arch is not None and arch != model_cfg["arch"]:
-        raise ConversionError(f"{path} holds {model_cfg['arch']} weights ({model_cfg['num_classes']} classes), "
-                              f"not {arch}")
+        raise ConversionError(
+            f"{path} holds {model_cfg['arch']} weights ({model_cfg['num_classes']} classes), not {arch}"
+        )
     if num_classes is not None and num_classes != model_cfg["num_classes"]:
         raise ConversionError(f"{path} has a {model_cfg['num_classes']}-class classifier, not {num_classes}")
     model = fit_model(weights, model_cfg, path)
@@ -470,6 +569,7 @@ def convert_file(path: str, source: str = "auto", arch: str | None = None,
 
 # ---------------------------------------------------------------------------------------------------
 # Writing OUT_DIR.
+
 
 def _sha256(path: str) -> str:
     h = hashlib.sha256()
@@ -483,44 +583,42 @@ def config_for(model_cfg: dict, weights_path: str, name: str) -> dict:
     """A config that rebuilds the network and points at its weights; ImageNet evaluation settings."""
     model = {k: v for k, v in model_cfg.items()}
     model["weights"] = weights_path
-    return {"name": name, "model": model,
-            "data": {"name": "imagenet", "eval_resize": 256, "eval_crop": 224,
-                     "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}}
+    return {
+        "name": name,
+        "model": model,
+        "data": {
+            "name": "imagenet",
+            "eval_resize": 256,
+            "eval_crop": 224,
+            "mean": [0.485, 0.456, 0.406],
+            "std": [0.229, 0.224, 0.225],
+        },
+    }
 
 
 def write_out_dir(out_dir: str, files: dict[str, Any]) -> None:
     """Write `files` (name -> callable(path)) into a temporary folder beside out_dir, then rename it into
     place (senet.folders). out_dir must not exist or be empty: nothing is written there unless everything
     succeeded."""
-    from senet.folders import new_temp_folder, swap_into_place
-
     out_dir = os.path.abspath(out_dir)
     if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
         raise ConversionError(f"--out {out_dir} exists and is not an empty folder; choose a new folder")
     try:
-        tmp = new_temp_folder(out_dir)
+        with temp_folder_for(out_dir) as tmp:
+            for name, write in files.items():
+                write(os.path.join(tmp, name))
+            if os.path.isdir(out_dir):
+                os.rmdir(out_dir)  # empty, checked above
+            swap_into_place(tmp, out_dir)
     except OSError as e:
-        raise ConversionError(f"cannot write to {os.path.dirname(out_dir)} ({e.strerror or e})") from None
-    try:
-        for name, write in files.items():
-            write(os.path.join(tmp, name))
-        if os.path.isdir(out_dir):
-            os.rmdir(out_dir)  # empty, checked above
-        swap_into_place(tmp, out_dir)
-    except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, OSError):
-            raise ConversionError(f"could not write {out_dir} ({e.strerror or e}); nothing was written") from None
-        raise
+        raise ConversionError(f"could not write {out_dir} ({e.strerror or e}); nothing was written") from None
 
 
-def convert_to_dir(path: str, out_dir: str, source: str = "auto", arch: str | None = None,
-                   num_classes: int | None = None) -> dict:
+def convert_to_dir(
+    path: str, out_dir: str, source: str = "auto", arch: str | None = None, num_classes: int | None = None
+) -> dict:
     """Convert `path` into out_dir/model.safetensors + out_dir/config.yaml; return a summary."""
-    import yaml
-
     from senet.checkpoint import save_safetensors
-    from senet.config import validate
 
     conv = convert_file(path, source, arch, num_classes)
     out_abs = os.path.abspath(out_dir)
@@ -528,24 +626,39 @@ def convert_to_dir(path: str, out_dir: str, source: str = "auto", arch: str | No
     cfg = config_for(conv.model_cfg, os.path.join(out_abs, "model.safetensors"), name)
     validate(cfg)  # the config must load as it is written
     model = conv.model
-    meta = {"arch": conv.model_cfg["arch"], "num_classes": conv.model_cfg["num_classes"],
-            "config": validate(cfg), "converted_from": os.path.basename(path), "source_layout": conv.layout,
-            "source_sha256": _sha256(path)}
+    meta = {
+        "arch": conv.model_cfg["arch"],
+        "num_classes": conv.model_cfg["num_classes"],
+        "config": validate(cfg),
+        "converted_from": os.path.basename(path),
+        "source_layout": conv.layout,
+        "source_sha256": _sha256(path),
+    }
 
     def write_config(p: str) -> None:
         with open(p, "w") as f:
-            f.write(f"# Converted from {os.path.basename(path)} ({LAYOUTS[conv.layout].description}) by "
-                    f"tools/convert_weights.py.\n# Rebuilds the source network exactly; see docs/weights.md.\n")
+            f.write(
+                f"# Converted from {os.path.basename(path)} ({LAYOUTS[conv.layout].description}) by "
+                f"tools/convert_weights.py.\n# Rebuilds the source network exactly; see docs/weights.md.\n"
+            )
             yaml.safe_dump(cfg, f, sort_keys=False)
 
-    write_out_dir(out_abs, {"model.safetensors": lambda p: save_safetensors(model, p, meta),
-                            "config.yaml": write_config})
-    return {"out_dir": out_abs, "layout": conv.layout, "model": conv.model_cfg, "tensors": len(conv.weights),
-            "dropped": len(conv.dropped), "params": conv.source_params}
+    write_out_dir(
+        out_abs, {"model.safetensors": lambda p: save_safetensors(model, p, meta), "config.yaml": write_config}
+    )
+    return {
+        "out_dir": out_abs,
+        "layout": conv.layout,
+        "model": conv.model_cfg,
+        "tensors": len(conv.weights),
+        "dropped": len(conv.dropped),
+        "params": conv.source_params,
+    }
 
 
 # ---------------------------------------------------------------------------------------------------
 # Export to timm.
+
 
 def timm_target(model_cfg: dict) -> tuple[str, str]:
     """(timm model name, layout) of the timm model computing exactly this network; else an error saying why."""
@@ -568,33 +681,44 @@ def timm_target(model_cfg: dict) -> tuple[str, str]:
         plain = {"squeeze": "avg", "gate": "sigmoid", "placement": "standard", "stages": None, "bias": True}
         odd = [f"{k}={se.get(k)!r}" for k, v in plain.items() if se.get(k, v) != v]
         if odd or se.get("reduction", 16) != 16:
-            raise ConversionError(f"{arch} with model.se {', '.join(odd) or 'reduction=' + str(se.get('reduction'))}: "
-                                  f"timm's SE blocks are average squeeze, sigmoid gate, standard placement, r = 16, "
-                                  f"with biases, in every stage")
+            raise ConversionError(
+                f"{arch} with model.se {', '.join(odd) or 'reduction=' + str(se.get('reduction'))}: "
+                f"timm's SE blocks are average squeeze, sigmoid gate, standard placement, r = 16, "
+                f"with biases, in every stage"
+            )
     if model_cfg.get("first_block_projection") and not bottleneck:
-        raise ConversionError(f"{arch} with model.first_block_projection (PaddleClas's ResNet18/34): timm's "
-                              f"ResNets have an identity shortcut there; no timm model computes this network")
+        raise ConversionError(
+            f"{arch} with model.first_block_projection (PaddleClas's ResNet18/34): timm's "
+            f"ResNets have an identity shortcut there; no timm model computes this network"
+        )
     legacy = "legacy_" + arch.replace("_", "", 1)
     if branch_relu:  # only timm's legacy_seresnet18/34 have a ReLU before SE
         if use_se and not bottleneck and pool == "caffe" and divisor == 1:
             return legacy, "timm_legacy"
-        raise ConversionError(f"{arch} with model.branch_relu: only timm's legacy_seresnet18/34 have that ReLU, "
-                              f"with Caffe's stem pool and SE widths C // 16 (model.se.divisor=1)")
+        raise ConversionError(
+            f"{arch} with model.branch_relu: only timm's legacy_seresnet18/34 have that ReLU, "
+            f"with Caffe's stem pool and SE widths C // 16 (model.se.divisor=1)"
+        )
     if pool == "pytorch" and (not bottleneck or not stride):
         if use_se and not bottleneck and divisor != 8:
-            raise ConversionError(f"{arch}: timm's seresnet18/34 round the SE width of 64 channels up to 8 "
-                                  f"(model.se.divisor=8; here 64 // 16 = 4); no timm model computes this network. "
-                                  f"With model.stem_pool=caffe model.branch_relu=true it is timm's {legacy}")
+            raise ConversionError(
+                f"{arch}: timm's seresnet18/34 round the SE width of 64 channels up to 8 "
+                f"(model.se.divisor=8; here 64 // 16 = 4); no timm model computes this network. "
+                f"With model.stem_pool=caffe model.branch_relu=true it is timm's {legacy}"
+            )
         return ("se" + base if use_se else base), "timm_resnet"
     if pool == "caffe" and use_se and not bottleneck:
-        raise ConversionError(f"{arch}: timm's {legacy} puts a ReLU before the SE block (model.branch_relu=true) "
-                              f"and its seresnet18/34 pad the stem pool; no timm model computes this network")
+        raise ConversionError(
+            f"{arch}: timm's {legacy} puts a ReLU before the SE block (model.branch_relu=true) "
+            f"and its seresnet18/34 pad the stem pool; no timm model computes this network"
+        )
     if pool == "caffe" and use_se and stride == (spec.groups == 1):
         return legacy, "timm_legacy"
     raise ConversionError(
         f"{arch} with the stride on the {'1x1' if stride else '3x3'} conv and the {pool} stem pool: no timm model "
         f"computes it (timm's ResNets put the stride on the 3x3 and pad the pool; its legacy_se* models are SE only). "
-        f"Train with -o model.stride_in_1x1=false model.stem_pool=pytorch to get weights timm can run")
+        f"Train with -o model.stride_in_1x1=false model.stem_pool=pytorch to get weights timm can run"
+    )
 
 
 def to_timm(weights: dict[str, np.ndarray], model_cfg: dict) -> tuple[dict[str, np.ndarray], str]:
@@ -617,14 +741,24 @@ def to_timm(weights: dict[str, np.ndarray], model_cfg: dict) -> tuple[dict[str, 
     divisor = 8 if layout_name == "timm_resnet" else 1
     for k, v in out.items():
         if k.endswith((".se.fc1.weight", ".se_module.fc1.weight")) and v.shape[0] != se_hidden(v.shape[1], 16, divisor):
-            raise ConversionError(f"{k}: SE width {v.shape[0]} where timm's {name} has "
-                                  f"{se_hidden(v.shape[1], 16, divisor)}")
+            raise ConversionError(
+                f"{k}: SE width {v.shape[0]} where timm's {name} has {se_hidden(v.shape[1], 16, divisor)}"
+            )
     return out, name
 
 
 # The model settings that make another network (the rest, like model.weights, do not).
-NETWORK_KEYS = ("arch", "num_classes", "stride_in_1x1", "stem_pool", "se", "eca", "cbam", "branch_relu",
-                "first_block_projection")
+NETWORK_KEYS = (
+    "arch",
+    "num_classes",
+    "stride_in_1x1",
+    "stem_pool",
+    "se",
+    "eca",
+    "cbam",
+    "branch_relu",
+    "first_block_projection",
+)
 
 
 def recorded_config(path: str) -> dict | None:
@@ -632,7 +766,6 @@ def recorded_config(path: str) -> dict | None:
     checkpoint's "config"), or None if it records none. Damaged or invalid records are ConversionErrors
     that say which."""
     from senet.checkpoint import load_checkpoint
-    from senet.config import ConfigError, validate
 
     try:
         if path.endswith(".safetensors"):
@@ -642,8 +775,10 @@ def recorded_config(path: str) -> dict | None:
             try:
                 cfg = json.loads(raw)
             except ValueError as e:
-                raise ConversionError(f"{path}: the config in its metadata is not valid JSON ({e}); give the "
-                                      f"config it was trained with as -c CONFIG") from None
+                raise ConversionError(
+                    f"{path}: the config in its metadata is not valid JSON ({e}); give the "
+                    f"config it was trained with as -c CONFIG"
+                ) from None
         else:
             cfg = load_checkpoint(path).get("config")
             if cfg is None:
@@ -651,22 +786,22 @@ def recorded_config(path: str) -> dict | None:
     except CheckpointError as e:
         raise ConversionError(str(e)) from None
     if not isinstance(cfg, dict):
-        raise ConversionError(f"{path}: its recorded config is a {type(cfg).__name__}, not a mapping; give the "
-                              f"config it was trained with as -c CONFIG")
+        raise ConversionError(
+            f"{path}: its recorded config is a {type(cfg).__name__}, not a mapping; give the "
+            f"config it was trained with as -c CONFIG"
+        )
     try:
         return validate(cfg)
     except ConfigError as e:
-        raise ConversionError(f"{path}: its recorded config does not validate ({e}); give the config it was "
-                              f"trained with as -c CONFIG") from None
+        raise ConversionError(
+            f"{path}: its recorded config does not validate ({e}); give the config it was trained with as -c CONFIG"
+        ) from None
 
 
 def network_differences(recorded: dict, given: dict) -> list[str]:
     """The model settings that make another network, where two resolved configs differ ("key a -> b").
     A stride placement or stem pool left at None means the architecture's default, and is compared as that."""
-    import copy
-
     from senet.attention import split_arch
-    from senet.config import config_changes
     from senet.resnet import MODELS
 
     def resolved(cfg: dict) -> dict:
@@ -686,8 +821,6 @@ def export_timm(path: str, out_dir: str, cfg: dict | None = None) -> dict:
 
     `cfg` (from -c) is needed only when the file records no config; where it records one, a `cfg` that
     describes another network is refused (it would name another timm model, as resume refuses it)."""
-    from safetensors.numpy import save
-
     from senet.checkpoint import atomic_write, extract_model_state
 
     recorded = recorded_config(path)
@@ -696,23 +829,47 @@ def export_timm(path: str, out_dir: str, cfg: dict | None = None) -> dict:
     if cfg is not None and recorded is not None:
         differ = network_differences(recorded, cfg)
         if differ:
-            raise ConversionError(f"-c describes another network than {path} records: {'; '.join(differ)}. Drop -c "
-                                  f"(the file's own config is used), or give the config it was trained with")
+            raise ConversionError(
+                f"-c describes another network than {path} records: {'; '.join(differ)}. Drop -c "
+                f"(the file's own config is used), or give the config it was trained with"
+            )
     cfg = cfg if cfg is not None else recorded
     try:
         weights = extract_model_state(path, trust=False)
     except CheckpointError as e:
         raise ConversionError(str(e)) from None
     model_cfg = cfg["model"]
-    fit_model(weights, {k: model_cfg.get(k) for k in ("arch", "num_classes", "stride_in_1x1", "stem_pool", "se",
-                                                      "branch_relu", "first_block_projection")}, path)
+    fit_model(
+        weights,
+        {
+            k: model_cfg.get(k)
+            for k in (
+                "arch",
+                "num_classes",
+                "stride_in_1x1",
+                "stem_pool",
+                "se",
+                "branch_relu",
+                "first_block_projection",
+            )
+        },
+        path,
+    )
     tensors, name = to_timm(weights, model_cfg)
-    note = (f"timm.create_model('{name}', num_classes={model_cfg['num_classes']}, "
-            f"pretrained=True, pretrained_cfg_overlay=dict(file='model.safetensors'))\n")
+    note = (
+        f"timm.create_model('{name}', num_classes={model_cfg['num_classes']}, "
+        f"pretrained=True, pretrained_cfg_overlay=dict(file='model.safetensors'))\n"
+    )
+
     def write_note(p: str) -> None:
         with open(p, "w") as f:
             f.write(note)
 
-    write_out_dir(out_dir, {"model.safetensors": lambda p: atomic_write(p, save(tensors, metadata={"format": "pt"})),
-                            "timm_model.txt": write_note})
+    write_out_dir(
+        out_dir,
+        {
+            "model.safetensors": lambda p: atomic_write(p, save(tensors, metadata={"format": "pt"})),
+            "timm_model.txt": write_note,
+        },
+    )
     return {"out_dir": os.path.abspath(out_dir), "timm_model": name, "tensors": len(tensors)}

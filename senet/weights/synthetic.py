@@ -16,8 +16,9 @@ import zlib
 import numpy as np
 
 
-def synthetic_tensor(name: str, shape: tuple[int, ...], seed: int, dtype: str = "float32",
-                     last_bn: bool = False) -> np.ndarray:
+def synthetic_tensor(
+    name: str, shape: tuple[int, ...], seed: int, dtype: str = "float32", last_bn: bool = False
+) -> np.ndarray:
     rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
     shape = tuple(shape)
     if np.dtype(dtype).kind != "f":  # torch's num_batches_tracked counters
