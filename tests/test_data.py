@@ -14,11 +14,13 @@ import signal
 import subprocess
 import sys
 import tarfile
+import time
 import warnings
 
 import cv2
 import numpy as np
 import paddle
+import psutil
 import pytest
 from float_checks import assert_within_noise
 
@@ -650,3 +652,34 @@ def test_prepare_imagenet_short_side_copy(tmp_path):
             np.testing.assert_array_equal(a, b)
         else:  # JPEG quality 90 once more: mean |difference| measured 1.3 to 3.0 levels on these grainy images
             assert np.abs(a - b).mean() < 4.0, ours.path(i)
+
+
+ORPHAN_CHECK = """
+import os, signal, sys
+import psutil
+from senet.config import load_config
+from senet.data import build_loader
+cfg = load_config(None, ["data.name=synthetic", "data.synthetic_train_size=64", "data.image_size=16",
+                         "data.num_workers=2", "data.batch_size=4", "model.num_classes=4"])
+loader = build_loader(cfg, "train")
+loader.set_epoch(0)
+next(iter(loader))
+print(" ".join(str(c.pid) for c in psutil.Process().children()), flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_loader_workers_die_with_a_main_process_killed_by_sigkill(tmp_path):
+    """The workers ignore stop signals and wait for the main process to end them: when it is SIGKILLed
+    they must not live on, blocked on their queue with its descriptors (PR_SET_PDEATHSIG). Seen failing
+    without it: both workers alive, reparented to init."""
+    out = tmp_path / "pids.txt"
+    with open(out, "w") as f:  # a file, not a pipe: orphans holding a pipe would hang this test instead
+        proc = subprocess.run([sys.executable, "-c", ORPHAN_CHECK], cwd=REPO, stdout=f, timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    pids = [int(p) for p in out.read_text().split()]
+    assert len(pids) == 2
+    deadline = time.time() + 10
+    while any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids):
+        assert time.time() < deadline, f"loader workers {pids} outlived their main process"
+        time.sleep(0.1)

@@ -320,10 +320,26 @@ def empty_batch() -> tuple[paddle.Tensor, paddle.Tensor]:
 def _worker_init(worker_id: int) -> None:
     for s in STOP_SIGNALS:
         signal.signal(s, signal.SIG_IGN)
+    _die_with_parent()
     # OpenCV is already at one thread: senet/data/__init__.py sets it before any worker is forked.
     # A bad file surfaces as our own error naming it; OpenCV's warnings about it would only be noise.
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
     _reuse_freed_memory()
+
+
+def _die_with_parent() -> None:
+    # The workers ignore the stop signals and wait for the main process to end them; if it dies
+    # without doing so (SIGKILL, a crash), they would wait forever, blocked on their index queue,
+    # holding shared memory and every descriptor they inherited (a test runner then never sees its
+    # worker end). Linux's PR_SET_PDEATHSIG kills them with it. The loader is iterated, and so its
+    # workers forked, from the main thread, whose exit is what the kernel watches. Elsewhere: no-op.
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 def _reuse_freed_memory() -> None:
