@@ -12,6 +12,12 @@ sys.path.insert(0, ROOT)
 
 from senet.runtime import cpu_count, restore_threads, setup_cpu  # noqa: E402
 
+# Paddle's OpenMP (Intel's libiomp5) keeps each thread spinning for 200 ms after every parallel region.
+# Under `make test` two pytest workers, each with every core's threads, and the trainers they start share
+# the cores: the spinning threads take the CPU from the ones with work. 0 makes them sleep at once; it
+# changes when a thread waits, never a result. Measured on 2 cores (test_train, test_signals,
+# test_distributed, test_compare with -n 2): 181 s unset, 143 s at 0, 138 s with SENET_THREADS=1.
+os.environ.setdefault("KMP_BLOCKTIME", "0")  # read when Paddle starts OpenMP; the child processes inherit it
 setup_cpu(0)
 
 # One thread and every core: another thread count may split a sum another way, so a comparison across
