@@ -42,11 +42,11 @@ $(PADDLECLAS_REF): $(STAMP)
 	$(PY) -m pip install -q --no-deps --upgrade --target $(VENV)/paddleclas_ref paddleclas==2.6.0
 	touch $(PADDLECLAS_REF)
 
-# Two pytest workers (pytest-xdist), one test file each at a time: most tests wait on child processes
-# that start Paddle, so two at once use 2 cores better (on 2 cores: 12 min instead of 15, 2026-12-07).
-# `$(PY) -m pytest -q tests` runs them in one process.
+# Two pytest workers (pytest-xdist), one test file each at a time, the longest files first (the order
+# is tests/conftest.py's): most tests wait on child processes that start Paddle, so two at once use
+# 2 cores better. `$(PY) -m pytest -q tests` runs them in one process.
 test: install $(PADDLECLAS_REF) $(DALI_STAMP) browser
-	$(PY) -m pytest -q -n 2 --dist loadfile --max-worker-restart=0 tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --max-worker-restart=0 tests
 
 # The one-minute self-check to run first on a new machine and attach to a bug report: what the machine
 # is, then PASS / FAIL / SKIP for every path it can run; writes doctor.json.

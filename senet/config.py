@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import copy
 import difflib
+import functools
 import math
 import os
 import re
@@ -443,14 +444,19 @@ def _check_expanded_size(root: yaml.Node) -> None:
             stack += [(c, False) for c in children if id(c) not in sizes]
 
 
+def _read_text(f: Any, name: str) -> str:
+    """An open text file's first MAX_YAML_SIZE + 1 characters (safe_yaml refuses more)."""
+    try:
+        return f.read(MAX_YAML_SIZE + 1)
+    except UnicodeDecodeError as e:  # a binary file given as a config
+        raise ConfigError(f"{name} is not a text file (byte {e.start:,} is not UTF-8): give a YAML config") from None
+
+
 def safe_yaml(source: str | Any, name: str | None = None) -> Any:
     """Parse YAML text or an open text file with plain types only and the bounds above. Every error
     is a ConfigError naming `name` (or the file) and, where it helps, the line."""
     name = name or getattr(source, "name", "<yaml>")
-    try:
-        text = source if isinstance(source, str) else source.read(MAX_YAML_SIZE + 1)
-    except UnicodeDecodeError as e:  # a binary file given as a config
-        raise ConfigError(f"{name} is not a text file (byte {e.start:,} is not UTF-8): give a YAML config") from None
+    text = source if isinstance(source, str) else _read_text(source, name)
     if len(text) > MAX_YAML_SIZE:
         raise ConfigError(f"{name} is larger than {MAX_YAML_SIZE:,} characters; a config is a few thousand")
     try:
@@ -494,6 +500,14 @@ def _suggest(key: str) -> str:
 MAX_BASE_DEPTH = 8
 
 
+@functools.lru_cache(maxsize=128)
+def _parse_file_text(text: str, path: str) -> Any:
+    """safe_yaml of a config file's text, kept by (text, path): PyYAML's pure-Python parser takes ~5 ms a
+    file, and a sweep, compare or test loads the same bases hundreds of times. Keyed by the text, so an
+    edited file is parsed again; callers get a deep copy."""
+    return safe_yaml(text, path)
+
+
 def _load_yaml(path: str, chain: tuple[str, ...] = ()) -> dict:
     path = os.path.abspath(path)
     if path in chain:
@@ -514,7 +528,8 @@ def _load_yaml(path: str, chain: tuple[str, ...] = ()) -> dict:
     if problem:
         raise ConfigError(f"config file {path}{where} {problem}: give a YAML file")
     with open(path, encoding="utf-8") as f:
-        cfg = safe_yaml(f, path)  # raises ConfigError naming the file (and line)
+        text = _read_text(f, path)
+    cfg = copy.deepcopy(_parse_file_text(text, path))  # raises ConfigError naming the file (and line)
     if cfg is None:  # an empty file (or only comments) is a mistake, not a request for every default
         raise ConfigError(f"config file is empty: {path}{where}; write at least one setting, e.g. model.arch")
     if not isinstance(cfg, dict):

@@ -39,3 +39,14 @@ def test_every_test_has_a_time_bound(request, tmp_path):
     # thread method ends the process after dumping the stacks; xdist reports the test as crashed).
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1 and "crashed while running 'test_hang.py::test_hangs'" in out, out[-2000:]
+
+
+def test_the_longest_files_are_scheduled_first(request):
+    """tests/conftest.py's LONGEST_FIRST names files that exist, and the collection starts with them in
+    that order (make test hands whole files to its two workers in collection order)."""
+    from conftest import LONGEST_FIRST
+
+    assert all(os.path.isfile(os.path.join(ROOT, "tests", name)) for name in LONGEST_FIRST)
+    files = list(dict.fromkeys(item.path.name for item in request.session.items))
+    if len(files) > len(LONGEST_FIRST):  # the whole suite collected (not a -k or single-file run)
+        assert files[: len(LONGEST_FIRST)] == LONGEST_FIRST, files[:12]

@@ -444,7 +444,10 @@ def fit_model(weights: dict[str, np.ndarray], model_cfg: dict, path: str) -> Any
     """Build the model and load `weights` into it, refusing anything that is not a one-to-one fit."""
     import paddle
 
-    model = build_from_section(model_cfg)
+    # Built without random values (Paddle's LazyGuard: a parameter gets memory when it is set): every one
+    # is checked and loaded below, and Kaiming init of a ResNet-152 takes 1.3 s of its 1.5 s build.
+    with paddle.LazyGuard():
+        model = build_from_section(model_cfg)
     own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     missing = [k for k in own if k not in weights]
     extra = [k for k in weights if k not in own]
@@ -465,6 +468,8 @@ def fit_model(weights: dict[str, np.ndarray], model_cfg: dict, path: str) -> Any
         ]
         raise ConversionError(f"{path} does not fit {model_cfg['arch']}: " + "; ".join(parts))
     model.set_state_dict({k: paddle.to_tensor(v) for k, v in weights.items()})
+    unset = [p.name for p in model.parameters() if not p._is_initialized()]
+    assert not unset, f"weights checked one to one, yet {len(unset)} parameters unset: {unset[:3]}"
     return model
 
 
