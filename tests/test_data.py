@@ -339,6 +339,13 @@ def test_digits_split_is_stratified_80_20_and_fixed(tmp_path):
     assert sum(x.tobytes() in train_rows for x in xv) <= 5  # disjoint (bar a few identical digits)
     ds = build_dataset(make_cfg(tmp_path, name="digits", classes=10), "val")
     assert len(ds) == 360 and ds[0][0].shape == (32, 32, 3)
+    # upsampled to data.image_size (train) and data.eval_crop (val), as the synthetic source is made
+    cfg = make_cfg(tmp_path, name="digits", classes=10)
+    cfg["data"].update(image_size=16, eval_crop=24)
+    assert build_dataset(cfg, "train")[0][0].shape == (16, 16, 3)
+    assert build_dataset(cfg, "val")[0][0].shape == (24, 24, 3)
+    small, labels, _ = load_digits_split("val", 16)
+    assert (labels == yv).all() and small.shape == (360, 16, 16, 3)
 
 
 def test_synthetic_is_deterministic(tmp_path):

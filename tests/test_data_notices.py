@@ -28,12 +28,16 @@ def test_shipped_configs_set_nothing_their_data_source_ignores(path):
 
 
 def test_array_sources_name_each_ignored_setting_in_one_line():
-    for name in ("digits", "cifar10", "cifar100"):
+    for name in ("cifar10", "cifar100"):
         c = cfg(None, f"data.name={name}", "data.image_size=64", "data.rrc_scale=[0.2, 1.0]", "data.eval_resize=300")
         assert ignored_settings(c) == ["data.image_size=64", "data.eval_resize=300", "data.rrc_scale=[0.2, 1.0]"]
         notice = ignored_notice(c)
         assert notice.startswith(f"notice: data.name={name} ignores data.image_size=64, ") and "\n" not in notice
         assert "32x32" in notice
+    # digits are upsampled to data.image_size (train) and data.eval_crop (val): only the crops are ignored
+    c = cfg(None, "data.name=digits", "data.image_size=64", "data.rrc_scale=[0.2, 1.0]", "data.eval_resize=300")
+    assert ignored_settings(c) == ["data.eval_resize=300", "data.rrc_scale=[0.2, 1.0]"]
+    assert "upsampled to data.image_size (train) and data.eval_crop (val)" in ignored_notice(c)
     # the size these sources have anyway, and the defaults, say nothing
     assert ignored_settings(cfg(DEMO)) == []  # image_size: 32, eval_crop: 32
     assert ignored_settings(cfg(None, "data.name=cifar10", "data.image_size=32", "data.eval_crop=32")) == []
@@ -92,7 +96,7 @@ def test_train_prints_the_notice_through_the_command_line(tmp_path):
             "-c",
             DEMO,
             "-o",
-            "data.image_size=64",
+            "data.eval_resize=64",
             "train.max_steps=1",
             f"output_dir={tmp_path}",
         ],
@@ -104,6 +108,6 @@ def test_train_prints_the_notice_through_the_command_line(tmp_path):
     assert proc.returncode == 0, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if "ignores" in line]
     assert lines == [
-        "notice: data.name=digits ignores data.image_size=64: scikit-learn's bundled digits, 32x32, "
-        "train with pad-and-crop (data.pad_crop) and flips"
+        "notice: data.name=digits ignores data.eval_resize=64: scikit-learn's bundled 8x8 digits, upsampled to "
+        "data.image_size (train) and data.eval_crop (val), train with pad-and-crop (data.pad_crop) and flips"
     ]

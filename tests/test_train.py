@@ -70,11 +70,17 @@ def test_training_run_writes_everything_and_lowers_the_loss(tmp_path):
     proc = train(
         out,
         "train.epochs=6",
-        "data.name=digits",  # real images at 16 px (TINY's size): a quarter of the demo's 32 px work
+        "data.name=digits",  # real images, upsampled to 16 px (TINY's size): a quarter of the demo's 32 px work
         "data.batch_size=64",
         "train.log_every=5",
         "train.max_steps=30",
         "model.num_classes=10",
+        # AdamW without warmup learns quickest in 30 steps: loss 2.25 -> 0.64 here at 1 and 2 threads
+        # (the demo's SGD with a warmup epoch: 2.36 -> 1.72)
+        "optimizer.name=adamw",
+        "optimizer.lr=0.016",
+        "optimizer.weight_decay=0.05",
+        "lr_scheduler.warmup_epochs=0",
     )
     # An unfinished run says where train.max_steps stopped it and what it wrote, not a finished run's summary.
     assert not [line for line in proc.stdout.splitlines() if line.startswith("best val top-1")]
@@ -85,7 +91,7 @@ def test_training_run_writes_everything_and_lowers_the_loss(tmp_path):
     metrics = read_json(out / "metrics.json")
     assert metrics["finished"] is False and metrics["global_step"] == 30 and metrics["stopped_by"] == "max_steps"
     losses = [float(line.split("loss ")[1].split()[0]) for line in proc.stdout.splitlines() if ": loss " in line]
-    assert len(losses) >= 5 and losses[-1] < 0.8 * losses[0], losses
+    assert len(losses) >= 5 and losses[-1] < 0.5 * losses[0], losses
     log = (out / "train.log").read_text()
     assert "AMP" not in log  # AMP was off: no notice
     assert "se_resnet20: 22 steps/epoch" in log

@@ -348,8 +348,9 @@ def load_cifar(name: str, root: str, split: str, verify_md5: bool = True) -> tup
     return images, labels, classes
 
 
-def load_digits_split(split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """scikit-learn's 8x8 digits as uint8 [N, 32, 32, 3], with a fixed stratified 80/20 train/val split."""
+def load_digits_split(split: str, size: int = 32) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """scikit-learn's 8x8 digits as uint8 [N, size, size, 3] (upsampled, linear), with a fixed stratified
+    80/20 train/val split. The demo's size is 32, CIFAR's."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -359,7 +360,7 @@ def load_digits_split(split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
     )
     idx = np.sort(idx_train if split == "train" else idx_val)
     small = np.round(d.images[idx] * (255 / 16)).astype(np.uint8)  # 17 grey levels 0..16 -> 0..255
-    big = np.stack([cv2.resize(im, (32, 32), interpolation=cv2.INTER_LINEAR) for im in small])
+    big = np.stack([cv2.resize(im, (size, size), interpolation=cv2.INTER_LINEAR) for im in small])
     return np.repeat(big[..., None], 3, axis=3), d.target[idx].astype(np.int64), [str(i) for i in range(10)]
 
 
@@ -402,7 +403,7 @@ def build_dataset(cfg: dict, split: str) -> paddle.io.Dataset:
     if name in CIFAR:
         images, labels, classes = load_cifar(name, d["root"], split, d["verify_md5"])
     elif name == "digits":
-        images, labels, classes = load_digits_split(split)
+        images, labels, classes = load_digits_split(split, d["image_size"] if train else d["eval_crop"])
     elif name == "synthetic":
         n = d["synthetic_train_size"] if train else d["synthetic_val_size"]
         size = d["image_size"] if train else d["eval_crop"]

@@ -13,7 +13,7 @@ import sys
 
 from senet.config import DEFAULTS
 
-ARRAY_SIZE = 32  # CIFAR and digits images are 32x32 (digits: the 8x8 originals upsampled)
+ARRAY_SIZE = 32  # CIFAR's images are 32x32; digits are upsampled to data.image_size / eval_crop (demo: 32)
 _FILES_ONLY = ("train_list", "val_list", "on_bad_image")  # lists and bad-file handling: image folders only
 _SYNTHETIC_ONLY = ("synthetic_train_size", "synthetic_val_size")
 _CROPS = ("eval_resize", "rrc_scale", "rrc_ratio")  # an array source never resizes or random-resized-crops
@@ -31,9 +31,10 @@ IGNORED: dict[str, tuple[tuple[str, ...], dict, str]] = {
         "its images are 32x32 and train with pad-and-crop (data.pad_crop) and flips, never resized",
     ),
     "digits": (
-        ("root", "image_size", "eval_crop", *_CROPS, *_FILES_ONLY, *_SYNTHETIC_ONLY),
-        {"image_size": ARRAY_SIZE, "eval_crop": ARRAY_SIZE, "eval_resize": ARRAY_SIZE},
-        "scikit-learn's bundled digits, 32x32, train with pad-and-crop (data.pad_crop) and flips",
+        ("root", *_CROPS, *_FILES_ONLY, *_SYNTHETIC_ONLY),
+        {"eval_resize": ARRAY_SIZE},
+        "scikit-learn's bundled 8x8 digits, upsampled to data.image_size (train) and data.eval_crop (val), "
+        "train with pad-and-crop (data.pad_crop) and flips",
     ),
     "synthetic": (
         ("root", "pad_crop", *_CROPS, *_FILES_ONLY),
