@@ -20,6 +20,7 @@ import pytest
 from float_checks import assert_within_noise
 from safetensors.numpy import load_file
 from scipy import stats
+from tiny_run import tiny
 
 from senet.config import ConfigError, load_config
 from senet.mixup import Mixup, MixupOptions, build_mixup, draw, mix_images, mix_targets, mixup_options
@@ -274,22 +275,7 @@ def test_the_config_turns_it_on_folds_label_smoothing_and_names_bad_values(tmp_p
 
 # ---------------------------------------------------------------- in the trainer
 
-TINY = [
-    "model.arch=se_resnet20",
-    "model.num_classes=4",
-    "model.se.reduction=4",
-    "data.name=synthetic",
-    "data.image_size=16",
-    "data.eval_crop=16",
-    "data.synthetic_train_size=64",
-    "data.synthetic_val_size=24",
-    "data.batch_size=16",
-    "data.num_workers=0",
-    "train.log_every=2",
-    "train.epochs=2",
-    "lr_scheduler.name=cosine",
-    "train.amp.enabled=false",
-]
+TINY = tiny()  # tests/tiny_run.py (RECIPE below sets the optimizer)
 # Everything of this part of issue 25 on at once: mixup and CutMix switching per batch, label smoothing
 # folded in, drop path, binary cross-entropy with RSB's threshold, LAMB with clipping and spared BN/biases.
 RECIPE = [

@@ -31,6 +31,7 @@ import paddle
 import pytest
 import yaml
 from safetensors.numpy import load_file, save_file
+from tiny_run import tiny
 
 from senet import checkpoint as ckpt
 from senet import step as step_mod
@@ -45,23 +46,7 @@ from senet.train import TrainingError, fit
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = "configs/demo/se_resnet20_digits.yaml"
 # The tiny run of tests/test_train.py: 64 synthetic 16 px images in 4 classes, 4 steps per epoch, 2 epochs.
-TINY = [
-    "model.arch=se_resnet20",
-    "model.num_classes=4",
-    "model.se.reduction=4",
-    "data.name=synthetic",
-    "data.image_size=16",
-    "data.eval_crop=16",
-    "data.synthetic_train_size=64",
-    "data.synthetic_val_size=24",
-    "data.batch_size=16",
-    "data.num_workers=0",
-    "train.log_every=1",
-    "train.epochs=2",
-    "lr_scheduler.name=cosine",
-    "optimizer.lr=0.8",
-    "train.amp.enabled=false",
-]
+TINY = tiny("train.log_every=1")  # tests/tiny_run.py
 STEPS_PER_EPOCH, TOTAL_STEPS = 4, 8
 ENV = {**os.environ, "OMP_NUM_THREADS": ""}  # every run: all cores (or SENET_THREADS); bitwise needs one count
 DEADLINE = 300  # seconds; generous, the test machine is slow and shared

@@ -14,30 +14,14 @@ import paddle
 import pytest
 from float_checks import assert_within_noise
 from test_reliability import nan_loss_at
+from tiny_run import tiny
 
 from senet.config import load_config
 from senet.numerics import float32_noise
 from senet.optim import lr_factor, scaled_lr
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# A tiny, quick run: 64 synthetic 16 px images in 4 classes, 4 steps per epoch.
-TINY = [
-    "model.arch=se_resnet20",
-    "model.num_classes=4",
-    "model.se.reduction=4",
-    "data.name=synthetic",
-    "data.image_size=16",
-    "data.eval_crop=16",
-    "data.synthetic_train_size=64",
-    "data.synthetic_val_size=24",
-    "data.batch_size=16",
-    "data.num_workers=0",
-    "train.log_every=2",
-    "train.epochs=2",
-    "lr_scheduler.name=cosine",
-    "optimizer.lr=0.8",
-    "train.amp.enabled=false",
-]
+TINY = tiny()  # tests/tiny_run.py: 64 synthetic 16 px images in 4 classes, 4 steps per epoch
 
 
 def run_tool(tool, *args, timeout=600, check=True):
