@@ -23,16 +23,16 @@ setup_cpu(0)
 # `make test` runs two pytest workers that each take the next whole file (xdist --dist loadfile, in
 # collection order: --no-loadscope-reorder). The longest files go first, so that neither worker runs a
 # long one alone at the end: seconds per file on 2 cores, all threads, 2026-12-08 (`--durations=0`):
-# test_convert 178, test_train 118, test_export 84, test_models 78, test_bench 63, test_reliability 61,
-# test_signals 59, test_hostile_expand 56, test_cpu_paths 51, test_distributed 39; every other file
-# under 36 s follows in name order.
+# test_convert 137, test_models 92, test_export 86, test_train 75, test_reliability 70, test_bench 66,
+# test_signals 59, test_hostile_expand 59, test_cpu_paths 46, test_distributed 40; every other file
+# under 40 s follows in name order.
 LONGEST_FIRST = [
     "test_convert.py",
-    "test_train.py",
-    "test_export.py",
     "test_models.py",
-    "test_bench.py",
+    "test_export.py",
+    "test_train.py",
     "test_reliability.py",
+    "test_bench.py",
     "test_signals.py",
     "test_hostile_expand.py",
     "test_cpu_paths.py",
