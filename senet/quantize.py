@@ -43,8 +43,12 @@ class QuantizeError(ValueError):
 def calibration_images(cfg: dict, count: int, seed: int) -> tuple[np.ndarray, int]:
     """(uint8 NHWC images [count, crop, crop, 3] of the train split through the eval transform, the split's size).
 
-    A split smaller than `count` gives all of its images.
+    A split smaller than `count` gives all of its images. In-memory sources are made at their split's
+    size (digits and synthetic: data.image_size for train, data.eval_crop for val), so their train
+    split is built at the val size here, the size the exported model takes.
     """
+    if cfg["data"]["name"] != "imagenet":
+        cfg = {**cfg, "data": {**cfg["data"], "image_size": cfg["data"]["eval_crop"]}}
     try:
         dataset = build_dataset(cfg, "train")
     except (DatasetError, OSError, ValueError) as e:

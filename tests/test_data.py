@@ -376,11 +376,14 @@ def test_transforms():
     thin = np.zeros((10, 400, 3), np.uint8)  # no fit in 10 tries: centre crop within the ratio
     assert random_resized_crop(thin, 8, (0.9, 1.0), (0.75, 1.33), random.Random(0)).shape == (8, 8, 3)
     assert resize_center_crop(img, 36, 32).shape == (32, 32, 3)
-    for seed in range(20):  # pad_crop == pad with zeros, then crop
-        rng, ref = random.Random(seed), random.Random(seed)
-        dy, dx = ref.randint(-4, 4), ref.randint(-4, 4)
-        padded = np.pad(img, ((4, 4), (4, 4), (0, 0)))
-        assert (pad_crop(img, 4, rng) == padded[4 + dy : 4 + dy + 40, 4 + dx : 4 + dx + 50]).all()
+    for pad, image in ((4, img), (12, img[:8, :8])):  # pad_crop == pad with zeros, then crop; also pad > size
+        h, w = image.shape[:2]
+        for seed in range(60):
+            rng, ref = random.Random(seed), random.Random(seed)
+            dy, dx = ref.randint(-pad, pad), ref.randint(-pad, pad)
+            padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)))
+            want = padded[pad + dy : pad + dy + h, pad + dx : pad + dx + w]
+            assert (pad_crop(image, pad, rng) == want).all(), (pad, seed)
     jit = color_jitter(img, 0.4, random.Random(0))
     assert jit.dtype == np.uint8 and jit.shape == img.shape and (color_jitter(img, 0.0, random.Random(0)) is img)
 

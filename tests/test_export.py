@@ -177,6 +177,21 @@ def test_predictor_names_what_is_missing(exported, tmp_path):
         Predictor(str(partial), "onnxruntime")
 
 
+@pytest.mark.parametrize("name", ["digits", "synthetic"])
+def test_int8_calibration_images_have_the_exported_size(name, tmp_path):
+    """In-memory sources make their train split at data.image_size and the val split at data.eval_crop;
+    the export takes the val size, so calibration (train images, eval transform) must come at that size
+    too (ONNX Runtime refused 24 px calibration batches for a 32 px model)."""
+    from senet.quantize import calibration_images
+
+    cfg = load_config(
+        os.path.join(ROOT, "configs", "demo", "se_resnet20_digits.yaml"),
+        [f"data.name={name}", "data.image_size=24", "data.eval_crop=32", f"output_dir={tmp_path}"],
+    )
+    images, total = calibration_images(cfg, 5, 0)
+    assert images.shape == (5, 32, 32, 3) and images.dtype == np.uint8 and total > 5
+
+
 def test_safetensors_export_loads_back(exported):
     twin = build_model(exported.cfg)
     load_weights(twin, os.path.join(exported.out, "model.safetensors"))

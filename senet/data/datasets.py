@@ -8,7 +8,8 @@ augmentation (see `senet.data.transforms`).
 - CIFAR (Krizhevsky 2009, "Learning Multiple Layers of Features from Tiny Images"): the official
   "python version" tarballs or their extracted folders, read in memory; nothing is downloaded.
 - digits: scikit-learn's bundled 1,797 8x8 handwritten digits (UCI optdigits test set),
-  upsampled to 32x32 RGB, with a fixed stratified 80/20 split: the offline demo.
+  upsampled to data.image_size (train) and data.eval_crop (val), RGB, with a fixed stratified 80/20
+  split: the offline demo.
 - synthetic: deterministic random images and labels, for throughput runs and smoke tests.
 """
 

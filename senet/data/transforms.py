@@ -77,7 +77,10 @@ def pad_crop(img: np.ndarray, pad: int, rng: random.Random) -> np.ndarray:
     h, w = img.shape[:2]
     dy, dx = rng.randint(-pad, pad), rng.randint(-pad, pad)  # crop origin relative to the image
     out = np.zeros_like(img)
-    y0, y1, x0, x1 = max(dy, 0), min(dy + h, h), max(dx, 0), min(dx + w, w)
+    # A padding larger than the image (e.g. digits at 8 px, pad_crop 12) can put the crop wholly in the
+    # zeros: the overlap is then empty, never a negative slice.
+    y0, x0 = max(dy, 0), max(dx, 0)
+    y1, x1 = max(y0, min(dy + h, h)), max(x0, min(dx + w, w))
     out[y0 - dy : y1 - dy, x0 - dx : x1 - dx] = img[y0:y1, x0:x1]
     return out
 
