@@ -21,7 +21,7 @@ Needs torch, timm and Pillow (not the project's .venv: a separate one, as for ma
   with the permutation torch drew for it (torch.randperm from a generator seeded with the epoch).
 
 torchvision's import fails on this machine (its wheel is a CUDA build whose C++ ops are missing); the
-fake-kernel registrations of its ops are skipped while it is imported, as make_weight_fixtures.py does.
+fake-kernel registrations of its ops are skipped while it is imported, as scripts/torch_env/ does.
 """
 
 import argparse
@@ -41,21 +41,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 FILL = tuple(min(255, round(255 * m)) for m in IMAGENET_MEAN)  # timm's img_mean for these means
 
 
-def import_torchvision():
-    register = torch.library.register_fake
-
-    def lenient(op, *args, **kwargs):
-        if isinstance(op, str) and op.startswith("torchvision::"):
-            return lambda fn: fn
-        return register(op, *args, **kwargs)
-
-    torch.library.register_fake = lenient
-    try:
-        import torchvision
-    finally:
-        torch.library.register_fake = register
-    return torchvision
-
+from torch_env import import_torchvision  # noqa: E402
 
 tv = import_torchvision()
 import timm  # noqa: E402

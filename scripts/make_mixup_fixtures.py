@@ -17,7 +17,7 @@ needs the computation's float32 noise (senet/numerics.py).
 
 torchvision's import fails on this machine (its wheel is a CUDA build whose C++ ops are missing); timm
 imports it, so its ops' fake-kernel registrations are skipped while it is imported, as
-scripts/make_weight_fixtures.py does.
+scripts/torch_env/ does for every fixture script.
 """
 
 import argparse
@@ -27,21 +27,11 @@ import types
 
 import numpy as np
 import torch
+from torch_env import import_torchvision
 
 
 def import_timm():
-    register = torch.library.register_fake
-
-    def lenient(op, *args, **kwargs):  # torchvision::nms & co are missing from the CUDA wheel's CPU build
-        if isinstance(op, str) and op.startswith("torchvision::"):
-            return lambda fn: fn
-        return register(op, *args, **kwargs)
-
-    torch.library.register_fake = lenient
-    try:
-        import torchvision  # noqa: F401
-    finally:
-        torch.library.register_fake = register
+    import_torchvision()  # timm imports it (scripts/torch_env/)
     import timm
     import timm.data.mixup
     import timm.loss

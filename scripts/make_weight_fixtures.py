@@ -21,7 +21,8 @@ stored ones (max |fresh - stored| / max |stored| is printed), and the float64 lo
 existing torch_zoo.pth is left alone. --replace rewrites every file from the fresh run.
 
 torchvision's import fails on this machine (its wheel is a CUDA build whose C++ ops are missing); its
-model code is pure Python, so the ops' fake-kernel registrations are skipped while it is imported.
+model code is pure Python, so the ops' fake-kernel registrations are skipped while it is imported
+(scripts/torch_env/).
 """
 
 import argparse
@@ -35,25 +36,9 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
+from torch_env import import_torchvision  # noqa: E402
 
 from senet.weights.synthetic import synthetic_input, synthetic_state  # noqa: E402
-
-
-def import_torchvision():
-    register = torch.library.register_fake
-
-    def lenient(op, *args, **kwargs):  # torchvision::nms & co are missing from the CUDA wheel's CPU build
-        if isinstance(op, str) and op.startswith("torchvision::"):
-            return lambda fn: fn
-        return register(op, *args, **kwargs)
-
-    torch.library.register_fake = lenient
-    try:
-        import torchvision
-    finally:
-        torch.library.register_fake = register
-    return torchvision
-
 
 tv = import_torchvision()
 import timm  # noqa: E402
